@@ -1,0 +1,415 @@
+"""Train the VAE on a folder of photos.
+
+    python -m ml.train --data ../shared/data/cars --out runs/default --config ml/configs/default.json
+
+Splits off a seeded validation set, shows a progress bar with the loss terms, checkpoints every
+epoch (``last.pt``, and ``best.pt`` on a validation improvement), resumes with ``--resume``, drops
+the learning rate once and then stops when validation plateaus, and writes ``history.json``,
+``loss_curve.png`` and ``val_reconstructions.png``. ``--dry-run`` trains a tiny model for a few
+steps on tiny generated images (it needs no data and runs in the test suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.config import ModelConfig, TrainConfig
+from ml.data import ImageSet, list_images, load_images, masks, split_indices
+from ml.losses import vae_loss
+from ml.model import VAE, count_parameters
+
+ProgressFn = Callable[[dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Raised when ``should_stop`` asks a run to end; the last checkpoint stays valid."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path
+    epochs_run: int
+    best_epoch: int
+    best_val: dict[str, float]
+    seconds: float
+    stopped_early: bool
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches(images: ImageSet, index: np.ndarray, batch_size: int, flip: np.ndarray | None):
+    """Yield ``(x [B,C,H,W] float, mask [B,1,H,W])`` for ``index`` in order."""
+    height, width = images.pixels.shape[2:]
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        x = images.pixels[chunk].astype(np.float32) / 255.0
+        boxes = images.boxes[chunk].copy()
+        if flip is not None:
+            # Mirror photo and letterbox together; cars face both ways in the data.
+            f = flip[start : start + batch_size]
+            x[f] = x[f][..., ::-1]
+            boxes[f, 0], boxes[f, 2] = width - boxes[f, 2], width - boxes[f, 0]
+        yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(masks(boxes, height, width))
+
+
+@torch.no_grad()
+def evaluate_split(model: VAE, images: ImageSet, index: np.ndarray, config: TrainConfig) -> dict[str, float]:
+    """Validation metrics from the posterior mean: MSE and PSNR on valid pixels, KL, and loss."""
+    model.eval()
+    se_sum, n_sum, kl_sum, psnr_sum = 0.0, 0.0, 0.0, 0.0
+    for x, mask in _batches(images, index, 64, None):
+        mu, logvar = model.encode(x)
+        recon = model.decode(mu)
+        se = (((recon - x) ** 2) * mask).flatten(1).sum(1)
+        n = mask.flatten(1).sum(1) * x.shape[1]
+        se_sum += float(se.sum())
+        n_sum += float(n.sum())
+        kl_sum += float((0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).sum())
+        psnr_sum += float((10 * torch.log10(1.0 / (se / n).clamp_min(1e-10))).sum())
+    count = len(index)
+    mse = se_sum / n_sum
+    kl = kl_sum / count
+    per_image_values = n_sum / count
+    if config.recon == "calibrated":
+        loss = 0.5 * per_image_values * (math.log(max(mse, 1e-6)) + 1) + config.beta * kl
+    else:
+        loss = se_sum / count + config.beta * kl
+    return {"loss": loss, "mse": mse, "psnr": psnr_sum / count, "kl": kl}
+
+
+def _beta_at(config: TrainConfig, epoch: int, step_fraction: float) -> float:
+    if config.beta_warmup_epochs <= 0:
+        return config.beta
+    return config.beta * min(1.0, (epoch + step_fraction) / config.beta_warmup_epochs)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    # Write then rename: a run killed mid-save never leaves a truncated checkpoint behind.
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    files: list[Path],
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    show_bar: bool = True,
+    max_steps: int | None = None,
+) -> TrainResult:
+    """Train on ``files`` and write checkpoints and reports to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    except AttributeError:  # pragma: no cover - very old torch
+        pass
+
+    images = load_images(files, config.model, cache_dir=out / "cache", progress=show_bar)
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 readable images, found {len(images)} ({len(images.skipped)} unreadable)")
+    train_index, val_index = split_indices(len(images), config.val_fraction, config.seed)
+    model = VAE(config.model).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best_loss": float("inf"),
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "lr": config.lr,
+        "seconds": 0.0,
+    }
+    last = out / "last.pt"
+    if resume and last.exists():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        if checkpoint["config"] != config.to_dict():
+            raise ValueError(f"{last} was trained with another config; use a new --out or the same --config")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["state"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+
+    data_summary = {
+        **images.summary(),
+        "train": len(train_index),
+        "val": len(val_index),
+        "source": str(Path(files[0]).parent) if files else "",
+    }
+    generator = np.random.default_rng(config.seed)
+    for _ in range(state["epoch"]):  # replay the shuffles so a resumed run matches an unbroken one
+        generator.permutation(len(train_index))
+        generator.random(len(train_index))
+    started = time.monotonic() - state["seconds"]
+    stopped_early = False
+    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
+    steps = 0
+
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        if epoch >= round(config.epochs * (1 - config.lr_final_fraction)):
+            state["lr"] = min(state["lr"], config.lr_final)
+        for group in optimizer.param_groups:
+            group["lr"] = state["lr"]
+        order = train_index[generator.permutation(len(train_index))]
+        flips = generator.random(len(train_index)) < 0.5 if config.hflip else None
+        model.train()
+        totals = {"mse": 0.0, "kl": 0.0, "loss": 0.0}
+        bar = None
+        if show_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                unit="batch",
+                leave=False,
+                file=sys.stderr,
+            )
+        for step, (x, mask) in enumerate(_batches(images, order, config.batch_size, flips)):
+            if should_stop and should_stop():
+                raise Cancelled(f"cancelled during epoch {epoch + 1}")
+            beta = _beta_at(config, epoch, step / steps_per_epoch)
+            x = x.contiguous(memory_format=torch.channels_last)
+            recon, mu, logvar = model(x)
+            terms = vae_loss(x, recon, mu, logvar, mask, beta=beta, mode=config.recon)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            for key, value in (("mse", terms.mse), ("kl", terms.kl), ("loss", terms.total)):
+                totals[key] += value.item()
+            if bar:
+                bar.set_postfix(mse=f"{float(terms.mse):.4f}", kl=f"{float(terms.kl):.1f}", beta=f"{beta:.2f}")
+                bar.update()
+            steps += 1
+            if max_steps and steps >= max_steps:
+                break
+        if bar:
+            bar.close()
+        n_steps = step + 1
+        val = evaluate_split(model, images, val_index, config)
+        state["epoch"] = epoch + 1
+        state["seconds"] = time.monotonic() - started
+        record = {
+            "epoch": epoch + 1,
+            "lr": state["lr"],
+            "beta": beta,
+            "seconds": round(state["seconds"], 1),
+            "train_mse": totals["mse"] / n_steps,
+            "train_kl": totals["kl"] / n_steps,
+            "val_mse": val["mse"],
+            "val_psnr": val["psnr"],
+            "val_kl": val["kl"],
+            "val_loss": val["loss"],
+        }
+        state["history"].append(record)
+
+        # Plateau logic only after the KL warm-up: before it the objective itself is moving.
+        improved = val["loss"] < state["best_loss"] - config.min_delta * abs(state["best_loss"])
+        checkpoint = {
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": state,
+            "torch_rng": torch.get_rng_state(),
+            "data": data_summary,
+            "val_names": [images.names[i] for i in val_index],
+            "parameters": count_parameters(model),
+        }
+        if improved or epoch + 1 <= config.beta_warmup_epochs:
+            state["best_loss"] = min(state["best_loss"], val["loss"]) if improved else val["loss"]
+            state["best_epoch"] = epoch + 1
+            state["best_val"] = val
+            state["bad_epochs"] = 0
+            _save(out / "best.pt", checkpoint)
+        else:
+            state["bad_epochs"] += 1
+        stop = False
+        if state["bad_epochs"] >= config.patience:
+            if state["lr"] > config.lr_final:
+                state["lr"] = config.lr_final
+                state["bad_epochs"] = 0
+            else:
+                stop = stopped_early = True
+        _save(last, checkpoint)
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+        eta = state["seconds"] / state["epoch"] * (config.epochs - state["epoch"])
+        line = (
+            f"epoch {epoch + 1}: val psnr {val['psnr']:.2f} dB, mse {val['mse']:.5f}, kl {val['kl']:.1f}, "
+            f"lr {record['lr']:g}, {state['seconds']:.0f}s"
+        )
+        print(line + (" *" if state["best_epoch"] == epoch + 1 else ""), file=sys.stderr, flush=True)
+        if progress:
+            progress({**record, "epochs": config.epochs, "eta_seconds": eta, "best_epoch": state["best_epoch"]})
+        if stop or (max_steps and steps >= max_steps):
+            break
+
+    write_reports(out, config, images, val_index)
+    return TrainResult(
+        out_dir=out,
+        best_checkpoint=out / "best.pt",
+        epochs_run=state["epoch"],
+        best_epoch=state["best_epoch"],
+        best_val=state.get("best_val", {}),
+        seconds=state["seconds"],
+        stopped_early=stopped_early,
+    )
+
+
+def load_checkpoint(path: str | Path) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the model from a checkpoint alone (it carries its config)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(checkpoint["config"])
+    model = VAE(config.model)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    return model, checkpoint
+
+
+def write_reports(out: Path, config: TrainConfig, images: ImageSet, val_index: np.ndarray) -> None:
+    """``loss_curve.png`` (MSE and KL on separate axes) and ``val_reconstructions.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = json.loads((out / "history.json").read_text())
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_mse, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_mse.plot(epochs, [h["train_mse"] for h in history], label="train")
+    ax_mse.plot(epochs, [h["val_mse"] for h in history], label="validation")
+    ax_mse.set(title="reconstruction MSE per pixel", xlabel="epoch", yscale="log")
+    ax_mse.legend()
+    ax_kl.plot(epochs, [h["train_kl"] for h in history], label="train")
+    ax_kl.plot(epochs, [h["val_kl"] for h in history], label="validation")
+    ax_kl.set(title="KL divergence per image (nats)", xlabel="epoch")
+    ax_kl.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=90)
+    plt.close(fig)
+
+    model, _ = load_checkpoint(out / "best.pt")
+    grid_from_model(model, images, val_index[:8]).save(out / "val_reconstructions.png")
+
+
+def grid_from_model(model: VAE, images: ImageSet, index: np.ndarray):
+    """Originals on the top row, reconstructions below."""
+    from PIL import Image
+
+    x, _ = next(_batches(images, index, len(index), None))
+    recon = model.reconstruct(x).numpy()
+    height, width = x.shape[2:]
+    grid = Image.new("RGB", (width * len(index), height * 2), "white")
+    from ml.preprocess import to_image
+
+    for column in range(len(index)):
+        grid.paste(to_image(x[column].numpy()), (column * width, 0))
+        grid.paste(to_image(recon[column]), (column * width, height))
+    return grid
+
+
+def _dry_run_data(folder: Path, count: int = 12) -> list[Path]:
+    """Small generated pictures: coloured blocks on a light background, 2:1 and odd shapes."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(count):
+        width, height = (int(rng.integers(40, 80)), int(rng.integers(16, 40)))
+        image = Image.new("RGB", (width, height), (230, 230, 230))
+        draw = ImageDraw.Draw(image)
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        draw.rectangle((width // 6, height // 3, width - width // 6, height - 4), fill=colour)
+        path = folder / f"dry_{i:02d}.png"
+        image.save(path)
+        files.append(path)
+    return files
+
+
+DRY_RUN_CONFIG = TrainConfig(
+    model=ModelConfig(height=16, width=32, latent_dim=8, widths=(8, 16)),
+    batch_size=4,
+    epochs=2,
+    beta_warmup_epochs=1,
+    patience=1,
+    threads=1,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="folder of photos")
+    parser.add_argument("--out", type=Path, help="folder for checkpoints and reports")
+    parser.add_argument("--config", type=Path, help="JSON training config (ml/configs/*.json)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
+    parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    parser.add_argument("--limit", type=int, help="use only the first N photos")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--dry-run", action="store_true", help="a few steps of a tiny model on tiny images")
+    args = parser.parse_args(argv)
+
+    if args.dry_run:
+        config = DRY_RUN_CONFIG
+        with tempfile.TemporaryDirectory() as tmp:
+            files = list_images(args.data)[:12] if args.data else _dry_run_data(Path(tmp))
+            result = train(config, files, args.out or Path(tmp) / "run", max_steps=4, show_bar=False)
+            print(json.dumps({"dry_run": True, "epochs": result.epochs_run, **result.best_val}))
+        return 0
+    if not args.data or not args.out:
+        parser.error("--data and --out are required (or use --dry-run)")
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.epochs:
+        config = config.replace(epochs=args.epochs)
+    if args.seed is not None:
+        config = config.replace(seed=args.seed)
+    try:
+        files = list_images(args.data)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if args.limit:
+        files = files[: args.limit]
+    if not files:
+        parser.error(f"no images in {args.data}")
+    print(f"training on {len(files)} photos from {args.data} -> {args.out}", file=sys.stderr)
+    result = train(config, files, args.out, resume=args.resume)
+    print(
+        json.dumps(
+            {
+                "best_checkpoint": str(result.best_checkpoint),
+                "epochs": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 1),
+                "stopped_early": result.stopped_early,
+                **result.best_val,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
