@@ -163,7 +163,8 @@ def train(
     generator = np.random.default_rng(config.seed)
     for _ in range(state["epoch"]):  # replay the shuffles so a resumed run matches an unbroken one
         generator.permutation(len(train_index))
-        generator.random(len(train_index))
+        if config.hflip:
+            generator.random(len(train_index))
     started = time.monotonic() - state["seconds"]
     stopped_early = False
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
@@ -229,7 +230,8 @@ def train(
         state["history"].append(record)
 
         # Plateau logic only after the KL warm-up: before it the objective itself is moving.
-        improved = val["loss"] < state["best_loss"] - config.min_delta * abs(state["best_loss"])
+        best = state["best_loss"]
+        improved = best == float("inf") or val["loss"] < best - config.min_delta * abs(best)
         checkpoint = {
             "config": config.to_dict(),
             "model": model.state_dict(),
