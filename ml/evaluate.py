@@ -1,0 +1,247 @@
+"""Quality of an exported model on a folder of photos (numpy + Pillow + onnxruntime; no torch).
+
+    python -m ml.evaluate --model ml/weights/default --data DIR [--noncars DIR] [--held-out]
+
+Prints a human summary and, as its last line, one JSON object. All metrics are means over images
+of per-image values, computed on the model-input pixels inside the letterbox box (the bars added by
+preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, see
+``ml.runtime.ssim``), ``kl`` (nats). Reference predictors on the same target pixels:
+
+- ``baseline_mean_psnr``: the model directory's ``mean_image.png`` (the per-pixel mean of the
+  training images' model inputs, written by ``ml.export --data``); absent without it.
+- ``baseline_thumb8_psnr`` / ``baseline_thumb16_psnr``: the target shrunk to 8x8 (192 numbers) or
+  16x16 (768 numbers) with bicubic resampling and enlarged back to its size the same way; the
+  model keeps 128.
+
+With ``--noncars`` also ``ood_auroc``: the probability that a random car from ``--data`` gets a
+higher ``car_likeness`` than a random non-car (1.0 separates them perfectly, 0.5 is chance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ml import runtime
+from ml.data import list_images
+from ml.preprocess import Prepared
+
+BATCH = 32
+THUMB_SIZES = (8, 16)
+# car_likeness = P(N(0,1) > sum_i w_i * z_i) with z_i the z-score of feature i against the held-out
+# cars. Chosen by the cars-vs-non-cars AUROC (see the README's model section): KL alone and
+# log-MSE alone each separate worse than their sum.
+SCORE_WEIGHTS = {"log_mse": 1 / math.sqrt(2), "kl": 1 / math.sqrt(2)}
+
+
+def thumbnail_prediction(target: np.ndarray, size: int) -> np.ndarray:
+    """``target`` ``[C, h, w]`` in [0, 1] -> shrunk to ``size x size`` and enlarged back (bicubic)."""
+    pixels = np.clip(np.rint(target * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    small = image.resize((size, size), Image.Resampling.BICUBIC)
+    back = np.asarray(small.resize(image.size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    return back[None] if back.ndim == 2 else back.transpose(2, 0, 1)
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def load_mean_image(model: runtime.Model) -> np.ndarray | None:
+    """The model directory's mean training image ``[C, H, W]`` in [0, 1], if it has one."""
+    name = model.metadata.get("mean_image")
+    if not name or not (model.model_dir / name).is_file():
+        return None
+    with Image.open(model.model_dir / name) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    array = array.transpose(2, 0, 1)
+    return array.mean(axis=0, keepdims=True) if model.config.channels == 1 else array
+
+
+def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def score_files(model: runtime.Model, files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Per-image metrics and baselines; an undecodable file gets ``{"name", "error"}``."""
+    mean = load_mean_image(model)
+    records: list[dict[str, Any]] = []
+    for chunk in _batched(list(files), BATCH):
+        prepared: list[tuple[Path, Prepared]] = []
+        for path in chunk:
+            try:
+                prepared.append((path, model.prepare(path)))
+            except runtime.ImageError as error:
+                records.append({"name": Path(path).name, "error": str(error)})
+        if not prepared:
+            continue
+        out = model.run(np.stack([p.array for _, p in prepared]))
+        for i, (path, item) in enumerate(prepared):
+            scores = runtime.scores_from_arrays(
+                item.array, out.recon[i], item.box, out.mu[i], out.logvar[i], model.calibration
+            )
+            target = runtime.crop_box(item.array, item.box)
+            record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
+            record["log_mse"] = math.log(max(scores.mse, runtime.MIN_MSE))
+            if mean is not None:
+                record["baseline_mean_psnr"] = runtime.psnr_from_mse(_mse(runtime.crop_box(mean, item.box), target))
+            for size in THUMB_SIZES:
+                record[f"baseline_thumb{size}_psnr"] = runtime.psnr_from_mse(
+                    _mse(thumbnail_prediction(target, size), target)
+                )
+            records.append(record)
+    return records
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the per-image values over the images that decoded."""
+    good = [r for r in records if "error" not in r]
+    summary: dict[str, Any] = {"n": len(good), "skipped": len(records) - len(good)}
+    keys = ["psnr", "ssim", "mse", "kl", "baseline_mean_psnr", *(f"baseline_thumb{s}_psnr" for s in THUMB_SIZES)]
+    for key in keys:
+        values = [r[key] for r in good if r.get(key) is not None]
+        if values:
+            summary[key] = round(float(np.mean(values)), 6)
+    likeness = [r["car_likeness"] for r in good if r.get("car_likeness") is not None]
+    if likeness:
+        summary["car_likeness_median"] = round(float(np.median(likeness)), 4)
+    return summary
+
+
+def calibrate(records: Sequence[dict[str, Any]], weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """Scoring calibration from held-out cars: mean and std of each feature, and the weights."""
+    good = [r for r in records if "error" not in r]
+    if len(good) < 2:
+        raise ValueError("calibration needs at least 2 decodable images")
+    calibration: dict[str, Any] = {
+        "method": "car_likeness = P(N(0,1) > sum(weights[f] * (f - mean[f]) / std[f])), f in log(mse), kl",
+        "n": len(good),
+        "weights": dict(weights or SCORE_WEIGHTS),
+    }
+    for name in ("log_mse", "kl"):
+        values = np.array([r[name] for r in good], dtype=np.float64)
+        calibration[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
+    return calibration
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(score of a random positive > score of a random negative), ties counted half (Mann-Whitney)."""
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    if not len(pos) or not len(neg):
+        raise ValueError("AUROC needs at least one positive and one negative")
+    values = np.concatenate([pos, neg])
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    # Average ranks over runs of equal values.
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end - 1) / 2 + 1
+            start = end
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def ood_score(record: dict[str, Any]) -> float:
+    """Higher = more car-like: ``car_likeness``, or ``-log(mse)`` for an uncalibrated model."""
+    if record.get("car_likeness") is not None:
+        return float(record["car_likeness"])
+    return -float(record["log_mse"])
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    files: Sequence[str | os.PathLike],
+    noncar_files: Sequence[str | os.PathLike] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Metrics of the model in ``model_dir`` on ``files`` (and ``ood_auroc`` against ``noncar_files``)."""
+    model = runtime.load_model(model_dir, threads=threads)
+    records = score_files(model, [Path(f) for f in files])
+    result: dict[str, Any] = {"model": model.version, **summarize(records)}
+    if noncar_files:
+        noncars = [r for r in score_files(model, [Path(f) for f in noncar_files]) if "error" not in r]
+        cars = [r for r in records if "error" not in r]
+        result["n_noncars"] = len(noncars)
+        if cars and noncars:
+            result["ood_auroc"] = round(auroc([ood_score(r) for r in cars], [ood_score(r) for r in noncars]), 4)
+            likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
+            if likeness:
+                result["noncar_likeness_median"] = round(float(np.median(likeness)), 4)
+    return result
+
+
+def held_out_names(model: runtime.Model, checkpoint: Path | None) -> set[str]:
+    """Validation file names: from a training checkpoint (needs torch) or the model's metadata."""
+    if checkpoint is not None:
+        import torch
+
+        return set(torch.load(checkpoint, map_location="cpu", weights_only=False)["val_names"])
+    names = (model.metadata.get("data") or {}).get("val_names")
+    if not names:
+        raise ValueError(f"{model.model_dir} records no validation names (export with --data)")
+    return set(names)
+
+
+def _human(result: dict[str, Any]) -> str:
+    lines = [f"model {result['model']}: {result['n']} images ({result['skipped']} unreadable)"]
+    lines.append(
+        f"  model       psnr {result.get('psnr', float('nan')):6.2f} dB  ssim {result.get('ssim', float('nan')):.3f}"
+        f"  mse {result.get('mse', float('nan')):.5f}  kl {result.get('kl', float('nan')):.1f} nats"
+    )
+    for key, label in (
+        ("baseline_mean_psnr", "mean image"),
+        ("baseline_thumb8_psnr", "8x8 thumb"),
+        ("baseline_thumb16_psnr", "16x16 thumb"),
+    ):
+        if key in result:
+            lines.append(f"  {label:<11} psnr {result[key]:6.2f} dB")
+    if "ood_auroc" in result:
+        lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['ood_auroc']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=runtime.DEFAULT_MODEL_DIR, help="exported model directory")
+    parser.add_argument("--data", type=Path, required=True, help="folder of car photos")
+    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds ood_auroc)")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--held-out", action="store_true", help="only the validation images recorded in the model")
+    split.add_argument("--val-of", type=Path, metavar="CHECKPOINT", help="only this checkpoint's validation images")
+    parser.add_argument("--limit", type=int, help="use only the first N photos (of each folder)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        files = list_images(args.data)
+        noncars = list_images(args.noncars) if args.noncars else None
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    if args.held_out or args.val_of:
+        names = held_out_names(runtime.load_model(args.model), args.val_of)
+        files = [f for f in files if f.name in names]
+    if args.limit:
+        files = files[: args.limit]
+        noncars = noncars[: args.limit] if noncars else noncars
+    if not files:
+        parser.error(f"no images to evaluate in {args.data}")
+    result = evaluate(args.model, files, noncars, threads=args.threads)
+    print(_human(result))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

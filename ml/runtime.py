@@ -1,0 +1,351 @@
+"""Serving a exported VAE with ONNX Runtime (numpy + Pillow + onnxruntime; never torch).
+
+    from ml import runtime
+    model = runtime.load_model(runtime.DEFAULT_MODEL_DIR)
+    result = model.reconstruct(open("car.jpg", "rb"))
+    result.model_input, result.reconstruction, result.scores.to_dict(), result.latent
+
+A model directory (written by ``python -m ml.export``) holds ``encoder.onnx`` (``x [B, C, H, W]``
+-> ``mu, logvar [B, D]``), ``decoder.onnx`` (``z [B, D]`` -> ``image [B, C, H, W]``) and
+``metadata.json`` (the model config, preprocessing, metrics and scoring calibration). Everything
+here runs on the model-input pixels inside the letterbox box (see ``ml/preprocess.py``): padding
+is never scored.
+
+Works with numpy 1.26 + Pillow 12 + onnxruntime 1.16.3 (the Lambda stack) as well as the current
+releases, so it uses no numpy-2-only API.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import struct
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from ml.config import ModelConfig
+from ml.preprocess import Prepared, prepare, to_image
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+METADATA_FILE = "metadata.json"
+# Newest metadata layout this runtime understands (ml/export.py writes it).
+FORMAT_VERSION = 1
+# Intra-op threads per session unless told otherwise; one process per core is the throughput setup.
+THREADS_ENV = "CARSITE_ORT_THREADS"
+
+ImageSource = Image.Image | str | os.PathLike | BinaryIO | bytes
+
+# SSIM constants (Wang, Bovik, Sheikh & Simoncelli, "Image Quality Assessment: From Error
+# Visibility to Structural Similarity", IEEE TIP 2004): K1 = 0.01, K2 = 0.03, dynamic range 1,
+# an 11x11 Gaussian window with sigma 1.5.
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+# PSNR of a perfect reconstruction is infinite; cap it so scores stay finite JSON numbers.
+MIN_MSE = 1e-10
+
+
+class ImageError(ValueError):
+    """The input is not an image we can decode; ``str(error)`` is meant for a person."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """How well the model reproduced one image (on the model-input pixels inside the box).
+
+    ``mse`` per pixel and channel on [0, 1]; ``psnr`` in dB; ``ssim`` (mean over RGB);
+    ``kl`` = KL(q(z|x) || N(0, I)) in nats; ``car_likeness`` in [0, 1], or None when the model
+    directory carries no calibration (see ``car_likeness`` below).
+    """
+
+    mse: float
+    psnr: float
+    ssim: float
+    kl: float
+    car_likeness: float | None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Result:
+    model_input: Image.Image  # RGB: what the model saw, letterbox bars removed
+    reconstruction: Image.Image  # RGB, same size as model_input
+    scores: Scores
+    latent: np.ndarray  # [latent_dim] posterior mean
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """Raw model outputs for a batch: ``mu``, ``logvar`` ``[B, D]``; ``recon`` ``[B, C, H, W]``."""
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    recon: np.ndarray
+
+
+def open_source(source: ImageSource) -> Image.Image:
+    """Decode ``source`` fully (Pillow is lazy) or raise :class:`ImageError`.
+
+    A missing file is a programming error, not bad input: ``FileNotFoundError`` passes through.
+    """
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    try:
+        image = source if isinstance(source, Image.Image) else Image.open(source)
+        image.load()
+        return image
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"The image has too many pixels to process safely ({error}).") from error
+    except Image.UnidentifiedImageError as error:
+        raise ImageError("This file is not an image format we can read (try JPEG, PNG or WebP).") from error
+    # Broken files surface from Pillow's decoders as any of these, depending on the format.
+    except (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error) as error:
+        raise ImageError(f"The image could not be decoded; the file may be damaged or truncated ({error}).") from error
+
+
+def _ssim_kernel(size: int) -> np.ndarray:
+    sigma = SSIM_SIGMA * size / SSIM_WINDOW
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _filter_valid(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filtering of ``[C, H, W]`` with a 1-D ``kernel`` along H then W."""
+    size = len(kernel)
+    rows = np.lib.stride_tricks.sliding_window_view(image, size, axis=1) @ kernel
+    return np.lib.stride_tricks.sliding_window_view(rows, size, axis=2) @ kernel
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two ``[C, H, W]`` images in [0, 1] (Wang et al. 2004, Gaussian 11x11, sigma 1.5).
+
+    Windows lie fully inside the image ('valid'); an image smaller than 11 pixels on a side gets
+    the largest odd window that fits, with sigma scaled by the same factor. Channels are averaged.
+    """
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    size = min(SSIM_WINDOW, a.shape[1], a.shape[2])
+    size -= 1 - size % 2
+    kernel = _ssim_kernel(size)
+    mu_a = _filter_valid(a, kernel)
+    mu_b = _filter_valid(b, kernel)
+    var_a = _filter_valid(a * a, kernel) - mu_a**2
+    var_b = _filter_valid(b * b, kernel) - mu_b**2
+    cov = _filter_valid(a * b, kernel) - mu_a * mu_b
+    numerator = (2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)
+    denominator = (mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    return float(np.mean(numerator / denominator))
+
+
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> float:
+    """KL(N(mu, exp(logvar)) || N(0, I)) in nats (Kingma & Welling 2014, appendix B)."""
+    mu = mu.astype(np.float64)
+    logvar = logvar.astype(np.float64)
+    return float(0.5 * np.sum(mu**2 + np.exp(logvar) - 1.0 - logvar))
+
+
+def crop_box(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``[C, H, W]`` -> the ``[C, h, w]`` part inside ``box = (left, top, right, bottom)``."""
+    left, top, right, bottom = box
+    return array[:, top:bottom, left:right]
+
+
+def psnr_from_mse(mse: float) -> float:
+    return 10.0 * math.log10(1.0 / max(mse, MIN_MSE))
+
+
+def _normal_tail(z: float) -> float:
+    """P(N(0, 1) > z)."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def anomaly_score(mse: float, kl: float, calibration: dict[str, Any]) -> float:
+    """How much less car-like than the validation cars an image is, in standard deviations.
+
+    ``calibration`` (written by ``ml.export`` from the held-out validation cars) holds the mean and
+    standard deviation of ``log(mse)`` and ``kl`` and the ``weights`` of their z-scores; the
+    weights were chosen by the cars-vs-non-cars AUROC recorded in the calibration itself.
+    """
+    features = {"log_mse": math.log(max(mse, MIN_MSE)), "kl": kl}
+    score = 0.0
+    for name, weight in calibration["weights"].items():
+        stats = calibration[name]
+        score += weight * (features[name] - stats["mean"]) / max(stats["std"], 1e-12)
+    return score
+
+
+def car_likeness(mse: float, kl: float, calibration: dict[str, Any] | None) -> float | None:
+    """P(a validation car scores worse than this image), under a normal fit: in [0, 1].
+
+    A typical car lands near 0.5; 0.05 means less car-like than 95% of real cars. None without
+    calibration (a model exported without ``--data``).
+    """
+    if not calibration:
+        return None
+    return _normal_tail(anomaly_score(mse, kl, calibration))
+
+
+def scores_from_arrays(
+    target: np.ndarray,
+    recon: np.ndarray,
+    box: tuple[int, int, int, int],
+    mu: np.ndarray,
+    logvar: np.ndarray,
+    calibration: dict[str, Any] | None = None,
+) -> Scores:
+    """Scores of one image: ``target`` and ``recon`` ``[C, H, W]`` in [0, 1], ``mu``/``logvar`` ``[D]``."""
+    a = crop_box(target, box).astype(np.float64)
+    b = crop_box(recon, box).astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    kl = kl_divergence(mu, logvar)
+    return Scores(
+        mse=mse,
+        psnr=psnr_from_mse(mse),
+        ssim=ssim(a, b),
+        kl=kl,
+        car_likeness=car_likeness(mse, kl, calibration),
+    )
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        value = os.environ.get(THREADS_ENV, "1")
+        try:
+            threads = int(value)
+        except ValueError as error:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from error
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads would otherwise spin on a core another worker process needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class Model:
+    """An exported VAE. Thread-safe: ONNX Runtime sessions may be run from several threads."""
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        metadata_path = self.model_dir / METADATA_FILE
+        if not metadata_path.is_file():
+            raise FileNotFoundError(f"no exported model in {self.model_dir} (missing {METADATA_FILE})")
+        self.metadata: dict[str, Any] = json.loads(metadata_path.read_text())
+        if self.metadata.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{metadata_path} has format version {self.metadata['format_version']}; "
+                f"this runtime reads up to {FORMAT_VERSION}"
+            )
+        self.version: str = self.metadata["version"]
+        self.config = ModelConfig.from_dict(self.metadata["model"])
+        self.calibration: dict[str, Any] | None = self.metadata.get("calibration")
+        self.threads = _threads(threads)
+        options = session_options(self.threads)
+        providers = ["CPUExecutionProvider"]
+        self._encoder = ort.InferenceSession(str(self.model_dir / ENCODER_FILE), options, providers=providers)
+        self._decoder = ort.InferenceSession(str(self.model_dir / DECODER_FILE), options, providers=providers)
+        self._x_name = self._encoder.get_inputs()[0].name
+        self._z_name = self._decoder.get_inputs()[0].name
+
+    def __repr__(self) -> str:
+        return f"<Model {self.version} from {self.model_dir}>"
+
+    # Arrays in, arrays out: what evaluation and benchmarks use.
+    def prepare(self, image: ImageSource) -> Prepared:
+        """Decode and letterbox one photo (raises :class:`ImageError` for undecodable input)."""
+        return prepare(open_source(image), self.config)
+
+    def run(self, x: np.ndarray) -> BatchOutput:
+        """``x`` ``[B, C, H, W]`` float32 in [0, 1] -> posterior and reconstruction of the mean."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        mu, logvar = self._encoder.run(None, {self._x_name: x})
+        recon = self._decoder.run(None, {self._z_name: mu})[0]
+        return BatchOutput(mu=mu, logvar=logvar, recon=recon)
+
+    def encode_array(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self._encoder.run(None, {self._x_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return mu, logvar
+
+    def decode_array(self, z: np.ndarray) -> np.ndarray:
+        return self._decoder.run(None, {self._z_name: np.ascontiguousarray(z, dtype=np.float32)})[0]
+
+    # Pictures in, pictures out: what the site uses.
+    def reconstruct(self, image: ImageSource) -> Result:
+        prepared = self.prepare(image)
+        out = self.run(prepared.array[None])
+        scores = scores_from_arrays(
+            prepared.array, out.recon[0], prepared.box, out.mu[0], out.logvar[0], self.calibration
+        )
+        return Result(
+            model_input=to_image(prepared.array, prepared.box),
+            reconstruction=to_image(out.recon[0], prepared.box),
+            scores=scores,
+            latent=out.mu[0],
+        )
+
+    def encode(self, image: ImageSource) -> np.ndarray:
+        """The posterior mean ``[latent_dim]``."""
+        return self.encode_array(self.prepare(image).array[None])[0][0]
+
+    def decode(self, z: np.ndarray) -> Image.Image:
+        """A latent ``[latent_dim]`` -> the full ``width x height`` frame as RGB."""
+        z = np.asarray(z, dtype=np.float32).reshape(-1)
+        if z.shape != (self.config.latent_dim,):
+            raise ValueError(f"expected a latent of {self.config.latent_dim} numbers, got {z.size}")
+        return to_image(self.decode_array(z[None])[0])
+
+    def score(self, image: ImageSource) -> Scores:
+        return self.reconstruct(image).scores
+
+
+_cache: dict[tuple[str, int, int], Model] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, threads: int | None = None) -> Model:
+    """The model in ``model_dir``, loaded once per process.
+
+    Cached by (resolved directory, ``metadata.json`` modification time, threads): a re-export
+    into the same directory is picked up on the next call. Threads default to 1 (or
+    ``$CARSITE_ORT_THREADS``).
+    """
+    resolved = Path(model_dir).resolve()
+    try:
+        mtime = (resolved / METADATA_FILE).stat().st_mtime_ns
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no exported model in {resolved} (missing {METADATA_FILE})") from None
+    key = (str(resolved), mtime, _threads(threads))
+    with _cache_lock:
+        model = _cache.get(key)
+        if model is None:
+            # Drop older versions of this directory so a long-lived worker does not pile them up.
+            for stale in [k for k in _cache if k[0] == key[0]]:
+                del _cache[stale]
+            model = _cache[key] = Model(resolved, threads=key[2])
+        return model
