@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -37,10 +36,12 @@ from ml.preprocess import Prepared
 
 BATCH = 32
 THUMB_SIZES = (8, 16)
-# car_likeness = P(N(0,1) > sum_i w_i * z_i) with z_i the z-score of feature i against the held-out
-# cars. Chosen by the cars-vs-non-cars AUROC (see the README's model section): KL alone and
-# log-MSE alone each separate worse than their sum.
-SCORE_WEIGHTS = {"log_mse": 1 / math.sqrt(2), "kl": 1 / math.sqrt(2)}
+# car_likeness = P(N(0,1) > sum_i w_i z_i / |w|), z_i the z-score of feature i (ml.runtime.score_features)
+# against the held-out cars. Chosen by the cars-vs-non-cars AUROC (measurements in the README's model
+# section): the encoder's posterior log-variance separates far better than reconstruction error or KL,
+# which non-car photos often have as low as cars.
+SCORE_WEIGHTS = {"logvar": 1.0}
+FEATURES = ("log_mse", "kl", "logvar")
 
 
 def thumbnail_prediction(target: np.ndarray, size: int) -> np.ndarray:
@@ -92,7 +93,7 @@ def score_files(model: runtime.Model, files: Sequence[Path]) -> list[dict[str, A
             )
             target = runtime.crop_box(item.array, item.box)
             record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
-            record["log_mse"] = math.log(max(scores.mse, runtime.MIN_MSE))
+            record.update(runtime.score_features(scores.mse, scores.kl, out.logvar[i]))
             if mean is not None:
                 record["baseline_mean_psnr"] = runtime.psnr_from_mse(_mse(runtime.crop_box(mean, item.box), target))
             for size in THUMB_SIZES:
@@ -124,13 +125,14 @@ def calibrate(records: Sequence[dict[str, Any]], weights: dict[str, float] | Non
     if len(good) < 2:
         raise ValueError("calibration needs at least 2 decodable images")
     calibration: dict[str, Any] = {
-        "method": "car_likeness = P(N(0,1) > sum(weights[f] * (f - mean[f]) / std[f])), f in log(mse), kl",
+        "method": "car_likeness = P(N(0,1) > sum_f weights[f] * (f - mean[f]) / std[f] / |weights|)",
         "n": len(good),
         "weights": dict(weights or SCORE_WEIGHTS),
+        "features": {},
     }
-    for name in ("log_mse", "kl"):
+    for name in FEATURES:
         values = np.array([r[name] for r in good], dtype=np.float64)
-        calibration[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
+        calibration["features"][name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
     return calibration
 
 
@@ -155,10 +157,11 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
 
 
 def ood_score(record: dict[str, Any]) -> float:
-    """Higher = more car-like: ``car_likeness``, or ``-log(mse)`` for an uncalibrated model."""
+    """Higher = more car-like: ``car_likeness``, or for an uncalibrated model the same evidence
+    uncalibrated (the negative mean posterior log-variance, see ``SCORE_WEIGHTS``)."""
     if record.get("car_likeness") is not None:
         return float(record["car_likeness"])
-    return -float(record["log_mse"])
+    return -float(record["logvar"])
 
 
 def evaluate(

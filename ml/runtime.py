@@ -177,22 +177,28 @@ def _normal_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def anomaly_score(mse: float, kl: float, calibration: dict[str, Any]) -> float:
+def score_features(mse: float, kl: float, logvar: np.ndarray) -> dict[str, float]:
+    """What the car-likeness calibration can weigh: ``log_mse``, ``kl`` and ``logvar``, the mean
+    posterior log-variance (how unsure the encoder is about the image)."""
+    return {"log_mse": math.log(max(mse, MIN_MSE)), "kl": kl, "logvar": float(np.mean(logvar, dtype=np.float64))}
+
+
+def anomaly_score(features: dict[str, float], calibration: dict[str, Any]) -> float:
     """How much less car-like than the validation cars an image is, in standard deviations.
 
     ``calibration`` (written by ``ml.export`` from the held-out validation cars) holds the mean and
-    standard deviation of ``log(mse)`` and ``kl`` and the ``weights`` of their z-scores; the
-    weights were chosen by the cars-vs-non-cars AUROC recorded in the calibration itself.
+    standard deviation of each feature and the ``weights`` of their z-scores; the weighted sum is
+    divided by the weights' norm so that it stays a z-score for independent features.
     """
-    features = {"log_mse": math.log(max(mse, MIN_MSE)), "kl": kl}
+    weights = calibration["weights"]
     score = 0.0
-    for name, weight in calibration["weights"].items():
-        stats = calibration[name]
+    for name, weight in weights.items():
+        stats = calibration["features"][name]
         score += weight * (features[name] - stats["mean"]) / max(stats["std"], 1e-12)
-    return score
+    return score / max(math.sqrt(sum(w * w for w in weights.values())), 1e-12)
 
 
-def car_likeness(mse: float, kl: float, calibration: dict[str, Any] | None) -> float | None:
+def car_likeness(features: dict[str, float], calibration: dict[str, Any] | None) -> float | None:
     """P(a validation car scores worse than this image), under a normal fit: in [0, 1].
 
     A typical car lands near 0.5; 0.05 means less car-like than 95% of real cars. None without
@@ -200,7 +206,7 @@ def car_likeness(mse: float, kl: float, calibration: dict[str, Any] | None) -> f
     """
     if not calibration:
         return None
-    return _normal_tail(anomaly_score(mse, kl, calibration))
+    return _normal_tail(anomaly_score(features, calibration))
 
 
 def scores_from_arrays(
@@ -221,7 +227,7 @@ def scores_from_arrays(
         psnr=psnr_from_mse(mse),
         ssim=ssim(a, b),
         kl=kl,
-        car_likeness=car_likeness(mse, kl, calibration),
+        car_likeness=car_likeness(score_features(mse, kl, logvar), calibration),
     )
 
 
