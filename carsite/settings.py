@@ -1,0 +1,296 @@
+"""carsite settings: one module, read from environment variables.
+
+Every variable is documented in README.md ("Configuration"). The defaults run on a laptop with
+nothing but the project (SQLite, files under ./media, Redis on loopback); production-only values
+(SECRET_KEY, a real database, S3) have no silent default. A malformed value stops the start-up
+with a message naming the variable, rather than running with a surprise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+RUN_DIR = BASE_DIR / ".run"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {value!r}")
+
+
+def envint(name: str, default: int, minimum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+ON_LAMBDA = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+SITE_NAME = envstr("SITE_NAME", "carsite")
+
+# A site reachable only on loopback (DEBUG, or the default ALLOWED_HOSTS) may run without a configured
+# SECRET_KEY: it gets a random one, generated once and kept in .run/secret_key so sessions survive a
+# restart and every local process signs alike. Anything else (a public host name, Lambda) must set it.
+_LOCAL_ONLY = DEBUG or set(ALLOWED_HOSTS) <= {"127.0.0.1", "localhost", "[::1]", "testserver"}
+
+
+def _local_secret_key() -> str:
+    path = RUN_DIR / "secret_key"
+    if not path.exists():
+        RUN_DIR.mkdir(exist_ok=True)
+        # O_EXCL: two processes starting at once must not write two different keys.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if ON_LAMBDA or not _LOCAL_ONLY:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it to a long random string (for example the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`); it may be omitted only "
+            "for a local site (DEBUG=1 or ALLOWED_HOSTS left at its loopback default)."
+        )
+    SECRET_KEY = _local_secret_key()
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "reconstruct",
+]
+if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():
+    INSTALLED_APPS.append("reconstruct.curation")
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "carsite.urls"
+WSGI_APPLICATION = "carsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "reconstruct.context_processors.site",
+            ],
+        },
+    },
+]
+
+# Database: SQLite next to the code unless DATABASE_URL names another (postgres://user:pass@host/db).
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the Celery worker write to the same file: WAL lets readers run beside a
+    # writer, IMMEDIATE transactions take the write lock up front (no deadlock-on-upgrade), and the
+    # timeout makes a second writer wait instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "reconstruct:upload"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed
+# locally); `collectstatic` fills STATIC_ROOT for deployments.
+STATIC_URL = envstr("STATIC_URL", "static/")
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Media: local files by default, private S3 objects when AWS_STORAGE_BUCKET_NAME is set. Keys are
+# always generated by the server (reconstruct/services.py), never taken from an upload's name.
+MEDIA_ROOT = Path(envstr("MEDIA_ROOT") or BASE_DIR / "media")
+MEDIA_URL = "media/"  # never routed: local files are served by an owner-checked view
+AWS_STORAGE_BUCKET_NAME = envstr("AWS_STORAGE_BUCKET_NAME")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if AWS_STORAGE_BUCKET_NAME:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": envstr("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": envstr("AWS_S3_REGION_NAME") or None,
+            "location": envstr("AWS_LOCATION"),
+            # Objects stay private (the bucket's default); they are read through presigned URLs.
+            "default_acl": envstr("AWS_DEFAULT_ACL") or None,
+            "querystring_auth": True,
+            "querystring_expire": envint("AWS_QUERYSTRING_EXPIRE", 3600, minimum=60),
+            "file_overwrite": False,
+            "signature_version": "s3v4",
+            "addressing_style": envchoice("AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
+        },
+    }
+
+# Uploads. Phones write 3-12 MB JPEGs; the byte limit is checked before the body is read, the pixel
+# limit before the pixels are decoded (a small file can hold a huge "decompression bomb").
+RECONSTRUCT_MAX_UPLOAD_BYTES = envint("RECONSTRUCT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024, minimum=1024)
+RECONSTRUCT_MAX_IMAGE_PIXELS = envint("RECONSTRUCT_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
+RECONSTRUCT_MIN_IMAGE_SIDE = envint("RECONSTRUCT_MIN_IMAGE_SIDE", 16, minimum=1)
+# Above this an uploaded file is streamed to a temporary file rather than held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
+
+# How reconstructions run: "celery" queues a task for a worker; "sync" runs it inside the request
+# (AWS Lambda, where nothing else is running: chosen automatically there).
+RECONSTRUCT_MODE = envchoice("RECONSTRUCT_MODE", "sync" if ON_LAMBDA else "celery", ("celery", "sync"))
+# A reconstruction is retried this many times after its worker died; then it is failed.
+RECONSTRUCT_MAX_ATTEMPTS = envint("RECONSTRUCT_MAX_ATTEMPTS", 3, minimum=1)
+# Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
+RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
+# Where each process keeps its copy of the active model's files (downloaded once per version).
+MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "carsite-models")
+
+# Celery (carsite/celery.py reads every CELERY_* setting). Redis is the broker; nothing reads task
+# results (the Reconstruction row holds status and outcome), so there is no result backend.
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL") or REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "reconstruct"
+# Routed by task name; the curation app adds its training tasks to a "training" queue.
+CELERY_TASK_ROUTES = {"reconstruct.tasks.*": {"queue": "reconstruct"}}
+# No job is lost when a worker dies: a message is acknowledged only after its task finished
+# (acks_late), and one whose worker was killed goes back to the queue (reject_on_worker_lost). Each
+# process reserves one message at a time, so a dead process strands at most one.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis redelivers a message that was not acknowledged within the visibility timeout, so every
+# task's hard time limit must stay below it, or a slow task would run twice.
+CELERY_VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_TASK_SOFT_TIME_LIMIT = envint("RECONSTRUCT_SOFT_TIME_LIMIT", 120, minimum=1)
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 30
+if CELERY_TASK_TIME_LIMIT >= CELERY_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured("RECONSTRUCT_SOFT_TIME_LIMIT + 30 must stay below CELERY_VISIBILITY_TIMEOUT")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing from a web request must not hang when Redis is down: fail fast and tell the user.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+CELERY_BROKER_CONNECTION_TIMEOUT = 4
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Email: printed on the console unless an SMTP server is configured.
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "carsite <noreply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# HTTPS hardening, for a site behind TLS (on by SECURE_COOKIES=1; Lambda sits behind API Gateway's TLS).
+SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+if envbool("SECURE_PROXY_SSL_HEADER", ON_LAMBDA):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "reconstruct": {"level": LOG_LEVEL},
+        "carsite": {"level": LOG_LEVEL},
+        "django": {"level": "INFO"},
+    },
+}

@@ -1,0 +1,68 @@
+"""Reconstructions in the admin (the model registry's admin lives in reconstruct.curation)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from reconstruct import services
+from reconstruct.models import Reconstruction
+
+
+@admin.register(Reconstruction)
+class ReconstructionAdmin(admin.ModelAdmin):
+    list_display = ["thumb", "original_name", "owner", "status", "psnr", "kl", "model_version", "created_at"]
+    list_display_links = ["thumb", "original_name"]
+    list_filter = ["status", "model_version", "created_at"]
+    search_fields = ["uuid", "original_name", "owner__username", "owner__email"]
+    list_select_related = ["owner", "model_version"]
+    date_hierarchy = "created_at"
+    actions = ["retry"]
+    readonly_fields = [
+        "uuid",
+        "owner",
+        "status",
+        "error",
+        "original",
+        "thumbnail",
+        "model_input",
+        "reconstruction",
+        "original_name",
+        "original_format",
+        "width",
+        "height",
+        "mse",
+        "psnr",
+        "ssim",
+        "kl",
+        "car_likeness",
+        "model_version",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+
+    @admin.display(description="")
+    def thumb(self, obj: Reconstruction) -> str:
+        if not obj.thumbnail:
+            return "-"
+        url = reverse("reconstruct:file", args=[obj.uuid, "thumbnail"])
+        return format_html('<img src="{}" alt="" style="height:48px;border-radius:4px">', url)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Reconstruction | None = None) -> bool:
+        return False
+
+    @admin.action(description="Try the selected failed reconstructions again")
+    def retry(self, request: HttpRequest, queryset: QuerySet[Reconstruction]) -> None:
+        count = 0
+        for reconstruction in queryset.filter(status=Reconstruction.Status.FAILED):
+            services.reconstruction_retry(reconstruction)
+            count += 1
+        self.message_user(request, f"{count} reconstruction(s) queued again.")

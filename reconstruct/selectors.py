@@ -1,0 +1,26 @@
+"""Read queries."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db.models import QuerySet
+
+from reconstruct.models import ModelVersion, Reconstruction
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+
+def reconstruction_list(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
+    """The user's reconstructions, newest first."""
+    return Reconstruction.objects.filter(owner=user).select_related("model_version").order_by("-created_at", "-id")
+
+
+def reconstruction_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:
+    """The user's reconstruction with this public id, or None (also for someone else's)."""
+    return reconstruction_list(user).filter(uuid=public_id).first()
+
+
+def model_version_list() -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.order_by("-created_at", "-id")
