@@ -1,7 +1,19 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from reconstruct import views
+from reconstruct.urls import api_urlpatterns
+
 urlpatterns = [
+    path("", views.home, name="home"),
+    path("examples/<int:index>/<str:kind>.png", views.example_image, name="example_image"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("account/", views.account, name="account"),
+    path("api/", include(api_urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("reconstruct.urls")),
 ]
+
+handler404 = "reconstruct.views.page_not_found"
+handler500 = "reconstruct.views.server_error"

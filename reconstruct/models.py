@@ -8,6 +8,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# The stored files of a reconstruction, in the order a page shows them.
+FILE_KINDS = ("original", "thumbnail", "model_input", "reconstruction")
+
 
 class Reconstruction(models.Model):
     class Status(models.TextChoices):

@@ -72,8 +72,10 @@ class PreparedUpload:
 
 def upload_size_error(size: int) -> str:
     limit = settings.RECONSTRUCT_MAX_UPLOAD_BYTES
+    # filesizeformat joins number and unit with a no-break space; JSON clients would see "\u00a0".
+    size_text, limit_text = (filesizeformat(n).replace("\xa0", " ") for n in (size, limit))
     return (
-        f"The file is {filesizeformat(size)}; the limit is {filesizeformat(limit)}. "
+        f"The file is {size_text}; the limit is {limit_text}. "
         "Please upload a smaller photo (for example resized to 4000 pixels wide, or saved as JPEG)."
     )
 

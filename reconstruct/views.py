@@ -1,19 +1,41 @@
-"""Pages. Each view is a thin adapter around reconstruct.services / reconstruct.selectors."""
+"""Pages. Each view is a thin adapter around reconstruct.services and reconstruct.selectors."""
 
 from __future__ import annotations
 
 import uuid
 
 from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.views.decorators.http import require_GET
+from django.core.paginator import Paginator
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.http.multipartparser import MultiPartParserError
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import cache_control
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.defaults import page_not_found as default_page_not_found
+from django.views.defaults import server_error as default_server_error
 
-from reconstruct import selectors
-from reconstruct.models import Reconstruction
+from reconstruct import examples, presenters, selectors, services
+from reconstruct.auth import TokenError, authenticate_token
+from reconstruct.forms import SignupForm, UploadForm
+from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 
-FILE_KINDS = ("original", "thumbnail", "model_input", "reconstruction")
+GALLERY_PAGE_SIZE = 24
+# Multipart framing and the other form fields come on top of the photo's own bytes.
+MULTIPART_OVERHEAD = 64 * 1024
 
 
 def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> Reconstruction:
@@ -22,6 +44,158 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
     if reconstruction is None:
         raise Http404("No such reconstruction.")
     return reconstruction
+
+
+def body_too_large(request: HttpRequest) -> bool:
+    """Whether the request announces more bytes than any valid upload (checked before reading them)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    return length > settings.RECONSTRUCT_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
+    return render(
+        request,
+        "home.html",
+        {
+            "examples": list(enumerate(examples.EXAMPLES)),
+            "recent": recent,
+            # In the example images' URLs, so browsers fetch new ones after another model is activated.
+            "model_version": services.model_version_get_active().name,
+        },
+    )
+
+
+@require_GET
+@cache_control(public=True, max_age=600)
+def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
+    """A drawn example car (kind "input") or the active model's reconstruction of it."""
+    if index >= len(examples.EXAMPLES) or kind not in ("input", "model_input", "reconstruction"):
+        raise Http404("No such example.")
+    _, model = services.model_version_load_active()
+    example = examples.examples_for(model)[index]
+    picture = {
+        "input": example.picture,
+        "model_input": example.result.model_input,
+        "reconstruction": example.result.reconstruction,
+    }[kind]
+    response = HttpResponse(content_type="image/png")
+    picture.save(response, "PNG")
+    return response
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("reconstruct:upload")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, f"Welcome, {user.username}! Upload a photo of a car to begin.")
+        return redirect("reconstruct:upload")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "regenerate":
+            # Shown once, on the next page view; only its hash is stored.
+            request.session["new_api_token"] = services.api_token_regenerate(request.user)
+        elif action == "revoke":
+            services.api_token_revoke(request.user)
+            messages.success(request, "Your API token was deleted; requests using it are now refused.")
+        return redirect("account")
+    return render(
+        request,
+        "account.html",
+        {
+            "token": ApiToken.objects.filter(user=request.user).first(),
+            "new_token": request.session.pop("new_api_token", None),
+            "api_url": request.build_absolute_uri(reverse("api:reconstructions")),
+            "count": selectors.reconstruction_list(request.user).count(),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        if body_too_large(request):
+            form = UploadForm()
+            form.add_error(None, services.upload_size_error(int(request.META["CONTENT_LENGTH"])))
+            return render(request, "reconstruct/upload.html", {"form": form}, status=413)
+        try:
+            form = UploadForm(request.POST, request.FILES)
+            valid = form.is_valid()
+        except (RequestDataTooBig, TooManyFilesSent, MultiPartParserError):
+            form = UploadForm()
+            form.add_error(None, "The upload could not be read. Please choose one photo and try again.")
+            return render(request, "reconstruct/upload.html", {"form": form}, status=400)
+        if valid:
+            reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
+            return redirect("reconstruct:detail", public_id=reconstruction.uuid)
+        return render(request, "reconstruct/upload.html", {"form": form}, status=400)
+    return render(request, "reconstruct/upload.html", {"form": UploadForm()})
+
+
+@login_required
+@require_GET
+def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    reconstruction = _get_reconstruction_for_user(request, public_id)
+    return render(
+        request,
+        "reconstruct/detail.html",
+        {
+            "r": reconstruction,
+            "urls": {kind: presenters.file_url(reconstruction, kind) for kind in FILE_KINDS},
+            "download_url": presenters.file_url(reconstruction, "reconstruction", download=True),
+            "scores": presenters.explain_scores(reconstruction),
+            "stuck": services.reconstruction_is_stuck(reconstruction),
+            "status_url": reverse("api:reconstruction", args=[reconstruction.uuid]),
+            "reconstruct_mode": settings.RECONSTRUCT_MODE,
+        },
+    )
+
+
+@login_required
+@require_GET
+def gallery(request: HttpRequest) -> HttpResponse:
+    paginator = Paginator(selectors.reconstruction_list(request.user), GALLERY_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    return render(request, "reconstruct/gallery.html", {"page": page})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def delete(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    reconstruction = _get_reconstruction_for_user(request, public_id)
+    if request.method == "POST":
+        services.reconstruction_delete(reconstruction)
+        messages.success(request, f"Deleted “{reconstruction.original_name}” and its files.")
+        return redirect("reconstruct:gallery")
+    return render(
+        request,
+        "reconstruct/confirm_delete.html",
+        {"r": reconstruction, "thumbnail_url": presenters.file_url(reconstruction, "thumbnail")},
+    )
+
+
+@login_required
+@require_POST
+def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    reconstruction = _get_reconstruction_for_user(request, public_id)
+    try:
+        services.reconstruction_retry(reconstruction)
+    except ValidationError as error:
+        messages.error(request, error.messages[0])
+    return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
 def serve_reconstruction_file(reconstruction: Reconstruction, kind: str, download: bool) -> HttpResponse:
@@ -43,8 +217,38 @@ def serve_reconstruction_file(reconstruction: Reconstruction, kind: str, downloa
     return response
 
 
-@login_required
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    reconstruction = _get_reconstruction_for_user(request, public_id)
+    """A stored file of one of the caller's reconstructions (session or API token), or 404."""
+    try:
+        token_user = authenticate_token(request)
+    except TokenError as error:
+        return JsonResponse({"error": str(error)}, status=401)
+    if token_user is not None:
+        request.user = token_user
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
+        # Staff see thumbnails in the admin's list of reconstructions.
+        reconstruction = Reconstruction.objects.filter(uuid=public_id).first()
+        if reconstruction is None:
+            raise Http404("No such reconstruction.")
+    else:
+        reconstruction = _get_reconstruction_for_user(request, public_id)
     return serve_reconstruction_file(reconstruction, kind, download="download" in request.GET)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"error": "Not found."}, status=404)
+    return default_page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"error": "Something went wrong on our side. Please try again later."}, status=500)
+    return default_server_error(request)
