@@ -51,6 +51,19 @@ def envint(name: str, default: int, minimum: int | None = None) -> int:
     return number
 
 
+def envfloat(name: str, default: float, minimum: float | None = None) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
 def envlist(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None:
@@ -232,6 +245,26 @@ RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
 # Where each process keeps its copy of the active model's files (downloaded once per version).
 MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "carsite-models")
 
+# Curation (reconstruct/curation; README "Admin: curating photos and training models"). Photos are
+# flagged, not refused, by these checks: a perceptual-hash distance at most this is a near duplicate
+# (6 of 64 bits catches resized/recompressed copies; 4,000 distinct car photos have 0.5% pairs that close).
+CURATION_NEAR_DUPLICATE_DISTANCE = envint("CURATION_NEAR_DUPLICATE_DISTANCE", 6, minimum=0)
+# Too small: below both of these (the model would have to enlarge the photo to fill its input).
+CURATION_MIN_WIDTH = envint("CURATION_MIN_WIDTH", 128, minimum=1)
+CURATION_MIN_HEIGHT = envint("CURATION_MIN_HEIGHT", 64, minimum=1)
+# Extreme aspect ratio: width / height outside this range (the training photos run 1.75 to 4).
+CURATION_MIN_ASPECT = envfloat("CURATION_MIN_ASPECT", 1.2, minimum=0.01)
+CURATION_MAX_ASPECT = envfloat("CURATION_MAX_ASPECT", 4.2, minimum=0.01)
+# Car-likeness below this is shown as "does not look like a car".
+CURATION_LOW_CAR_LIKENESS = envfloat("CURATION_LOW_CAR_LIKENESS", 0.2, minimum=0)
+CURATION_MAX_IMAGE_BYTES = envint("CURATION_MAX_IMAGE_BYTES", 25 * 1024 * 1024, minimum=1024)
+CURATION_MAX_ZIP_MEMBERS = envint("CURATION_MAX_ZIP_MEMBERS", 20_000, minimum=1)
+# A training run needs at least this many approved photos (a tenth of them are held out for validation).
+CURATION_MIN_TRAINING_IMAGES = envint("CURATION_MIN_TRAINING_IMAGES", 20, minimum=2)
+# Training runs on the "training" queue, in a worker with torch (`celery -A carsite worker -Q training`).
+CURATION_TRAINING_DIR = Path(envstr("CURATION_TRAINING_DIR") or Path(tempfile.gettempdir()) / "carsite-training")
+CURATION_TRAINING_TIME_LIMIT = envint("CURATION_TRAINING_TIME_LIMIT", 12 * 3600, minimum=60)
+
 # Celery (carsite/celery.py reads every CELERY_* setting). Redis is the broker; nothing reads task
 # results (the Reconstruction row holds status and outcome), so there is no result backend.
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -239,7 +272,10 @@ CELERY_BROKER_URL = envstr("CELERY_BROKER_URL") or REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "reconstruct"
 # Routed by task name; the curation app adds its training tasks to a "training" queue.
-CELERY_TASK_ROUTES = {"reconstruct.tasks.*": {"queue": "reconstruct"}}
+CELERY_TASK_ROUTES = {
+    "reconstruct.tasks.*": {"queue": "reconstruct"},
+    "reconstruct.curation.tasks.*": {"queue": "training"},
+}
 # No job is lost when a worker dies: a message is acknowledged only after its task finished
 # (acks_late), and one whose worker was killed goes back to the queue (reject_on_worker_lost). Each
 # process reserves one message at a time, so a dead process strands at most one.

@@ -1,0 +1,23 @@
+"""Celery tasks of curation, routed to the ``training`` queue (carsite/settings.py CELERY_TASK_ROUTES).
+
+Only a worker started with `-Q training` and the training extras (torch) consumes them:
+`celery -A carsite worker -Q training --concurrency 1`.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from reconstruct.curation import services
+
+
+# Training outlasts the site-wide time limits meant for reconstructions, so it sets its own; a
+# redelivery after Redis's visibility timeout is harmless (the run row tells a live run from a lost one).
+@shared_task(
+    name="reconstruct.curation.tasks.training_run_execute_task",
+    soft_time_limit=settings.CURATION_TRAINING_TIME_LIMIT,
+    time_limit=settings.CURATION_TRAINING_TIME_LIMIT + 120,
+)
+def training_run_execute_task(run_id: int) -> None:
+    services.training_run_execute(run_id)
