@@ -255,7 +255,7 @@ def export_checkpoint(
             # The validation names let ``ml.evaluate --held-out`` measure on unseen images without torch.
             "data": {**(checkpoint.get("data") or {}), "val_names": list(checkpoint.get("val_names", []))},
             "parameters": count_parameters(model),
-            "gflop": round(count_flops(model), 4),
+            "gflop": float(f"{count_flops(model):.6g}"),
             "metrics": None,
             "calibration": None,
             "mean_image": None,

@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ml import evaluate
+from ml.data import list_images
+
+
+def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) -> None:
+    files = list_images(tiny_export.data_dir)
+    result = evaluate.evaluate(tiny_export.model_dir, files, list_images(tiny_export.noncar_dir))
+    assert result["n"] == 8 and result["skipped"] == 0 and result["n_noncars"] == 4
+    for key in ("psnr", "ssim", "mse", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr"):
+        assert np.isfinite(result[key]), key
+    assert 0 <= result["ood_auroc"] <= 1
+    # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.
+    assert result["baseline_thumb16_psnr"] > result["baseline_thumb8_psnr"]
+
+
+def test_it_skips_undecodable_files_and_counts_them(tiny_export: Any, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    result = evaluate.evaluate(tiny_export.model_dir, [*list_images(tiny_export.data_dir)[:2], broken])
+    assert result["n"] == 2 and result["skipped"] == 1
+
+
+def test_it_reproduces_the_validation_metrics_recorded_at_export(
+    tiny_export: Any, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--held-out"]
+    assert evaluate.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert lines[0].endswith("3 images (0 unreadable)") and "16x16 thumb" in lines[-2]
+    recorded = evaluate.runtime.load_model(tiny_export.model_dir).metadata["metrics"]
+    assert result["n"] == 3
+    for key in ("psnr", "ssim", "mse", "baseline_mean_psnr", "baseline_thumb16_psnr"):
+        assert result[key] == pytest.approx(recorded[key], abs=1e-6)
+
+
+def test_it_restricts_to_a_checkpoints_validation_images(tiny_export: Any, capsys: pytest.CaptureFixture) -> None:
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir)]
+    assert evaluate.main([*args, "--val-of", str(tiny_export.checkpoint)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == len(tiny_export.val_names)
+
+
+def test_it_predicts_a_flat_target_perfectly_from_a_thumbnail() -> None:
+    target = np.full((3, 20, 50), 0.4, np.float32)
+    assert np.abs(evaluate.thumbnail_prediction(target, 8) - target).max() < 1 / 255
+
+
+def test_it_keeps_more_detail_in_a_16x16_thumbnail_than_in_an_8x8_one() -> None:
+    rows = np.linspace(0, 1, 40)[:, None] * np.sin(np.linspace(0, 12, 80))[None, :] * 0.5 + 0.5
+    target = np.repeat(rows[None], 3, axis=0).astype(np.float32)
+    err8 = np.mean((evaluate.thumbnail_prediction(target, 8) - target) ** 2)
+    err16 = np.mean((evaluate.thumbnail_prediction(target, 16) - target) ** 2)
+    assert evaluate.thumbnail_prediction(target, 8).shape == target.shape
+    assert err16 < err8
+
+
+@pytest.mark.parametrize(
+    ("positives", "negatives", "expected"),
+    [([3, 4, 5], [0, 1, 2], 1.0), ([0, 1], [2, 3], 0.0), ([1, 1], [1, 1], 0.5), ([1, 3], [2, 0], 0.75)],
+)
+def test_it_computes_auroc_like_mann_whitney(positives: list[float], negatives: list[float], expected: float) -> None:
+    assert evaluate.auroc(positives, negatives) == pytest.approx(expected)
+
+
+def test_it_calibrates_from_held_out_records() -> None:
+    records = [{"log_mse": m, "kl": k, "logvar": v} for m, k, v in [(-4, 100, -3), (-3, 120, -4), (-5, 80, -5)]]
+    calibration = evaluate.calibrate([*records, {"name": "x.jpg", "error": "unreadable"}])
+    assert calibration["n"] == 3
+    assert calibration["features"]["kl"] == {"mean": 100.0, "std": pytest.approx(20.0)}
+    assert calibration["weights"] == evaluate.SCORE_WEIGHTS
