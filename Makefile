@@ -34,5 +34,10 @@ train: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train --data $(DATA) --out runs/default --config ml/configs/default.json --resume
 	$(BIN)/python -m ml.export runs/default/best.pt --out ml/weights/default
 
+# ONNX Runtime vs torch eager (same weights) vs this CPU's FLOP bound, cold start, memory; last line JSON.
+MODEL ?= ml/weights/default
+bench: $(VENV)/.installed-train
+	@$(BIN)/python -m ml.bench --model $(MODEL)
+
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist staticfiles
