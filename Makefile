@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lint format clean
+.PHONY: run test bench train lambda-package lambda-bench postgresql lint format clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,21 @@ train: $(VENV)/.installed-train
 MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
+
+# The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
+# requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
+STAGE ?= dev
+lambda-package: $(VENV)/.installed-dev
+	$(BIN)/python -m carsite.lambda_bundle build --stage $(STAGE)
+
+# Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
+lambda-bench: $(VENV)/.installed-dev
+	$(BIN)/python -m carsite.lambda_bundle measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
+
+# Debian's PostgreSQL server binaries: the Lambda test starts its own throwaway cluster with them.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist staticfiles
