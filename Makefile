@@ -5,9 +5,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-bench postgresql lint format clean
+.PHONY: run test bench train lambda-package lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -19,6 +20,30 @@ $(VENV)/.installed-train: requirements.txt requirements-train.txt | $(BIN)/pytho
 $(VENV)/.installed-dev: $(VENV)/.installed-train requirements-dev.txt
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
+
+# System packages from Debian, installed when missing (as root; otherwise it says what to run).
+apt_install = { if [ "$$(id -u)" != 0 ]; then echo "Please install $(1) first: sudo apt-get install -y $(1)"; exit 1; fi; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); }
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || $(call apt_install,redis-server)
+
+chromium:
+	@test -x /usr/bin/chromium || $(call apt_install,chromium)
+
+# The whole local stack on http://127.0.0.1:8000: Redis on loopback, a Celery worker (and a training worker
+# when torch is installed), the web server and the shipped model; prints the demo login. Ctrl-C stops it all.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+run: $(VENV)/.installed-train redis-server
+	$(BIN)/python manage.py runlocal --host $(HOST) --port $(PORT)
+
+# ruff, then the whole suite (unit, integration with Redis + Celery worker processes + S3 over HTTP,
+# browser tests in Debian's Chromium, the Lambda bundle test).
+test: $(VENV)/.installed-dev redis-server chromium postgresql
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

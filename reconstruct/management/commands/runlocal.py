@@ -1,0 +1,252 @@
+"""python manage.py runlocal: the whole local stack in one terminal (what `make run` calls).
+
+Migrates the database, registers the shipped model, makes sure a demo account exists, then starts
+and supervises a Redis server on loopback (own data folder under .run/redis), a Celery worker for
+the `reconstruct` queue (plus one for `training` when a task is routed there and torch is
+installed) and the web server. Ctrl-C stops everything, web server first and Redis last, so a
+worker can finish its job and nothing queued is lost (Redis keeps an append-only file).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from reconstruct import services
+
+DEMO_USERNAME = "demo"
+STOP_TIMEOUT = 20.0
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _LIBC = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: its own session (the terminal's Ctrl-C reaches only the supervisor,
+    which stops children in order) and SIGTERM if the supervisor dies, so no orphan keeps a port.
+    Only async-signal-safe calls here: the parent has threads."""
+    os.setsid()
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, out: Any) -> None:
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            cwd=settings.BASE_DIR,
+        )
+        self.pump = threading.Thread(target=self._pump, args=(out,), daemon=True)
+        self.pump.start()
+
+    def _pump(self, out: Any) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        prefix = f"[{self.name}] ".encode()
+        for line in self.process.stdout:
+            out.buffer.write(prefix + line)
+            out.buffer.flush()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Command(BaseCommand):
+    help = "Start Redis, the Celery worker(s) and the web server for local use; Ctrl-C stops them all."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=int(os.environ.get("WORKER_CONCURRENCY", min(2, os.cpu_count() or 1))),
+            help="Reconstruction worker processes (default: min(2, CPUs)).",
+        )
+        parser.add_argument("--no-training-worker", action="store_true", help="Do not start a training worker.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = options["host"], options["port"]
+        if not port_is_free(host, port):
+            raise CommandError(
+                f"Port {port} on {host} is in use (another `make run`?). Stop that, or pick another port: "
+                f"make run PORT={port + 1}"
+            )
+        run_dir = Path(settings.RUN_DIR)
+        run_dir.mkdir(exist_ok=True)
+
+        self.stdout.write("Preparing the database…")
+        call_command("migrate", interactive=False, verbosity=0)
+        version = services.model_version_get_active()
+        self.stdout.write(f"Active model: {version.name}")
+        login = self._demo_account(run_dir)
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        children: list[Child] = []
+        broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
+        if broker:
+            self.stdout.write(f"Using the Redis named in the environment: {broker}")
+        else:
+            redis_port = 6379 if port_is_free("127.0.0.1", 6379) else free_port()
+            broker = f"redis://127.0.0.1:{redis_port}/0"
+            env["REDIS_URL"] = env["CELERY_BROKER_URL"] = broker
+            children.append(self._redis_child(run_dir, redis_port, env))
+
+        worker = [sys.executable, "-m", "celery", "-A", "carsite", "worker", "--loglevel", "INFO"]
+        worker += ["--without-gossip", "--without-mingle"]
+        concurrency = str(options["concurrency"])
+        children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
+        if not options["no_training_worker"] and self._training_queue_in_use():
+            # Training runs torch with its own threads: one job at a time.
+            children.append(Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], env))
+        web = [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+        children.append(Child("web", web, env))
+
+        stopping = threading.Event()
+
+        def request_stop(signum: int, frame: Any) -> None:
+            stopping.set()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+
+        failed: Child | None = None
+        try:
+            for child in children:
+                child.start(sys.stdout)
+                if child.name == "redis":
+                    self._wait_for_redis(broker, child)
+            self._wait_for_port(host, port, children[-1])
+            self._banner(host, port, login, broker)
+            while not stopping.wait(0.5):
+                failed = next((c for c in children if c.process and c.process.poll() is not None), None)
+                if failed:
+                    break
+        finally:
+            self.stdout.write("\nStopping…")
+            for child in reversed(children):  # web first, Redis last
+                child.stop()
+        if failed is not None:
+            code = failed.process.returncode if failed.process else None
+            raise CommandError(f"{failed.name} stopped unexpectedly (exit code {code}); see its output above.")
+        self.stdout.write("Stopped.")
+
+    def _redis_child(self, run_dir: Path, port: int, env: dict[str, str]) -> Child:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise CommandError("redis-server is not installed: apt-get install -y redis-server (make run does this).")
+        data = run_dir / "redis"
+        data.mkdir(exist_ok=True)
+        args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--protected-mode", "yes"]
+        # The append-only file keeps queued jobs across restarts; no snapshots.
+        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", ""]
+        return Child("redis", args, env)
+
+    def _wait_for_redis(self, url: str, child: Child) -> None:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if child.process and child.process.poll() is not None:
+                raise CommandError("redis-server could not start; see its output above.")
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+        raise CommandError(f"redis-server did not answer on {url} within 15 s.")
+
+    def _wait_for_port(self, host: str, port: int, child: Child) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.process and child.process.poll() is None:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+
+    def _training_queue_in_use(self) -> bool:
+        routes = getattr(settings, "CELERY_TASK_ROUTES", {}) or {}
+        routed = any(isinstance(r, dict) and r.get("queue") == "training" for r in routes.values())
+        return routed and importlib.util.find_spec("torch") is not None
+
+    def _demo_account(self, run_dir: Path) -> str:
+        users = get_user_model()
+        saved = run_dir / "demo-login.txt"
+        if not users.objects.filter(username=DEMO_USERNAME).exists():
+            password = secrets.token_urlsafe(9)
+            # Staff, so the admin (curation, training, models) can be tried at once. Local use only.
+            users.objects.create_superuser(DEMO_USERNAME, "demo@localhost", password)
+            saved.write_text(f"{DEMO_USERNAME} {password}\n")
+            saved.chmod(0o600)
+        if saved.exists():
+            username, _, password = saved.read_text().strip().partition(" ")
+            return f"username {username}, password {password}"
+        return f"username {DEMO_USERNAME} (password changed since; reset it: python manage.py changepassword demo)"
+
+    def _banner(self, host: str, port: int, login: str, broker: str) -> None:
+        url = f"http://{host}:{port}/"
+        self.stdout.write(
+            "\n"
+            f"  carsite is running at {url}\n"
+            f"  Demo account: {login} (also staff: {url}admin/)\n"
+            f"  API: {url}api/reconstructions/ (token on {url}account/)\n"
+            f"  Queue: {broker} · emails (password reset) are printed here\n"
+            "  Press Ctrl-C to stop.\n"
+        )
