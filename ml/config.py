@@ -84,6 +84,10 @@ class TrainConfig:
     beta: float = 1.0
     # Linear KL warm-up over this many epochs (Bowman et al. 2016) avoids early posterior collapse.
     beta_warmup_epochs: int = 5
+    # Optional piecewise-linear schedule of (epoch, beta) points; when given it replaces ``beta``
+    # and the warm-up. Epochs may be fractional; before the first point and after the last the
+    # nearest value holds.
+    beta_schedule: tuple[tuple[float, float], ...] = ()
     val_fraction: float = 0.1
     # Epochs without a validation improvement before the learning rate drops, then before stopping.
     patience: int = 6
@@ -97,12 +101,15 @@ class TrainConfig:
             raise ValueError(f"recon must be 'sum' or 'calibrated', got {self.recon!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be between 0 and 1")
+        if any(b[0] > a[0] for a, b in zip(self.beta_schedule[1:], self.beta_schedule, strict=False)):
+            raise ValueError("beta_schedule epochs must increase")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["model"] = self.model.to_dict()
+        data["beta_schedule"] = [list(point) for point in self.beta_schedule]
         return data
 
     @classmethod
@@ -113,6 +120,7 @@ class TrainConfig:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         data = dict(data)
         data["model"] = ModelConfig.from_dict(data.get("model", {}))
+        data["beta_schedule"] = tuple(tuple(float(v) for v in point) for point in data.get("beta_schedule", ()))
         return cls(**data)
 
     @classmethod

@@ -72,7 +72,9 @@ def _batches(images: ImageSet, index: np.ndarray, batch_size: int, flip: np.ndar
 
 
 @torch.no_grad()
-def evaluate_split(model: VAE, images: ImageSet, index: np.ndarray, config: TrainConfig) -> dict[str, float]:
+def evaluate_split(
+    model: VAE, images: ImageSet, index: np.ndarray, config: TrainConfig, beta: float
+) -> dict[str, float]:
     """Validation metrics from the posterior mean: MSE and PSNR on valid pixels, KL, and loss."""
     model.eval()
     se_sum, n_sum, kl_sum, psnr_sum = 0.0, 0.0, 0.0, 0.0
@@ -90,16 +92,20 @@ def evaluate_split(model: VAE, images: ImageSet, index: np.ndarray, config: Trai
     kl = kl_sum / count
     per_image_values = n_sum / count
     if config.recon == "calibrated":
-        loss = 0.5 * per_image_values * (math.log(max(mse, 1e-6)) + 1) + config.beta * kl
+        loss = 0.5 * per_image_values * (math.log(max(mse, 1e-6)) + 1) + beta * kl
     else:
-        loss = se_sum / count + config.beta * kl
+        loss = se_sum / count + beta * kl
     return {"loss": loss, "mse": mse, "psnr": psnr_sum / count, "kl": kl}
 
 
-def _beta_at(config: TrainConfig, epoch: int, step_fraction: float) -> float:
+def beta_at(config: TrainConfig, epoch: float) -> float:
+    """The KL weight at a (fractional) epoch: the schedule if there is one, else a linear warm-up."""
+    if config.beta_schedule:
+        points = config.beta_schedule
+        return float(np.interp(epoch, [p[0] for p in points], [p[1] for p in points]))
     if config.beta_warmup_epochs <= 0:
         return config.beta
-    return config.beta * min(1.0, (epoch + step_fraction) / config.beta_warmup_epochs)
+    return config.beta * min(1.0, epoch / config.beta_warmup_epochs)
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -194,7 +200,7 @@ def train(
         for step, (x, mask) in enumerate(_batches(images, order, config.batch_size, flips)):
             if should_stop and should_stop():
                 raise Cancelled(f"cancelled during epoch {epoch + 1}")
-            beta = _beta_at(config, epoch, step / steps_per_epoch)
+            beta = beta_at(config, epoch + step / steps_per_epoch)
             x = x.contiguous(memory_format=torch.channels_last)
             recon, mu, logvar = model(x)
             terms = vae_loss(x, recon, mu, logvar, mask, beta=beta, mode=config.recon)
@@ -212,7 +218,7 @@ def train(
         if bar:
             bar.close()
         n_steps = step + 1
-        val = evaluate_split(model, images, val_index, config)
+        val = evaluate_split(model, images, val_index, config, beta_at(config, epoch + 1))
         state["epoch"] = epoch + 1
         state["seconds"] = time.monotonic() - started
         record = {
@@ -229,7 +235,6 @@ def train(
         }
         state["history"].append(record)
 
-        # Plateau logic only after the KL warm-up: before it the objective itself is moving.
         best = state["best_loss"]
         improved = best == float("inf") or val["loss"] < best - config.min_delta * abs(best)
         checkpoint = {
@@ -242,8 +247,10 @@ def train(
             "val_names": [images.names[i] for i in val_index],
             "parameters": count_parameters(model),
         }
-        if improved or epoch + 1 <= config.beta_warmup_epochs:
-            state["best_loss"] = min(state["best_loss"], val["loss"]) if improved else val["loss"]
+        # While beta moves the objective itself moves, so those epochs restart the comparison.
+        objective_moved = beta_at(config, epoch) != beta_at(config, epoch + 1)
+        if improved or objective_moved:
+            state["best_loss"] = val["loss"]
             state["best_epoch"] = epoch + 1
             state["best_val"] = val
             state["bad_epochs"] = 0

@@ -97,3 +97,13 @@ def test_it_refuses_a_folder_without_readable_images(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(b"nope")
     with pytest.raises(ValueError, match="at least 2 readable images"):
         train(DRY_RUN_CONFIG, [tmp_path / "x.jpg"], tmp_path / "run", show_bar=False)
+
+
+def test_it_follows_the_beta_schedule_between_its_points() -> None:
+    from ml.train import beta_at
+
+    config = DRY_RUN_CONFIG.replace(beta_schedule=((0, 0.0), (5, 1.0), (20, 1.0), (24, 0.1)))
+    assert [beta_at(config, e) for e in (0, 2.5, 5, 19, 22, 24, 60)] == pytest.approx(
+        [0.0, 0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
+    )
+    assert beta_at(DRY_RUN_CONFIG.replace(beta_warmup_epochs=4, beta=2.0), 1) == pytest.approx(0.5)
