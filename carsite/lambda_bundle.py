@@ -136,6 +136,8 @@ SECRET_FILE_PATTERNS = (
     re.compile(r"(^|/)id_(rsa|ed25519|ecdsa)"),
     re.compile(r"\.sqlite3$"),
     re.compile(r"(^|/)\.aws/"),
+    re.compile(r"(^|/)\.run/"),
+    re.compile(r"secret_key$"),
 )
 SECRET_CONTENT_PATTERNS = (
     re.compile(rb"AKIA[0-9A-Z]{16}"),
@@ -331,18 +333,28 @@ def _digest(paths: list[Path], extra: str = "") -> str:
 
 
 def _project_files() -> list[Path]:
-    ignore = shutil.ignore_patterns(*PROJECT_IGNORE)
+    """The files of PROJECT_PATHS that go into the bundle, minus PROJECT_IGNORE.
+
+    In a git checkout only tracked files count (with their working-tree content): a stray local file (notes, a key,
+    someone's unfinished module) never ships, and what is deployed is what a fresh clone would build.
+    """
+    ignored = shutil.ignore_patterns(*PROJECT_IGNORE)
+
+    def keep(path: Path) -> bool:
+        relative = path.relative_to(ROOT)
+        return not any(ignored(str(ROOT), [part]) for part in relative.parts) and path.is_file()
+
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", *PROJECT_PATHS], cwd=ROOT, capture_output=True, check=True
+        ).stdout.decode()
+        return sorted(p for p in (ROOT / name for name in listed.split("\0") if name) if keep(p))
     found: list[Path] = []
     for relative in PROJECT_PATHS:
         path = ROOT / relative
-        if path.is_file():
-            found.append(path)
-            continue
-        for directory, dirnames, filenames in os.walk(path):
-            skipped = ignore(directory, dirnames + filenames)
-            dirnames[:] = sorted(d for d in dirnames if d not in skipped)
-            found.extend(Path(directory) / f for f in sorted(filenames) if f not in skipped)
-    return found
+        candidates = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+        found.extend(p for p in candidates if keep(p))
+    return sorted(found)
 
 
 def bundle_inputs_digest(stage: str) -> str:
@@ -428,19 +440,20 @@ def src_build() -> Path:
     """build/lambda-src: the project's runtime paths, collected static files and zappa_settings.json."""
     shutil.rmtree(SRC_DIR, ignore_errors=True)
     SRC_DIR.mkdir(parents=True)
-    for relative in PROJECT_PATHS:
-        source = ROOT / relative
-        if source.is_dir():
-            shutil.copytree(source, SRC_DIR / relative, ignore=shutil.ignore_patterns(*PROJECT_IGNORE))
-        elif source.exists():
-            shutil.copy2(source, SRC_DIR / relative)
+    for source in _project_files():
+        target = SRC_DIR / source.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
     shutil.copy2(SETTINGS_FILE, SRC_DIR / SETTINGS_FILE.name)
     # WhiteNoise serves STATIC_ROOT from inside the function; collect (and hash-name) the files now, on the build
     # machine, because /var/task is read-only on Lambda. Only the settings module's own variables reach it.
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "DJANGO_"))}
-    environment.pop("DATABASE_URL", None)
-    environment.update(DJANGO_SETTINGS_MODULE="carsite.settings", DJANGO_COLLECTSTATIC_ONLY="1")
+    for name in ("DATABASE_URL", "STATIC_URL", "FORCE_SCRIPT_NAME", "DEBUG"):
+        environment.pop(name, None)
+    # A throwaway key, so that settings do not write one into .run/ inside the folder being packaged.
+    environment.update(DJANGO_SETTINGS_MODULE="carsite.settings", SECRET_KEY="collectstatic-" + "x" * 40)
     _run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=SRC_DIR, env=environment)
+    shutil.rmtree(SRC_DIR / ".run", ignore_errors=True)
     _compile(SRC_DIR)
     return SRC_DIR
 
@@ -533,7 +546,7 @@ def bundle_measure(stage: str, repeats: int = 20) -> dict[str, object]:
             "AWS_LAMBDA_FUNCTION_NAME": f"carsite-{stage}",
             "AWS_REGION": "us-east-1",
             "DJANGO_SETTINGS_MODULE": "carsite.settings",
-            "DJANGO_SECRET_KEY": "measure-only-" + "x" * 40,
+            "SECRET_KEY": "measure-only-" + "x" * 40,
             "DATABASE_URL": "postgres://measure@127.0.0.1:9/measure",
         }
         completed = subprocess.run(

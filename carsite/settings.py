@@ -175,6 +175,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+if ON_LAMBDA and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    raise ImproperlyConfigured(
+        "DATABASE_URL must name a PostgreSQL database on AWS Lambda (postgres://user:password@host:5432/name). "
+        "SQLite there is a file inside one container: read-only or lost on the next cold start, with every "
+        "account and upload in it. See README, Deploy to AWS."
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -194,7 +200,12 @@ USE_TZ = True
 
 # Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed
 # locally); `collectstatic` fills STATIC_ROOT for deployments.
-STATIC_URL = envstr("STATIC_URL", "static/")
+# Behind API Gateway's default URL (https://<id>.execute-api.<region>.amazonaws.com/dev/) every path starts with
+# the stage: FORCE_SCRIPT_NAME=/dev puts it in front of every URL Django writes (STATIC_URL too, which Django would
+# otherwise compute once, before the first request knows its prefix); WhiteNoise strips it again. Unset behind a
+# custom domain.
+FORCE_SCRIPT_NAME = envstr("FORCE_SCRIPT_NAME").rstrip("/") or None
+STATIC_URL = envstr("STATIC_URL", f"{FORCE_SCRIPT_NAME}/static/" if FORCE_SCRIPT_NAME else "static/")
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True

@@ -1,0 +1,148 @@
+"""Fixtures for the Lambda tests: the built bundle, PostgreSQL, a local S3 server and a warm "container".
+
+Everything short of AWS is real: the zip that `make lambda-package` builds, zappa's own handler inside it, a
+PostgreSQL cluster started in a temporary folder, and S3 over HTTP from moto's standalone server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lambda_helpers import REGION, STAGE, LambdaContainer, LocalS3, free_port, zappa_stage_settings
+
+from carsite import lambda_bundle
+
+CONTAINER_SCRIPT = Path(__file__).with_name("lambda_container.py")
+
+
+@pytest.fixture(scope="session")
+def lambda_bundle_zip() -> Path:
+    """build/lambda-dev.zip, built (or reused while its inputs are unchanged) and checked."""
+    zip_path, _report = lambda_bundle.bundle_build(STAGE)
+    return zip_path
+
+
+@pytest.fixture(scope="session")
+def lambda_task_root(lambda_bundle_zip: Path) -> Iterator[Path]:
+    """The bundle unzipped, as Lambda unpacks it into /var/task."""
+    root = Path(tempfile.mkdtemp(prefix="lambda-task-"))
+    with zipfile.ZipFile(lambda_bundle_zip) as archive:
+        archive.extractall(root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lambda_runtime_dir() -> Path:
+    """boto3 and its dependencies, as the python3.11 runtime provides them in /var/runtime."""
+    return lambda_bundle.runtime_build()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a loopback port (Debian's postgresql; `make test` installs it)."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not binaries:
+        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
+    bindir = binaries[-1].parent
+    base = Path(tempfile.mkdtemp(prefix="carsite-pg-"))
+    # initdb refuses to run as root: run the server as the postgres user Debian's package creates.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(base, user="postgres", group="postgres")
+    data, port = base / "data", free_port()
+    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "carsite", "--auth=trust", "-E", "UTF8", "--no-sync")
+    options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "server.log"), "-w", "start")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "carsite", "carsite")
+        yield f"postgres://carsite@127.0.0.1:{port}/carsite"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lambda_s3() -> Iterator[LocalS3]:
+    """moto's S3 server over HTTP on 127.0.0.1, standing in for S3 (the container reaches it by URL)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield LocalS3(endpoint_url=f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_container(
+    lambda_task_root: Path, lambda_runtime_dir: Path, lambda_s3: LocalS3, postgres_url: str
+) -> Iterator[LambdaContainer]:
+    """A cold container for the dev stage: its secrets come from the stage's remote_env file in S3."""
+    settings = zappa_stage_settings(STAGE)
+    s3 = lambda_s3.client()
+    config_bucket, config_key = settings["remote_env"].removeprefix("s3://").split("/", 1)
+    media_bucket = settings["environment_variables"]["AWS_STORAGE_BUCKET_NAME"]
+    for bucket in (config_bucket, media_bucket):
+        try:
+            s3.create_bucket(Bucket=bucket)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+    secrets = {"SECRET_KEY": "lambda-test-" + uuid.uuid4().hex * 2, "DATABASE_URL": postgres_url}
+    s3.put_object(Bucket=config_bucket, Key=config_key, Body=json.dumps(secrets).encode())
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "TZ": ":UTC",
+        "LAMBDA_TASK_ROOT": str(lambda_task_root),
+        "LAMBDA_RUNTIME_DIR": str(lambda_runtime_dir),
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_LAMBDA_FUNCTION_NAME": f"carsite-{STAGE}",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(settings["memory_size"]),
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+        # The execution role's credentials on Lambda; here, moto's.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        # The one thing that differs from AWS: S3 is the local server (boto3 reads this for every S3 client).
+        "AWS_ENDPOINT_URL_S3": lambda_s3.endpoint_url,
+        "CARSITE_TEST_LAMBDA_TIMEOUT": str(settings["timeout_seconds"]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(CONTAINER_SCRIPT), str(lambda_task_root), str(lambda_runtime_dir)],
+        cwd=lambda_task_root,
+        env=environment,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield LambdaContainer(process=process)
+    finally:
+        process.stdin.close()  # type: ignore[union-attr]
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def migrated_container(lambda_container: LambdaContainer) -> LambdaContainer:
+    """The container after `zappa manage dev migrate` (zappa sends {"manage": "migrate"})."""
+    assert lambda_container.invoke({"manage": "migrate --noinput"}) == {}
+    return lambda_container

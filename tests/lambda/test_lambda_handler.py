@@ -1,0 +1,146 @@
+"""The site on Lambda: zappa's own handler, from the built bundle, fed API Gateway v1 proxy events.
+
+One module-scoped container serves every test here, as one warm Lambda container serves a visitor's requests; each
+test signs up its own user. PostgreSQL and S3 (moto's server over HTTP) are real services on loopback.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from lambda_helpers import HOST, STAGE, LambdaContainer, Response, draw_car_jpeg
+from PIL import Image
+
+pytestmark = getattr(pytest.mark, "lambda")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sign_up(container: LambdaContainer) -> tuple[str, str]:
+    """A new account through the sign-up form; the container keeps its session cookie."""
+    username, password = f"driver{uuid.uuid4().hex[:8]}", "a-long-test-password-8341"
+    token = container.csrf_token("/accounts/signup/")
+    response = container.post_form(
+        "/accounts/signup/",
+        {
+            "csrfmiddlewaretoken": token,
+            "username": username,
+            "email": f"{username}@example.com",
+            "password1": password,
+            "password2": password,
+        },
+    )
+    assert response.status == 302, response.text[:2000]
+    assert response.header("Location") == f"/{STAGE}/reconstruct/"
+    assert "sessionid" in container.cookies
+    return username, password
+
+
+def upload(container: LambdaContainer, filename: str, content_type: str, data: bytes) -> Response:
+    token = container.csrf_token("/reconstruct/")
+    return container.post_multipart(
+        "/reconstruct/", {"csrfmiddlewaretoken": token}, {"image": (filename, content_type, data)}
+    )
+
+
+def error_text(response: Response) -> str:
+    """The page's error box, as a person reads it."""
+    match = re.search(r'<div class="error-box"[^>]*>(.*?)</div>', response.text, re.DOTALL)
+    assert match, response.text[:2000]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", match.group(1))).strip()
+
+
+def test_it_migrates_the_database_through_zappa_manage(migrated_container: LambdaContainer, postgres_url: str) -> None:
+    with psycopg.connect(postgres_url) as connection:
+        applied = {row[0] for row in connection.execute("SELECT DISTINCT app FROM django_migrations")}
+        tables = {row[0] for row in connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"auth", "sessions", "reconstruct"} <= applied
+    assert "reconstruct_reconstruction" in tables
+
+
+def test_it_serves_the_home_page_and_static_files_under_the_stage_prefix(
+    migrated_container: LambdaContainer,
+) -> None:
+    container = migrated_container
+    home = container.get("/", cookies=False)
+    assert home.status == 200
+    assert "Sign up" in home.text
+    stylesheets = re.findall(r'<link[^>]+href="([^"]+\.css)"', home.text)
+    assert stylesheets and all(url.startswith(f"/{STAGE}/static/") for url in stylesheets)
+
+    # API Gateway strips the stage from the path it hands to the function.
+    css = container.get(stylesheets[0].removeprefix(f"/{STAGE}"), cookies=False)
+    assert css.status == 200
+    assert css.header("Content-Type").startswith("text/css")
+    assert css.body == (ROOT / stylesheets[0].removeprefix(f"/{STAGE}/")).read_bytes()
+
+    # A binary response (binary_support): the home page's drawn example, reconstructed by the model in the bundle.
+    example_url = re.search(rf'<img[^>]+src="(/{STAGE}/examples/[^"]+\.png[^"]*)"', home.text).group(1)
+    path, _, query = example_url.removeprefix(f"/{STAGE}").partition("?")
+    example = container.get(path, query=dict(q.split("=", 1) for q in query.split("&") if q) or None, cookies=False)
+    assert example.status == 200
+    assert example.is_base64
+    assert example.body.startswith(b"\x89PNG\r\n\x1a\n")
+    assert Image.open(io.BytesIO(example.body)).size[0] > 0
+
+
+def test_it_signs_up_logs_in_and_returns_the_finished_reconstruction(migrated_container: LambdaContainer) -> None:
+    container = migrated_container
+    container.cookies.clear()
+    username, password = sign_up(container)
+
+    token = container.csrf_token("/reconstruct/")
+    logged_out = container.post_form("/accounts/logout/", {"csrfmiddlewaretoken": token})
+    assert logged_out.status == 302
+    assert "sessionid" not in container.cookies
+    assert container.get("/reconstruct/").status == 302  # to the login page
+
+    token = container.csrf_token("/accounts/login/")
+    logged_in = container.post_form(
+        "/accounts/login/", {"csrfmiddlewaretoken": token, "username": username, "password": password}
+    )
+    assert logged_in.status == 302
+    assert logged_in.header("Location") == f"/{STAGE}/reconstruct/"
+
+    uploaded = upload(container, "red car.jpg", "image/jpeg", draw_car_jpeg())
+    assert uploaded.status == 302, uploaded.text[:2000]
+    detail_url = uploaded.header("Location")
+    assert re.fullmatch(rf"/{STAGE}/r/[0-9a-f-]{{36}}/", detail_url)
+    public_id = detail_url.split("/")[-2]
+
+    # Sync mode: the reconstruction finished inside the upload's request, so the first look shows the result.
+    detail = container.get(detail_url.removeprefix(f"/{STAGE}"))
+    assert detail.status == 200
+    assert "How close is it?" in detail.text
+    assert "Reconstructing" not in detail.text
+    status = container.get(f"/api/reconstructions/{public_id}/", headers={"Accept": "application/json"}).json()
+    assert status["status"] == "done"
+    assert status["scores"]["psnr"] > 10
+    assert status["status_url"].startswith(f"https://{HOST}/{STAGE}/api/")
+
+    # The PNG: the site answers with a redirect to a short-lived presigned S3 URL (responses through Lambda are
+    # capped at 6 MB), which the browser then fetches from S3 itself.
+    pictures = {}
+    for kind in ("model_input", "reconstruction"):
+        redirect = container.get(f"/r/{public_id}/files/{kind}")
+        assert redirect.status == 302
+        with urllib.request.urlopen(redirect.header("Location"), timeout=10) as s3_response:
+            pictures[kind] = s3_response.read()
+    assert pictures["reconstruction"].startswith(b"\x89PNG\r\n\x1a\n")
+    reconstruction = Image.open(io.BytesIO(pictures["reconstruction"]))
+    assert reconstruction.size == Image.open(io.BytesIO(pictures["model_input"])).size
+
+
+def test_it_refuses_a_file_that_is_not_an_image(migrated_container: LambdaContainer) -> None:
+    container = migrated_container
+    container.cookies.clear()
+    sign_up(container)
+    response = upload(container, "car.jpg", "image/jpeg", b"%PDF-1.4 this is a document, not a photo\n" * 50)
+    assert response.status == 400
+    assert "not an image we can read" in error_text(response)
