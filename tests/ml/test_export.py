@@ -11,7 +11,16 @@ import torch
 from PIL import Image
 
 from ml import runtime
-from ml.export import count_flops, export_checkpoint, main, mean_image
+from ml.export import (
+    conv_as_transpose,
+    count_flops,
+    export_checkpoint,
+    main,
+    mean_image,
+    phase_kernels,
+    phase_space_kernel,
+    tail_weights_from_phases,
+)
 from ml.model import VAE
 
 
@@ -122,3 +131,45 @@ def test_it_leaves_the_old_model_untouched_when_export_fails(tiny_export: Any, t
         export_checkpoint(tiny_export.checkpoint, out, data_dir=empty)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "no-photos"]
+
+
+def test_it_rewrites_the_decoder_tail_into_exact_phase_convolutions() -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 6, 9, generator=generator)
+    w_up = torch.randn(5, 7, 4, 4, generator=generator)
+    b_up = torch.randn(7, generator=generator)
+    w_out = torch.randn(3, 7, 3, 3, generator=generator)
+    b_out = torch.randn(3, generator=generator)
+    act = torch.nn.functional.leaky_relu
+    conv = torch.nn.functional.conv2d
+    expected = conv(
+        act(torch.nn.functional.conv_transpose2d(x, w_up, b_up, stride=2, padding=1), 0.2), w_out, b_out, padding=1
+    )
+
+    phases = [
+        conv(torch.nn.functional.pad(x, (1 - c, c, 1 - a, a)), torch.from_numpy(k), b_up)
+        for (a, c), k in phase_kernels(w_up.numpy()).items()
+    ]
+    kernel = torch.from_numpy(conv_as_transpose(phase_space_kernel(w_out.numpy())))
+    phased = torch.nn.functional.conv_transpose2d(act(torch.cat(phases, 1), 0.2), kernel, b_out.repeat(4), padding=1)
+    # DepthToSpace, DCR: channel (a * 2 + c) * K + k -> pixel (2h + a, 2w + c) of channel k.
+    b, _, h, w = phased.shape
+    got = phased.reshape(b, 2, 2, 3, h, w).permute(0, 3, 4, 1, 5, 2).reshape(b, 3, 2 * h, 2 * w)
+    assert (got - expected).abs().max().item() < 1e-4
+
+    names = {"up": w_up.numpy(), "out": w_out.numpy(), "out_bias": b_out.numpy()}
+    rewritten = {f"up.phase{a}{c}": k for (a, c), k in phase_kernels(names["up"]).items()}
+    rewritten["out.phase_space"] = conv_as_transpose(phase_space_kernel(names["out"]))
+    rewritten["out_bias.phase_space"] = np.tile(names["out_bias"], 4)
+    back = tail_weights_from_phases(rewritten)
+    assert set(back) == set(names)
+    assert all(np.array_equal(back[key], value) for key, value in names.items())
+
+
+def test_it_applies_the_decoder_tail_rewrite_to_the_exported_model(tiny_export: Any) -> None:
+    proto = onnx.load(str(tiny_export.model_dir / "decoder.onnx"))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops[-2:] == ["DepthToSpace", "Sigmoid"]
+    assert ops.count("Conv") >= 4 and "Concat" in ops
+    metadata = json.loads((tiny_export.model_dir / "metadata.json").read_text())
+    assert metadata["files"]["decoder.onnx"]["rewrites"] == ["decoder_tail_phase_space"]
