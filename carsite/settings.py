@@ -137,6 +137,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/direct_uploads.py).
+    "reconstruct.direct_uploads.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -248,6 +250,13 @@ RECONSTRUCT_MIN_IMAGE_SIDE = envint("RECONSTRUCT_MIN_IMAGE_SIDE", 16, minimum=1)
 # Above this an uploaded file is streamed to a temporary file rather than held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
+# AWS Lambda takes at most 6 MB per request and API Gateway hands it a photo base64-encoded (a third bigger): there a
+# request may carry about 4 MB of photo. Bigger ones go from the browser straight to S3 (a presigned POST) when the
+# media are in S3 (RECONSTRUCT_DIRECT_UPLOADS); see reconstruct/direct_uploads.py.
+RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES = envint(
+    "RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES", 4 * 1024 * 1024 if ON_LAMBDA else RECONSTRUCT_MAX_UPLOAD_BYTES, minimum=1024
+)
+RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STORAGE_BUCKET_NAME))
 
 # How reconstructions run: "celery" queues a task for a worker; "sync" runs it inside the request
 # (AWS Lambda, where nothing else is running: chosen automatically there).

@@ -10,6 +10,8 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("account/", views.account, name="account"),
+    # Before "api/": its catch-all answers every other path under /api/ with a JSON 404.
+    path("api/uploads/", include("reconstruct.direct_uploads")),
     path("api/", include(api_urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("reconstruct.urls")),

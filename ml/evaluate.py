@@ -180,6 +180,10 @@ def evaluate(
         result["n_noncars"] = len(noncars)
         if cars and noncars:
             result["ood_auroc"] = round(auroc([ood_score(r) for r in cars], [ood_score(r) for r in noncars]), 4)
+            # Each feature alone, "higher = less car-like": the evidence behind SCORE_WEIGHTS.
+            result["ood_auroc_by_feature"] = {
+                name: round(auroc([-r[name] for r in cars], [-r[name] for r in noncars]), 4) for name in FEATURES
+            }
             likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
             if likeness:
                 result["noncar_likeness_median"] = round(float(np.median(likeness)), 4)

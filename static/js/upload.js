@@ -11,7 +11,10 @@
   const text = document.getElementById("dropzone-text");
   const problem = document.getElementById("client-error");
   const submit = document.getElementById("submit");
-  const maxBytes = Number(form.dataset.maxBytes);
+  // Without direct uploads to S3, a photo must also fit in one request (4 MB on AWS Lambda).
+  const maxBytes = form.dataset.directUrl ? Number(form.dataset.maxBytes)
+    : Math.min(Number(form.dataset.maxBytes), Number(form.dataset.inlineMaxBytes || form.dataset.maxBytes));
+  const inlineMaxBytes = Number(form.dataset.inlineMaxBytes || form.dataset.maxBytes);
 
   function megabytes(bytes) { return (bytes / 1024 / 1024).toFixed(1) + " MB"; }
 
@@ -60,6 +63,18 @@
     if (file && file.size > maxBytes) { event.preventDefault(); return; }
     submit.disabled = true;
     submit.textContent = "Uploading…";
+    if (file && file.size > inlineMaxBytes && form.dataset.directUrl && window.carsiteDirectUpload) {
+      // Too big for one request through this server (AWS Lambda): straight to storage instead.
+      event.preventDefault();
+      window.carsiteDirectUpload(form, file)
+        .then((url) => { window.location.assign(url); })
+        .catch((error) => {
+          problem.textContent = error.message;
+          problem.hidden = false;
+          submit.disabled = false;
+          submit.textContent = "Reconstruct";
+        });
+    }
   });
   // Coming back with the browser's back button must not leave the button stuck.
   window.addEventListener("pageshow", () => { submit.disabled = false; submit.textContent = "Reconstruct"; });

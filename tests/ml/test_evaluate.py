@@ -16,6 +16,9 @@ def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) ->
     for key in ("psnr", "ssim", "mse", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr"):
         assert np.isfinite(result[key]), key
     assert 0 <= result["ood_auroc"] <= 1
+    assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar"}
+    # car_likeness ranks images by the posterior log-variance alone (SCORE_WEIGHTS).
+    assert result["ood_auroc"] == result["ood_auroc_by_feature"]["logvar"]
     # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.
     assert result["baseline_thumb16_psnr"] > result["baseline_thumb8_psnr"]
 
