@@ -278,8 +278,9 @@ CURATION_MIN_HEIGHT = envint("CURATION_MIN_HEIGHT", 64, minimum=1)
 # Extreme aspect ratio: width / height outside this range (the training photos run 1.75 to 4).
 CURATION_MIN_ASPECT = envfloat("CURATION_MIN_ASPECT", 1.2, minimum=0.01)
 CURATION_MAX_ASPECT = envfloat("CURATION_MAX_ASPECT", 4.2, minimum=0.01)
-# Car-likeness below this is shown as "does not look like a car".
-CURATION_LOW_CAR_LIKENESS = envfloat("CURATION_LOW_CAR_LIKENESS", 0.2, minimum=0)
+# Car-likeness below this is shown as "does not look like a car" (a typical training car scores about
+# 0.5; 0.05 = less car-like than 95% of them; the shipped model flags half of ../shared/data/noncars there).
+CURATION_LOW_CAR_LIKENESS = envfloat("CURATION_LOW_CAR_LIKENESS", 0.05, minimum=0)
 CURATION_MAX_IMAGE_BYTES = envint("CURATION_MAX_IMAGE_BYTES", 25 * 1024 * 1024, minimum=1024)
 CURATION_MAX_ZIP_MEMBERS = envint("CURATION_MAX_ZIP_MEMBERS", 20_000, minimum=1)
 # A training run needs at least this many approved photos (a tenth of them are held out for validation).

@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("reconstruct.urls")),
+    path("", include("reconstruct.curation.urls")),
 ]
 
 handler404 = "reconstruct.views.page_not_found"

@@ -206,7 +206,7 @@ class Scorer:
         if self.model is None:
             return None
         try:
-            return self.model.score(image).car_likeness
+            return checks.car_likeness(self.model, image)
         except ValueError:
             return None
 
