@@ -212,10 +212,13 @@ def reconstruction_create(user: AbstractBaseUser, upload: File | PreparedUpload)
         _delete_keys(written)
         raise
     pk = reconstruction.pk
-    # Runs at once outside a transaction, or after the caller's transaction commits.
-    transaction.on_commit(lambda: reconstruction_dispatch(pk))
     if settings.RECONSTRUCT_MODE == "sync":
+        # In this process and on this database connection: the row is visible, commit or not.
+        reconstruction_run(pk)
         reconstruction.refresh_from_db()
+    else:
+        # Runs at once outside a transaction, or after the caller's transaction commits.
+        transaction.on_commit(lambda: reconstruction_dispatch(pk))
     return reconstruction
 
 
@@ -346,11 +349,13 @@ def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
     """Queue a failed (or stuck) reconstruction again."""
     if not (reconstruction.status == Status.FAILED or reconstruction_is_stuck(reconstruction)):
         raise ValidationError("Only a failed reconstruction can be tried again.")
-    with transaction.atomic():
-        Reconstruction.objects.filter(pk=reconstruction.pk).update(
-            status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None
-        )
-        pk = reconstruction.pk
+    pk = reconstruction.pk
+    Reconstruction.objects.filter(pk=pk).update(
+        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None
+    )
+    if settings.RECONSTRUCT_MODE == "sync":
+        reconstruction_run(pk)
+    else:
         transaction.on_commit(lambda: reconstruction_dispatch(pk))
     reconstruction.refresh_from_db()
     return reconstruction

@@ -123,26 +123,27 @@ def account(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _upload_page(request: HttpRequest, errors: list[str] | None = None, status: int = 200) -> HttpResponse:
+    return render(request, "reconstruct/upload.html", {"errors": errors or []}, status=status)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        if body_too_large(request):
-            form = UploadForm()
-            form.add_error(None, services.upload_size_error(int(request.META["CONTENT_LENGTH"])))
-            return render(request, "reconstruct/upload.html", {"form": form}, status=413)
-        try:
-            form = UploadForm(request.POST, request.FILES)
-            valid = form.is_valid()
-        except (RequestDataTooBig, TooManyFilesSent, MultiPartParserError):
-            form = UploadForm()
-            form.add_error(None, "The upload could not be read. Please choose one photo and try again.")
-            return render(request, "reconstruct/upload.html", {"form": form}, status=400)
-        if valid:
-            reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
-            return redirect("reconstruct:detail", public_id=reconstruction.uuid)
-        return render(request, "reconstruct/upload.html", {"form": form}, status=400)
-    return render(request, "reconstruct/upload.html", {"form": UploadForm()})
+    if request.method == "GET":
+        return _upload_page(request)
+    if body_too_large(request):
+        return _upload_page(request, [services.upload_size_error(int(request.META["CONTENT_LENGTH"]))], status=413)
+    try:
+        form = UploadForm(request.POST, request.FILES)
+        valid = form.is_valid()
+    except (RequestDataTooBig, TooManyFilesSent, MultiPartParserError):
+        return _upload_page(request, ["The upload could not be read. Please choose one photo and try again."], 400)
+    if not valid:
+        status = 413 if form.has_error("image", code="too_large") else 400
+        return _upload_page(request, [*form.non_field_errors(), *form.errors.get("image", [])], status=status)
+    reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
+    return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
 @login_required

@@ -1,0 +1,138 @@
+"""The JSON API: token and session authentication, CSRF only for sessions, JSON errors for everything."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from reconstruct import services
+from reconstruct.models import Reconstruction
+from tests.conftest import upload
+
+LIST_URL = "/api/reconstructions/"
+
+
+@pytest.fixture
+def token(alice) -> str:
+    return services.api_token_regenerate(alice)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Token {key}"}
+
+
+def test_it_accepts_a_photo_with_202_and_a_status_url(client, settings, token: str, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MODE = "celery"  # queued after commit, which a test transaction never reaches
+    response = client.post(LIST_URL, {"image": upload(car_png, "car.png")}, **auth(token))
+    assert response.status_code == 202
+    data = response.json()
+    reconstruction = Reconstruction.objects.get()
+    assert data["id"] == str(reconstruction.uuid) and data["status"] == "pending"
+    assert data["status_url"] == f"http://testserver/api/reconstructions/{reconstruction.uuid}/"
+    assert response["Location"] == data["status_url"]
+    assert data["scores"] is None and data["images"]["reconstruction"] is None
+
+
+def test_it_returns_the_finished_result_in_sync_mode(client, token: str, car_png: bytes) -> None:
+    response = client.post(LIST_URL, {"image": upload(car_png)}, **auth(token))
+    assert response.status_code == 201
+    data = response.json()
+    assert data["status"] == "done"
+    assert set(data["scores"]) == {"mse", "psnr", "ssim", "kl", "car_likeness"}
+    assert data["images"]["reconstruction"].endswith("/files/reconstruction")
+
+
+def test_it_reports_status_scores_and_image_urls(client, token: str, alice, car_png: bytes) -> None:
+    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    data = client.get(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).json()
+    assert data["status"] == "done" and data["scores"]["psnr"] == pytest.approx(reconstruction.psnr)
+    assert data["model_version"] == reconstruction.model_version.name
+    image = client.get(data["images"]["reconstruction"], **auth(token))
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+
+
+def test_it_lists_only_the_callers_reconstructions(client, token: str, alice, bob, car_png: bytes) -> None:
+    mine = services.reconstruction_create(alice, upload(car_png, "mine.png"))
+    services.reconstruction_create(bob, upload(car_png, "bobs.png"))
+    data = client.get(LIST_URL, **auth(token)).json()
+    assert data["count"] == 1 and [item["id"] for item in data["results"]] == [str(mine.uuid)]
+
+
+def test_it_answers_404_for_someone_elses_reconstruction(client, bob, alice, car_png: bytes) -> None:
+    alices = services.reconstruction_create(alice, upload(car_png))
+    bobs_token = services.api_token_regenerate(bob)
+    for method in (client.get, client.delete):
+        response = method(f"{LIST_URL}{alices.uuid}/", **auth(bobs_token))
+        assert response.status_code == 404 and response.json() == {"error": "No such reconstruction."}
+    image = client.get(reverse("reconstruct:file", args=[alices.uuid, "original"]), **auth(bobs_token))
+    assert image.status_code == 404
+    assert Reconstruction.objects.filter(pk=alices.pk).exists()
+
+
+def test_it_deletes_with_delete(client, token: str, alice, car_png: bytes) -> None:
+    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    assert client.delete(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).status_code == 204
+    assert not Reconstruction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Authentication required"),
+        ({"HTTP_AUTHORIZATION": "Token cs_wrong"}, "not valid"),
+        ({"HTTP_AUTHORIZATION": "Basic abc"}, "Malformed Authorization header"),
+    ],
+)
+def test_it_refuses_missing_or_bad_credentials_with_401(client, db, headers: dict, message: str) -> None:
+    response = client.get(LIST_URL, **headers)
+    assert response.status_code == 401 and message in response.json()["error"]
+
+
+def test_it_explains_a_bad_image_with_400(client, token: str, not_an_image: bytes) -> None:
+    response = client.post(LIST_URL, {"image": upload(not_an_image, "car.jpg")}, **auth(token))
+    assert response.status_code == 400
+    assert response.json()["code"] == "not_an_image"
+    assert not Reconstruction.objects.exists()
+
+
+def test_it_explains_a_missing_image_field(client, token: str, car_png: bytes) -> None:
+    response = client.post(LIST_URL, {"photo": upload(car_png)}, **auth(token))
+    assert response.status_code == 400 and "field named 'image'" in response.json()["error"]
+
+
+@pytest.mark.parametrize("limit", [200, 1024])  # the file over the limit / the whole body over it
+def test_it_refuses_a_large_upload_with_413(client, settings, token: str, car_png: bytes, limit: int) -> None:
+    settings.RECONSTRUCT_MAX_UPLOAD_BYTES = limit
+    response = client.post(LIST_URL, {"image": upload(car_png * (1 if limit == 200 else 200))}, **auth(token))
+    assert response.status_code == 413 and response.json()["code"] == "too_large"
+
+
+def test_it_refuses_other_methods_with_405(client, token: str) -> None:
+    response = client.put(LIST_URL, **auth(token))
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, POST" and "not allowed" in response.json()["error"]
+
+
+def test_it_answers_unknown_api_paths_with_json_404(client, db) -> None:
+    response = client.get("/api/nothing/here")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_it_checks_csrf_for_session_requests_only(alice, token: str, car_png: bytes) -> None:
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    assert browser.get(LIST_URL).status_code == 200  # reading needs no CSRF token
+    refused = browser.post(LIST_URL, {"image": upload(car_png)})
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
+    script = Client(enforce_csrf_checks=True)
+    assert script.post(LIST_URL, {"image": upload(car_png)}, **auth(token)).status_code == 201
+
+
+def test_it_accepts_session_posts_with_a_csrf_token(alice, car_png: bytes) -> None:
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    browser.get(reverse("reconstruct:upload"))  # sets the csrftoken cookie
+    csrf = browser.cookies["csrftoken"].value
+    response = browser.post(LIST_URL, {"image": upload(car_png)}, HTTP_X_CSRFTOKEN=csrf)
+    assert response.status_code == 201

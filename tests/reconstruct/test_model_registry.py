@@ -1,0 +1,99 @@
+"""The model registry: the shipped default, activation with an audit trail, and every process
+picking up the active version without a restart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from ml import runtime
+from reconstruct import services
+from reconstruct.models import ModelActivation, ModelVersion
+from tests.conftest import upload
+
+
+@pytest.fixture
+def second_model_dir(tmp_path: Path) -> Path:
+    """The shipped model under another version name (same weights): a stand-in for a trained one."""
+    directory = tmp_path / "second"
+    shutil.copytree(runtime.DEFAULT_MODEL_DIR, directory)
+    metadata = json.loads((directory / "metadata.json").read_text())
+    metadata["version"] = "second-test-version"
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    return directory
+
+
+def test_it_registers_and_activates_the_shipped_model_once(db) -> None:
+    first = services.model_version_register_default()
+    second = services.model_version_register_default()
+    assert first.pk == second.pk
+    assert ModelVersion.objects.count() == 1
+    assert first.is_active and first.source == ModelVersion.Source.SHIPPED
+    assert set(first.files) >= {"encoder.onnx", "decoder.onnx", "metadata.json"}
+    assert first.files["encoder.onnx"]["key"] == f"models/{first.name}/encoder.onnx"
+    activation = ModelActivation.objects.get()
+    assert (activation.version, activation.previous, activation.activated_by) == (first, None, None)
+
+
+def test_it_registers_the_default_lazily_on_first_use(db) -> None:
+    assert not ModelVersion.objects.exists()
+    assert services.model_version_get_active().source == ModelVersion.Source.SHIPPED
+
+
+def test_it_allows_only_one_active_version(db, second_model_dir: Path) -> None:
+    services.model_version_register_default()
+    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(pk=other.pk).update(is_active=True)
+
+
+def test_it_records_who_activated_what(alice, second_model_dir: Path) -> None:
+    default = services.model_version_register_default()
+    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED, created_by=alice)
+    activation = services.model_version_activate(other, alice, note="better PSNR")
+    assert (activation.version, activation.previous, activation.activated_by, activation.note) == (
+        other,
+        default,
+        alice,
+        "better PSNR",
+    )
+    assert list(ModelVersion.objects.filter(is_active=True)) == [other]
+    services.model_version_activate(default, alice, note="roll back")
+    assert services.model_version_get_active() == default
+    assert ModelActivation.objects.count() == 3
+
+
+def test_it_refuses_a_directory_without_a_model(db, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"missing encoder\.onnx"):
+        services.model_version_register(tmp_path, source=ModelVersion.Source.TRAINED)
+    assert not ModelVersion.objects.exists()
+
+
+def test_it_refuses_a_second_version_with_the_same_name(db) -> None:
+    services.model_version_register_default()
+    with pytest.raises(ValueError, match="already registered"):
+        services.model_version_register(runtime.DEFAULT_MODEL_DIR, source=ModelVersion.Source.TRAINED)
+
+
+def test_it_uses_a_newly_activated_model_without_a_restart(
+    settings, alice, second_model_dir: Path, car_png: bytes
+) -> None:
+    before = services.reconstruction_create(alice, upload(car_png))
+    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED)
+    services.model_version_activate(other, alice)
+    after = services.reconstruction_create(alice, upload(car_png))
+    assert before.model_version.source == ModelVersion.Source.SHIPPED
+    assert after.model_version == other
+    version, model = services.model_version_load_active()
+    assert (version, model.version) == (other, "second-test-version")
+    # Loaded from the process's local copy of the files in storage, not from ml/weights.
+    assert Path(model.model_dir).parent == Path(settings.MODEL_CACHE_DIR)
+
+
+def test_it_loads_each_version_once_per_process(db) -> None:
+    version = services.model_version_get_active()
+    assert services.model_version_load(version) is services.model_version_load(version)

@@ -1,0 +1,75 @@
+"""services.upload_prepare: the real decode, limits, EXIF orientation and metadata, transparency."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.exceptions import ValidationError
+from PIL import Image
+
+from reconstruct import services
+from tests.conftest import draw_car, encode, upload
+
+
+def test_it_accepts_a_png_car(car_png: bytes) -> None:
+    prepared = services.upload_prepare(upload(car_png, "my car.png"))
+    assert (prepared.format, prepared.extension, prepared.width, prepared.height) == ("PNG", "png", 240, 120)
+    assert prepared.name == "my car.png"
+    assert Image.open(io.BytesIO(prepared.thumbnail)).format == "JPEG"
+
+
+def test_it_stores_a_phone_jpeg_upright_without_its_metadata(exif_rotated_jpeg: bytes) -> None:
+    assert Image.open(io.BytesIO(exif_rotated_jpeg)).size == (120, 240)
+    prepared = services.upload_prepare(upload(exif_rotated_jpeg, "IMG_0001.JPG"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert stored.size == (240, 120) == (prepared.width, prepared.height)
+    assert stored.format == "JPEG"
+    assert dict(stored.getexif()) == {}
+
+
+def test_it_keeps_transparency_in_a_png(transparent_png: bytes) -> None:
+    prepared = services.upload_prepare(upload(transparent_png))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert stored.mode == "RGBA"
+    assert stored.getpixel((0, 0))[3] == 0
+
+
+def test_it_converts_formats_browsers_cannot_show_to_png() -> None:
+    prepared = services.upload_prepare(upload(encode(draw_car(), "TIFF"), "car.tiff"))
+    assert (prepared.format, prepared.extension) == ("TIFF", "png")
+    assert Image.open(io.BytesIO(prepared.content)).format == "PNG"
+
+
+def test_it_refuses_a_file_that_is_not_an_image(not_an_image: bytes) -> None:
+    with pytest.raises(ValidationError, match="not an image we can read") as error:
+        services.upload_prepare(upload(not_an_image, "car.jpg"))
+    assert error.value.code == "not_an_image"
+
+
+def test_it_refuses_a_truncated_jpeg(car_jpeg: bytes) -> None:
+    with pytest.raises(ValidationError, match="could not be decoded"):
+        services.upload_prepare(upload(car_jpeg[: len(car_jpeg) // 2], "cut.jpg"))
+
+
+def test_it_refuses_an_empty_file() -> None:
+    with pytest.raises(ValidationError, match="empty"):
+        services.upload_prepare(upload(b"", "empty.jpg"))
+
+
+def test_it_refuses_too_many_pixels_before_decoding_them(settings, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MAX_IMAGE_PIXELS = 10_000
+    with pytest.raises(ValidationError, match=r"240x120 pixels .* the limit is 0 megapixels") as error:
+        services.upload_prepare(upload(car_png))
+    assert error.value.code == "too_many_pixels"
+
+
+def test_it_refuses_a_file_over_the_byte_limit(settings, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MAX_UPLOAD_BYTES = 200
+    with pytest.raises(services.UploadTooLarge, match="the limit is 200 bytes"):
+        services.upload_prepare(upload(car_png))
+
+
+def test_it_refuses_a_tiny_image() -> None:
+    with pytest.raises(ValidationError, match="at least 16 pixels"):
+        services.upload_prepare(upload(encode(draw_car((40, 8)), "PNG")))

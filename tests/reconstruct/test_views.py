@@ -1,0 +1,226 @@
+"""Pages: home, accounts, upload, result, gallery, delete, account; nobody sees another's items."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+
+from reconstruct import services
+from reconstruct.models import ApiToken, Reconstruction
+from tests.conftest import PASSWORD, upload
+
+
+@pytest.fixture
+def alices(alice, car_png: bytes) -> Reconstruction:
+    return services.reconstruction_create(alice, upload(car_png, "alices-car.png"))
+
+
+def test_it_invites_anonymous_visitors_to_sign_up(client, db) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert reverse("signup") in body and "Sign up" in body
+    assert body.count("/examples/") >= 3
+
+
+def test_it_serves_example_reconstructions_as_png(client, db) -> None:
+    response = client.get(reverse("example_image", args=[0, "reconstruction"]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(reverse("example_image", args=[9, "input"])).status_code == 404
+
+
+def test_it_signs_up_and_logs_in(client, db) -> None:
+    response = client.post(
+        reverse("signup"),
+        {"username": "carol", "email": "carol@example.com", "password1": PASSWORD, "password2": PASSWORD},
+    )
+    assert response.status_code == 302 and response["Location"] == reverse("reconstruct:upload")
+    assert client.get(reverse("reconstruct:upload")).status_code == 200
+
+
+def test_it_explains_a_bad_sign_up(client, alice) -> None:
+    response = client.post(
+        reverse("signup"), {"username": "x", "email": "alice@example.com", "password1": "a", "password2": "b"}
+    )
+    assert response.status_code == 200
+    assert "An account with this email address exists already" in response.content.decode()
+
+
+def test_it_logs_in_and_out(client, alice) -> None:
+    response = client.post(reverse("login"), {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.post(reverse("logout")).status_code == 302
+    assert client.get(reverse("reconstruct:gallery")).status_code == 302
+
+
+def test_it_emails_a_password_reset_link_that_works(client, alice) -> None:
+    client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert len(mail.outbox) == 1
+    link = re.search(r"https?://[^/]+(/accounts/reset/\S+/)", mail.outbox[0].body).group(1)
+    form_url = client.get(link, follow=True).redirect_chain[-1][0]
+    response = client.post(form_url, {"new_password1": "another-pass-4567", "new_password2": "another-pass-4567"})
+    assert response.status_code == 302
+    assert client.login(username="alice", password="another-pass-4567")
+
+
+def test_it_changes_a_password(client, alice) -> None:
+    client.force_login(alice)
+    response = client.post(
+        reverse("password_change"),
+        {"old_password": PASSWORD, "new_password1": "another-pass-4567", "new_password2": "another-pass-4567"},
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.check_password("another-pass-4567")
+
+
+def test_it_sends_anonymous_uploaders_to_log_in(client, db) -> None:
+    response = client.get(reverse("reconstruct:upload"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def test_it_shows_a_phone_friendly_upload_form(client, alice) -> None:
+    client.force_login(alice)
+    body = client.get(reverse("reconstruct:upload")).content.decode()
+    assert 'accept="image/*"' in body and 'enctype="multipart/form-data"' in body and 'capture="environment"' in body
+
+
+def test_it_uploads_and_shows_the_result(client, alice, car_jpeg: bytes) -> None:
+    client.force_login(alice)
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_jpeg, "blue.jpg")})
+    reconstruction = Reconstruction.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("reconstruct:detail", args=[reconstruction.uuid])
+    body = client.get(response["Location"]).content.decode()
+    for kind in ("original", "model_input", "reconstruction"):
+        assert reverse("reconstruct:file", args=[reconstruction.uuid, kind]) in body
+    assert "What the model saw" in body and "PSNR" in body and "Download" in body
+
+
+def test_it_explains_a_bad_upload(client, alice, not_an_image: bytes) -> None:
+    client.force_login(alice)
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(not_an_image, "car.jpg")})
+    assert response.status_code == 400
+    assert "not an image we can read" in response.content.decode()
+    assert not Reconstruction.objects.exists()
+
+
+def test_it_refuses_a_body_over_the_limit_with_413(client, alice, settings, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MAX_UPLOAD_BYTES = 1024
+    client.force_login(alice)
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_png * 200)})
+    assert response.status_code == 413
+    assert "the limit is 1.0 KB" in response.content.decode()
+
+
+def test_it_refuses_a_file_over_the_limit_with_413(client, alice, settings, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MAX_UPLOAD_BYTES = 200
+    client.force_login(alice)
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_png)})
+    assert response.status_code == 413
+    assert "the limit is 200 bytes" in response.content.decode()
+
+
+def test_it_shows_progress_while_the_job_waits(client, alice, settings, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MODE = "celery"
+    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    client.force_login(alice)
+    body = client.get(reverse("reconstruct:detail", args=[reconstruction.uuid])).content.decode()
+    assert "Waiting for a worker" in body
+    assert f'data-status-url="{reverse("api:reconstruction", args=[reconstruction.uuid])}"' in body
+    assert "progress.js" in body
+
+
+def test_it_shows_why_a_reconstruction_failed(client, alices) -> None:
+    Reconstruction.objects.filter(pk=alices.pk).update(status="failed", error="The worker exploded.")
+    client.force_login(alices.owner)
+    body = client.get(reverse("reconstruct:detail", args=[alices.uuid])).content.decode()
+    assert "The worker exploded." in body and "Try again" in body
+
+
+def test_it_serves_the_owner_her_files(client, alices) -> None:
+    client.force_login(alices.owner)
+    response = client.get(reverse("reconstruct:file", args=[alices.uuid, "reconstruction"]) + "?download=1")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert 'attachment; filename="alices-car-reconstruction.png"' in response["Content-Disposition"]
+    assert b"".join(response.streaming_content)[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("reconstruct:detail", []),
+        ("reconstruct:delete", []),
+        ("reconstruct:file", ["original"]),
+        ("reconstruct:file", ["reconstruction"]),
+    ],
+)
+def test_it_hides_alices_cars_from_bob(client, alices, bob, name: str, args: list[str]) -> None:
+    client.force_login(bob)
+    assert client.get(reverse(name, args=[alices.uuid, *args])).status_code == 404
+
+
+def test_it_does_not_let_bob_delete_or_retry_alices_car(client, alices, bob) -> None:
+    client.force_login(bob)
+    assert client.post(reverse("reconstruct:delete", args=[alices.uuid])).status_code == 404
+    assert client.post(reverse("reconstruct:retry", args=[alices.uuid])).status_code == 404
+    assert Reconstruction.objects.filter(pk=alices.pk).exists()
+    assert "alices-car" not in client.get(reverse("reconstruct:gallery")).content.decode()
+
+
+def test_it_lists_the_gallery_newest_first_in_pages(client, alice, car_png: bytes) -> None:
+    for number in range(26):
+        services.reconstruction_create(alice, upload(car_png, f"car-{number:02}.png"))
+    client.force_login(alice)
+    first = client.get(reverse("reconstruct:gallery")).content.decode()
+    assert first.index("car-25") < first.index("car-24")
+    assert "car-01" not in first and "Page 1 of 2" in first
+    second = client.get(reverse("reconstruct:gallery") + "?page=2").content.decode()
+    assert "car-01" in second and "car-00" in second and "car-25" not in second
+
+
+def test_it_deletes_after_confirmation(client, alices, django_capture_on_commit_callbacks) -> None:
+    client.force_login(alices.owner)
+    url = reverse("reconstruct:delete", args=[alices.uuid])
+    assert "Delete this reconstruction?" in client.get(url).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url)
+    assert response.status_code == 302 and response["Location"] == reverse("reconstruct:gallery")
+    assert not Reconstruction.objects.exists()
+
+
+def test_it_refuses_a_delete_by_get_without_confirmation(client, alices) -> None:
+    client.force_login(alices.owner)
+    client.get(reverse("reconstruct:delete", args=[alices.uuid]))
+    assert Reconstruction.objects.filter(pk=alices.pk).exists()
+
+
+def test_it_shows_a_new_api_token_once(client, alice) -> None:
+    client.force_login(alice)
+    response = client.post(reverse("account"), {"action": "regenerate"})
+    assert response.status_code == 302
+    first_view = client.get(reverse("account")).content.decode()
+    key = re.search(r'<code class="token" id="token">(cs_[\w-]+)</code>', first_view).group(1)
+    assert services.api_token_authenticate(key) == alice
+    assert ApiToken.objects.get().key_hash != key  # only a hash is stored
+    second_view = client.get(reverse("account")).content.decode()
+    assert key not in second_view and key[:8] in second_view
+
+
+def test_it_revokes_the_api_token(client, alice) -> None:
+    key = services.api_token_regenerate(alice)
+    client.force_login(alice)
+    client.post(reverse("account"), {"action": "revoke"})
+    assert services.api_token_authenticate(key) is None
+
+
+def test_it_answers_unknown_pages_with_a_404_page(client, db) -> None:
+    response = client.get("/no/such/page/")
+    assert response.status_code == 404
+    assert "Page not found" in response.content.decode()
