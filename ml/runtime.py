@@ -350,8 +350,8 @@ def load_model(model_dir: str | os.PathLike = DEFAULT_MODEL_DIR, threads: int | 
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            # Drop older versions of this directory so a long-lived worker does not pile them up.
-            for stale in [k for k in _cache if k[0] == key[0]]:
+            # Drop older exports of this directory so a long-lived worker does not pile them up.
+            for stale in [k for k in _cache if k[0] == key[0] and k[1] != key[1]]:
                 del _cache[stale]
             model = _cache[key] = Model(resolved, threads=key[2])
         return model

@@ -94,8 +94,12 @@ def test_it_loads_a_model_once_per_directory_and_reloads_after_a_new_export(tiny
     assert runtime.load_model(Path(str(copy) + "/")) is first
     assert runtime.load_model(tmp_path / "." / "copy") is first
     metadata = copy / "metadata.json"
+    two_threads = runtime.load_model(copy, threads=2)
+    assert two_threads is not first and runtime.load_model(copy) is first
     os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 10**9))
     assert runtime.load_model(copy) is not first
+    mtimes = {key[1] for key in runtime._cache if key[0] == str(copy.resolve())}
+    assert mtimes == {metadata.stat().st_mtime_ns}
 
 
 def test_it_uses_one_thread_unless_told_otherwise(tiny_export: Any, monkeypatch: pytest.MonkeyPatch) -> None:
