@@ -18,7 +18,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-RUN_DIR = BASE_DIR / ".run"
+# Local state of `make run`: the generated SECRET_KEY, Redis's data, the demo login.
+RUN_DIR = Path(os.environ.get("CARSITE_RUN_DIR") or BASE_DIR / ".run")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
