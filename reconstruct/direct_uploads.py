@@ -217,6 +217,7 @@ class RequestSizeLimitMiddleware:
             return JsonResponse({"error": message, "code": "too_large_for_lambda"}, status=413)
         if request.path == reverse("reconstruct:upload") and request.user.is_authenticated:
             form = UploadForm()
+            form.cleaned_data = {}  # add_error() on an unbound form needs it
             form.add_error(None, message)
             return render(request, "reconstruct/upload.html", {"form": form}, status=413)
         return HttpResponse(message, content_type="text/plain; charset=utf-8", status=413)
