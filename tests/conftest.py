@@ -200,9 +200,9 @@ def celery_app_on_test_redis(redis_url: str) -> Any:
     app.conf.broker_url = redis_url
     app.conf.broker_connection_timeout = 2
     app.conf.broker_connection_retry_on_startup = False
-    # Drop connections made before the URL changed (none, normally).
-    app.pool.force_close_all()
+    # Forget any connection pool made before the URL changed (none, normally).
     app._pool = None
+    app.amqp._producer_pool = None
     return app
 
 

@@ -1,0 +1,107 @@
+"""In headless Chromium (Debian's package, driven by Playwright): sign up, upload a drawn car,
+watch the result page fill in by itself, find the car in the gallery; another user gets 404s."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconstruct import services
+from tests.conftest import PASSWORD, S3Server, draw_car, upload
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ALL_IMAGES_LOADED = "[...document.querySelectorAll('.compare img')].every(i => i.complete && i.naturalWidth > 0)"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed (make test installs it: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse ORM calls
+    # (the tests' own and the database flush after each test); they are plain synchronous code here.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield chromium
+        chromium.close()
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def stack(settings: Any, on_s3: S3Server, s3_worker: Any) -> S3Server:
+    """The live server queues on Redis; the worker process stores on S3 (moto)."""
+    settings.RECONSTRUCT_MODE = "celery"
+    return on_s3
+
+
+def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server, stack, tmp_path: Path) -> None:
+    photo = tmp_path / "my red car.jpg"
+    draw_car((480, 240)).save(photo, quality=90)
+
+    page.goto(live_server.url)
+    page.get_by_role("link", name=re.compile("Sign up free")).click()
+    page.fill("#id_username", "carol")
+    page.fill("#id_email", "carol@example.com")
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    page.wait_for_url(re.compile(r"/reconstruct/$"))
+
+    page.set_input_files("#id_image", str(photo))
+    assert page.locator("#preview").is_visible()
+    page.get_by_role("button", name="Reconstruct").click()
+    page.wait_for_url(re.compile(r"/r/[0-9a-f-]{36}/$"))
+    # The page polls the status endpoint and shows the result without a manual reload.
+    page.locator(".compare").wait_for(timeout=90_000)
+    assert page.locator(".compare img").count() == 3
+    # All three pictures arrive (through presigned S3 URLs) and decode.
+    page.wait_for_function(ALL_IMAGES_LOADED)
+    assert page.get_by_text("Closeness (PSNR)").is_visible()
+    assert page.get_by_role("link", name=re.compile("Download the reconstruction")).is_visible()
+    result_url = page.url
+
+    page.get_by_role("link", name="Gallery").click()
+    card = page.locator("a.card.thumb", has_text="my red car.jpg")
+    assert card.count() == 1
+    card.click()
+    assert page.url == result_url
+
+
+def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, alice, bob, car_png: bytes) -> None:
+    settings.RECONSTRUCT_MODE = "sync"
+    alices = services.reconstruction_create(alice, upload(car_png, "alices-secret-car.png"))
+
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "bob")
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/reconstruct/$"))
+
+    for path in (f"/r/{alices.uuid}/", f"/r/{alices.uuid}/files/original", f"/r/{alices.uuid}/delete/"):
+        response = page.goto(live_server.url + path)
+        assert response.status == 404, path
+    assert page.get_by_role("heading", name="Page not found").is_visible()
+    page.goto(f"{live_server.url}/gallery/")
+    assert page.get_by_text("Nothing here yet").is_visible()
+    assert page.get_by_text("alices-secret-car").count() == 0

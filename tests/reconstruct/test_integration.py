@@ -1,0 +1,107 @@
+"""End to end with real parts: the API queues a task in a real Redis, a separate Celery worker
+process consumes it and stores its files through S3 over HTTP (moto's server), and the results
+come back through presigned URLs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from ml import runtime
+from reconstruct import services
+from reconstruct.models import ModelVersion, Reconstruction
+from tests.conftest import S3Server, WorkerProcess, upload
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+API = "/api/reconstructions/"
+
+
+@pytest.fixture
+def queued(settings: Any, on_s3: S3Server, s3_worker: WorkerProcess) -> S3Server:
+    settings.RECONSTRUCT_MODE = "celery"
+    return on_s3
+
+
+def post_photo(client: Client, token: str, content: bytes, name: str) -> dict[str, Any]:
+    response = client.post(API, {"image": upload(content, name)}, HTTP_AUTHORIZATION=f"Token {token}")
+    assert response.status_code == 202, response.content
+    return response.json()
+
+
+def wait_until_finished(client: Client, token: str, status_url: str, timeout: float = 90.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = client.get(status_url, HTTP_AUTHORIZATION=f"Token {token}").json()
+        if data["status"] in ("done", "failed"):
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"still {data['status']} after {timeout} s")
+
+
+def test_it_reconstructs_in_a_worker_process_and_stores_on_s3(queued: S3Server, s3_worker, alice, car_jpeg: bytes):
+    client = Client()
+    token = services.api_token_regenerate(alice)
+    accepted = post_photo(client, token, car_jpeg, "blue car.jpg")
+    data = wait_until_finished(client, token, accepted["status_url"])
+
+    assert data["status"] == "done", data["error"]
+    assert data["scores"]["psnr"] > 5
+    # The separate worker process ran it (this process has no worker).
+    assert "reconstruction_run_task" in s3_worker.log() and "succeeded" in s3_worker.log()
+    prefix = f"reconstructions/{alice.pk}/{data['id']}/"
+    assert queued.keys(prefix) == [
+        prefix + name for name in ("model_input.png", "original.jpg", "reconstruction.png", "thumbnail.jpg")
+    ]
+
+    # Private objects are handed out through short-lived presigned URLs.
+    redirect = client.get(data["images"]["reconstruction"], HTTP_AUTHORIZATION=f"Token {token}")
+    assert redirect.status_code == 302
+    location = redirect["Location"]
+    assert location.startswith(f"{queued.endpoint_url}/{queued.bucket}/{prefix}reconstruction.png?")
+    assert "X-Amz-Signature=" in location
+    with urllib.request.urlopen(location) as response:
+        assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert client.delete(f"{API}{data['id']}/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 204
+    assert queued.keys(prefix) == []
+    assert not Reconstruction.objects.exists()
+
+
+def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3Server, alice, car_png: bytes):
+    # Stored bytes that no longer decode (a damaged object): the worker must fail the row, not hang it.
+    broken = dataclasses.replace(services.upload_prepare(upload(car_png)), content=b"not a png any more")
+    reconstruction = services.reconstruction_create(alice, broken)
+    client = Client()
+    token = services.api_token_regenerate(alice)
+    data = wait_until_finished(client, token, f"{API}{reconstruction.uuid}/")
+    assert data["status"] == "failed"
+    assert "not an image format we can read" in data["error"]
+
+
+def test_it_switches_every_worker_to_a_newly_activated_model(queued: S3Server, alice, car_png: bytes, tmp_path: Path):
+    client = Client()
+    token = services.api_token_regenerate(alice)
+    first = wait_until_finished(client, token, post_photo(client, token, car_png, "a.png")["status_url"])
+    assert first["model_version"] == services.model_version_get_active().name
+
+    # A "new" model: the shipped files under another version name, registered into S3 and activated.
+    directory = tmp_path / "retrained"
+    shutil.copytree(runtime.DEFAULT_MODEL_DIR, directory)
+    metadata = json.loads((directory / "metadata.json").read_text())
+    metadata["version"] = "retrained-for-test"
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    version = services.model_version_register(directory, source=ModelVersion.Source.TRAINED)
+    assert queued.keys(f"models/{version.name}/")
+    services.model_version_activate(version, alice)
+
+    second = wait_until_finished(client, token, post_photo(client, token, car_png, "b.png")["status_url"])
+    assert second["model_version"] == "retrained-for-test"

@@ -1,0 +1,93 @@
+"""`make run`'s supervisor (python manage.py runlocal): the whole stack comes up from nothing, the
+demo account can log in and reconstruct through the queue, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, draw_car, encode, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")},
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "MODEL_CACHE_DIR": str(tmp_path / "models"),
+        "CARSITE_RUN_DIR": str(tmp_path / "run"),
+        "WORKER_CONCURRENCY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runlocal", "--port", str(port), "--no-training-worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Press Ctrl-C to stop" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(120), "".join(output)
+        log = "".join(output)
+        login = re.search(r"Demo account: username (\S+), password (\S+) ", log)
+        assert login, log
+        base = f"http://127.0.0.1:{port}"
+        redis_port = int(re.search(r"Queue: redis://127\.0\.0\.1:(\d+)/0", log).group(1))
+
+        session = requests.Session()
+        session.get(f"{base}/accounts/login/", timeout=10)
+        response = session.post(
+            f"{base}/accounts/login/",
+            data={"username": login[1], "password": login[2], "csrfmiddlewaretoken": session.cookies["csrftoken"]},
+            timeout=10,
+        )
+        assert response.url.endswith("/reconstruct/"), response.text[:500]
+        photo = encode(draw_car((400, 200)), "JPEG")
+        created = session.post(
+            f"{base}/api/reconstructions/",
+            files={"image": ("car.jpg", photo, "image/jpeg")},
+            headers={"X-CSRFToken": session.cookies["csrftoken"]},
+            timeout=30,
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 60
+        while (status := session.get(created.json()["status_url"], timeout=10).json())["status"] not in (
+            "done",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        assert status["status"] == "done", status["error"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(60)
+    assert code == 0, "".join(output[-30:])
+    assert "Stopped." in "".join(output)
+    for stopped in (port, redis_port):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", stopped), timeout=2).close()
