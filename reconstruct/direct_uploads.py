@@ -35,7 +35,6 @@ from django.urls import path, reverse
 
 from reconstruct import presenters, services
 from reconstruct.api import api_view, error
-from reconstruct.forms import UploadForm
 from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
@@ -216,8 +215,5 @@ class RequestSizeLimitMiddleware:
         if request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
             return JsonResponse({"error": message, "code": "too_large_for_lambda"}, status=413)
         if request.path == reverse("reconstruct:upload") and request.user.is_authenticated:
-            form = UploadForm()
-            form.cleaned_data = {}  # add_error() on an unbound form needs it
-            form.add_error(None, message)
-            return render(request, "reconstruct/upload.html", {"form": form}, status=413)
+            return render(request, "reconstruct/upload.html", {"errors": [message]}, status=413)
         return HttpResponse(message, content_type="text/plain; charset=utf-8", status=413)

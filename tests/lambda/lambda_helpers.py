@@ -23,6 +23,7 @@ STAGE = "dev"
 API_ID = "a1b2c3d4e5"
 REGION = "us-east-1"
 HOST = f"{API_ID}.execute-api.{REGION}.amazonaws.com"
+LAMBDA_MAX_PAYLOAD_BYTES = 6_291_456
 
 
 def free_port() -> int:
@@ -87,7 +88,10 @@ class LambdaContainer:
 
     def invoke(self, event: dict[str, Any]) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(json.dumps(event) + "\n")
+        payload = json.dumps(event)
+        # Lambda refuses a synchronous invocation over 6 MB before the function sees it.
+        assert len(payload.encode()) <= LAMBDA_MAX_PAYLOAD_BYTES, f"Lambda would refuse this {len(payload)}-byte event"
+        self.process.stdin.write(payload + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
         if not line:
@@ -115,7 +119,7 @@ class LambdaContainer:
             "X-Forwarded-Port": "443",
             "X-Forwarded-For": "203.0.113.7",
             "User-Agent": "carsite-lambda-test",
-            "Accept": "text/html,application/json",
+            "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
         }
         if cookies and self.cookies:
             all_headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())

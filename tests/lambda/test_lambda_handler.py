@@ -7,6 +7,7 @@ test signs up its own user. PostgreSQL and S3 (moto's server over HTTP) are real
 from __future__ import annotations
 
 import io
+import os
 import re
 import urllib.request
 import uuid
@@ -14,7 +15,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from lambda_helpers import HOST, STAGE, LambdaContainer, Response, draw_car_jpeg
+from lambda_helpers import (
+    HOST,
+    STAGE,
+    LambdaContainer,
+    LocalS3,
+    Response,
+    draw_car_jpeg,
+    multipart_body,
+    zappa_stage_settings,
+)
 from PIL import Image
 
 pytestmark = getattr(pytest.mark, "lambda")
@@ -144,3 +154,66 @@ def test_it_refuses_a_file_that_is_not_an_image(migrated_container: LambdaContai
     response = upload(container, "car.jpg", "image/jpeg", b"%PDF-1.4 this is a document, not a photo\n" * 50)
     assert response.status == 400
     assert "not an image we can read" in error_text(response)
+
+
+def noise_image(width: int, height: int, image_format: str) -> bytes:
+    """A photo-sized picture that does not compress (random pixels)."""
+    picture = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    buffer = io.BytesIO()
+    picture.save(buffer, image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def test_it_refuses_an_upload_too_large_for_one_lambda_request(migrated_container: LambdaContainer) -> None:
+    container = migrated_container
+    container.cookies.clear()
+    sign_up(container)
+    photo = noise_image(1250, 1200, "PNG")  # ~4.5 MB: over the 4 MB a request may carry, under Lambda's 6 MB event
+    assert 4.2e6 < len(photo) < 4.6e6
+    response = upload(container, "huge.png", "image/png", photo)
+    assert response.status == 413
+    message = error_text(response)
+    assert "AWS Lambda accepts at most 6 MB per request" in message
+    assert "straight to storage" in message
+
+
+def test_it_reconstructs_a_large_photo_sent_straight_to_s3(
+    migrated_container: LambdaContainer, lambda_s3: LocalS3
+) -> None:
+    container = migrated_container
+    container.cookies.clear()
+    sign_up(container)
+    container.csrf_token("/reconstruct/")
+    api_headers = {
+        "Accept": "application/json",
+        "X-CSRFToken": container.cookies["csrftoken"],
+        "Origin": f"https://{HOST}",
+    }
+    presigned = container.request("POST", "/api/uploads/", headers=api_headers)
+    assert presigned.status == 201, presigned.text
+    ticket = presigned.json()
+
+    photo = noise_image(1800, 1350, "JPEG")  # ~5 MB: too big to pass through Lambda
+    assert len(photo) > 4.5e6
+    body, content_type = multipart_body(ticket["fields"], {"file": ("big car.jpg", "image/jpeg", photo)})
+    to_s3 = urllib.request.Request(ticket["url"], data=body, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(to_s3, timeout=30) as s3_response:
+        assert s3_response.status in (200, 201, 204)
+
+    completed = container.request(
+        "POST",
+        ticket["complete_url"].split(f"/{STAGE}", 1)[1],
+        body='{"name": "big car.jpg"}',
+        headers={**api_headers, "Content-Type": "application/json"},
+    )
+    assert completed.status == 201, completed.text
+    result = completed.json()
+    assert result["status"] == "done"
+    assert (result["original_name"], result["width"], result["height"]) == ("big car.jpg", 1800, 1350)
+    bucket = zappa_stage_settings()["environment_variables"]["AWS_STORAGE_BUCKET_NAME"]
+    leftovers = lambda_s3.client().list_objects_v2(Bucket=bucket, Prefix="incoming/").get("KeyCount")
+    assert leftovers == 0
+
+    again = container.request("POST", ticket["complete_url"].split(f"/{STAGE}", 1)[1], body="", headers=api_headers)
+    assert again.status == 400
+    assert "no photo for this upload" in again.json()["error"]
