@@ -289,6 +289,8 @@ CURATION_MIN_TRAINING_IMAGES = envint("CURATION_MIN_TRAINING_IMAGES", 20, minimu
 # Training runs on the "training" queue, in a worker with torch (`celery -A carsite worker -Q training`).
 CURATION_TRAINING_DIR = Path(envstr("CURATION_TRAINING_DIR") or Path(tempfile.gettempdir()) / "carsite-training")
 CURATION_TRAINING_TIME_LIMIT = envint("CURATION_TRAINING_TIME_LIMIT", 12 * 3600, minimum=60)
+# The training configs staff choose from in the admin (<name>.json, ml.config.TrainConfig).
+CURATION_TRAINING_CONFIG_DIR = Path(envstr("CURATION_TRAINING_CONFIG_DIR") or BASE_DIR / "ml" / "configs")
 
 # Celery (carsite/celery.py reads every CELERY_* setting). Redis is the broker; nothing reads task
 # results (the Reconstruction row holds status and outcome), so there is no result backend.

@@ -647,12 +647,10 @@ def model_version_rollback(user: AbstractBaseUser | None, note: str = "") -> Mod
 
 # --- Training runs ---------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "ml" / "configs"
-
 
 def training_config_names() -> list[str]:
-    """The configs staff can choose from: ml/configs/*.json."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    """The configs staff can choose from: ml/configs/*.json (CURATION_TRAINING_CONFIG_DIR)."""
+    return sorted(p.stem for p in Path(settings.CURATION_TRAINING_CONFIG_DIR).glob("*.json"))
 
 
 def training_config_load(name: str, epochs: int | None = None) -> dict[str, Any]:
@@ -661,7 +659,10 @@ def training_config_load(name: str, epochs: int | None = None) -> dict[str, Any]
 
     if name not in training_config_names():
         raise ValidationError(f"Unknown training config {name!r}; choose one of {', '.join(training_config_names())}.")
-    config = TrainConfig.load(CONFIG_DIR / f"{name}.json")
+    try:
+        config = TrainConfig.load(Path(settings.CURATION_TRAINING_CONFIG_DIR) / f"{name}.json")
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValidationError(f"The training config {name!r} is not valid: {error}") from None
     if epochs is not None:
         if epochs < 1:
             raise ValidationError("Epochs must be at least 1.")

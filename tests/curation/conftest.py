@@ -61,12 +61,10 @@ def resave(data: bytes, scale: float = 0.5, quality: int = 70) -> bytes:
 
 
 @pytest.fixture
-def media(settings, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    settings.MEDIA_ROOT = root
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
+def media(settings, media_root: Path, tmp_path: Path) -> Path:
+    """tests/conftest.py's temporary MEDIA_ROOT, plus a temporary folder for training runs."""
     settings.CURATION_TRAINING_DIR = tmp_path / "training"
-    return root
+    return media_root
 
 
 @pytest.fixture
@@ -74,16 +72,6 @@ def staff(db):
     return get_user_model().objects.create_user(
         "sam", "sam@example.com", "pw-sam-12345", is_staff=True, is_superuser=True
     )
-
-
-@pytest.fixture
-def alice(db):
-    return get_user_model().objects.create_user("alice", "alice@example.com", "pw-alice-12345")
-
-
-@pytest.fixture
-def bob(db):
-    return get_user_model().objects.create_user("bob", "bob@example.com", "pw-bob-12345")
 
 
 @pytest.fixture(scope="session")

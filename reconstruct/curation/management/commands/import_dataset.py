@@ -97,7 +97,7 @@ class Command(BaseCommand):
                     self.stdout.write(f"skipped {result.name}: {result.skipped}")
                 elif result.flags():
                     self.stdout.write(f"flagged {result.name} (#{result.image.pk}): {'; '.join(result.flags())}")
-        reasons = Counter(r.skipped.split(" #")[0] for r in report.skipped)
+        reasons = Counter("exact duplicates" if r.duplicate_of else r.skipped for r in report.skipped)
         detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
         self.stdout.write(
             self.style.SUCCESS(

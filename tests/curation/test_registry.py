@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from reconstruct import services as site_services
+from reconstruct.curation import runner, services
+from reconstruct.curation.models import DatasetImage, TrainingRun
+from reconstruct.models import ModelActivation, ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run(media, active_model, staff, draw) -> TrainingRun:
+    for seed in range(2):
+        services.dataset_image_add(draw(seed), name=f"{seed}.jpg", source="import")
+    services.dataset_image_approve(DatasetImage.objects.all(), staff)
+    snapshot = services.dataset_snapshot_create(staff)
+    return TrainingRun.objects.create(
+        snapshot=snapshot, config_name="quick", config=services.training_config_load("quick"), epochs=10
+    )
+
+
+def _files_under(prefix: str) -> list[str]:
+    try:
+        return default_storage.listdir(prefix)[1]
+    except FileNotFoundError:
+        return []
+
+
+def test_it_registers_a_trained_version_and_finishes_the_run_together(run, tiny_model_dirs, tmp_path) -> None:
+    model_dir = tmp_path / "export"
+    shutil.copytree(tiny_model_dirs[1], model_dir)
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    version = runner._register(run, model_dir, {"psnr": 12.5}, tmp_path / "train")
+    run.refresh_from_db()
+    assert (run.status, run.model_version) == ("succeeded", version)
+    assert version.metrics == {"psnr": 12.5} and f"run #{run.pk}" in version.notes
+    assert sorted(_files_under(f"models/{version.name}")) == sorted(version.files)
+
+
+def test_it_leaves_no_version_and_no_files_when_registration_fails(run, tiny_model_dirs, tmp_path) -> None:
+    # The run was cancelled at the last moment: the version must not appear, nor its files stay behind.
+    TrainingRun.objects.filter(pk=run.pk).update(status="cancelled")
+    name = site_services.runtime.load_model(tiny_model_dirs[1]).version
+    with pytest.raises(RuntimeError, match="changed by someone else"):
+        runner._register(run, tiny_model_dirs[1], {}, tmp_path / "train")
+    assert not ModelVersion.objects.filter(name=name).exists()
+    assert _files_under(f"models/{name}") == []
+
+
+def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, monkeypatch) -> None:
+    monkeypatch.setattr(services, "TRAINING_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(services, "TRAINING_STALE_SECONDS", 0.3)
+    assert runner._claim(run.pk)[1] == 1
+    # A second delivery while the first worker lives: it waits, sees the heartbeat move, and leaves.
+    beat = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=beat)
+
+    def other_worker_beats(seconds: float) -> None:
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=beat + timedelta(seconds=1))
+
+    monkeypatch.setattr(runner, "time", SimpleNamespace(sleep=other_worker_beats, monotonic=time.monotonic))
+    assert runner._claim(run.pk) is None
+    # Its worker died: no heartbeat for longer than the stale limit, so the next delivery resumes it.
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=5))
+    claimed, attempt = runner._claim(run.pk)
+    assert attempt == 2 and "resuming after its worker stopped" in claimed.log
+    TrainingRun.objects.filter(pk=run.pk).update(attempts=3, heartbeat_at=timezone.now() - timedelta(seconds=5))
+    assert runner._claim(run.pk) is None
+    run.refresh_from_db()
+    assert run.status == "failed" and "stopped 3 times" in run.error
+
+
+def test_it_cancels_queued_and_stalled_runs_at_once(run, staff) -> None:
+    assert services.training_run_cancel(run, staff).status == "cancelled"
+    assert runner._claim(run.pk) is None  # the queued message arrives later and does nothing
+    other = TrainingRun.objects.create(
+        snapshot=run.snapshot,
+        config_name="quick",
+        config=run.config,
+        epochs=10,
+        status="running",
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
+    )
+    assert services.training_run_is_stalled(other)
+    assert services.training_run_cancel(other, staff).status == "cancelled"
+
+
+def test_it_rolls_back_to_the_replaced_version_with_an_audit_trail(second_model, staff) -> None:
+    shipped = ModelVersion.objects.get(is_active=True)
+    site_services.model_version_activate(second_model, staff, note="better PSNR")
+    activation = services.model_version_rollback(staff)
+    assert activation.version == shipped and activation.previous == second_model
+    assert "Rolled back from" in activation.note
+    trail = list(ModelActivation.objects.values_list("version__name", "previous__name"))
+    assert trail[:2] == [(shipped.name, second_model.name), (second_model.name, shipped.name)]
+    assert ModelVersion.objects.filter(is_active=True).count() == 1
+
+
+def test_it_refuses_to_roll_back_past_the_first_version(active_model, staff) -> None:
+    with pytest.raises(ValidationError, match="no earlier model version"):
+        services.model_version_rollback(staff)
+
+
+def test_it_picks_up_an_activation_without_a_restart_or_a_reload_per_job(second_model, staff) -> None:
+    _, model = site_services.model_version_load_active()
+    assert site_services.model_version_load_active()[1] is model
+    site_services.model_version_activate(second_model, staff)
+    new_version, new_model = site_services.model_version_load_active()
+    assert new_version == second_model and new_model.version == second_model.name
+    assert site_services.model_version_load_active()[1] is new_model
+
+
+def test_it_compares_two_versions_on_the_validation_photos_of_the_newer(second_model, run, staff) -> None:
+    images = list(DatasetImage.objects.order_by("id"))
+    TrainingRun.objects.filter(pk=run.pk).update(model_version=second_model, val_image_ids=[images[1].pk])
+    shipped = ModelVersion.objects.get(is_active=True)
+    comparison = services.model_version_compare(shipped, second_model)
+    assert [row["image"] for row in comparison["rows"]] == [images[1]]
+    assert "validation photos of " + second_model.name in comparison["source"]
+    row = comparison["rows"][0]
+    assert row["input"].startswith("data:image/png;base64,") and len(row["results"]) == 2
+    assert set(comparison["means"][shipped.pk]) >= {"psnr", "ssim", "kl"}
