@@ -29,6 +29,8 @@ Lambda's 250 MB.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -422,6 +425,11 @@ def env_build() -> Path:
 
 def runtime_build() -> Path:
     """build/lambda-runtime: boto3 and its dependencies, standing in for the runtime's /var/runtime in tests."""
+    with _build_lock():
+        return _runtime_build()
+
+
+def _runtime_build() -> Path:
     stamp = RUNTIME_DIR / ".requirements"
     wanted = "\n".join(RUNTIME_REQUIREMENTS + RUNTIME_REQUIREMENTS_DEPS)
     if stamp.exists() and stamp.read_text() == wanted:
@@ -458,8 +466,22 @@ def src_build() -> Path:
     return SRC_DIR
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time: two test runs, or a test run and `make lambda-package`, share the folders in build/."""
+    BUILD_DIR.mkdir(exist_ok=True)
+    with (BUILD_DIR / ".lambda-build.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def bundle_build(stage: str, force: bool = False) -> tuple[Path, BundleReport]:
     """Build (or reuse) build/lambda-<stage>.zip with `zappa package`, then check it; SystemExit on a failed check."""
+    with _build_lock():
+        return _bundle_build(stage, force)
+
+
+def _bundle_build(stage: str, force: bool) -> tuple[Path, BundleReport]:
     target = bundle_path(stage)
     stamp = target.with_suffix(".inputs")
     digest = bundle_inputs_digest(stage)
