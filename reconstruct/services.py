@@ -151,7 +151,8 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
     else:
         image.save(content, "PNG", compress_level=4)
 
-    thumb = to_rgb(image)
+    # A copy: to_rgb returns an RGB picture itself, and thumbnail() shrinks in place (the recorded size with it).
+    thumb = to_rgb(image).copy()
     thumb.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
     thumbnail = io.BytesIO()
     thumb.save(thumbnail, "JPEG", quality=85)
