@@ -11,8 +11,8 @@ so the bundle is made from two clean trees instead:
 - build/lambda-env: a virtualenv-shaped folder (lib/python3.11/site-packages) holding exactly
   requirements-lambda.txt, installed with pip from manylinux2014 wheels for CPython 3.11; zappa is pointed at it
   through VIRTUAL_ENV. zappa's own CLI dependencies stay in .venv, which runs the zappa command.
-- build/lambda-src: a copy of the project's runtime paths (no tests, media, runs, virtualenvs or secrets) with the
-  collected static files, so a stray file in the working tree never reaches Lambda.
+- build/lambda-src: the project's runtime paths as committed (HEAD; no tests, media, runs, virtualenvs or secrets)
+  with the collected static files, so a stray or half-edited file in the working tree never reaches Lambda.
 
 Both are compiled to bytecode ahead of time: /var/task is read-only, so anything not compiled in the zip is compiled
 again on every cold start. The project keeps its sources, with unchecked-hash pycs beside them (zappa writes every zip
@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import py_compile
@@ -41,6 +42,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -335,35 +337,45 @@ def _digest(paths: list[Path], extra: str = "") -> str:
     return digest.hexdigest()
 
 
-def _project_files() -> list[Path]:
-    """The files of PROJECT_PATHS that go into the bundle, minus PROJECT_IGNORE.
+def _in_git() -> bool:
+    return (ROOT / ".git").exists() and shutil.which("git") is not None
 
-    In a git checkout only tracked files count (with their working-tree content): a stray local file (notes, a key,
-    someone's unfinished module) never ships, and what is deployed is what a fresh clone would build.
-    """
-    ignored = shutil.ignore_patterns(*PROJECT_IGNORE)
 
-    def keep(path: Path) -> bool:
-        relative = path.relative_to(ROOT)
-        return not any(ignored(str(ROOT), [part]) for part in relative.parts) and path.is_file()
+def _git(*args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True).stdout
 
-    if (ROOT / ".git").exists() and shutil.which("git"):
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--", *PROJECT_PATHS], cwd=ROOT, capture_output=True, check=True
-        ).stdout.decode()
-        return sorted(p for p in (ROOT / name for name in listed.split("\0") if name) if keep(p))
+
+def _ignored(relative: Path) -> bool:
+    ignore = shutil.ignore_patterns(*PROJECT_IGNORE)
+    return any(ignore("", [part]) for part in relative.parts)
+
+
+def _worktree_files() -> list[Path]:
+    """Without git: every file of PROJECT_PATHS, minus PROJECT_IGNORE."""
     found: list[Path] = []
     for relative in PROJECT_PATHS:
         path = ROOT / relative
         candidates = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
-        found.extend(p for p in candidates if keep(p))
+        found.extend(p for p in candidates if not _ignored(p.relative_to(ROOT)))
     return sorted(found)
 
 
+def uncommitted_project_changes() -> list[str]:
+    """Project files whose working-tree state differs from the commit the bundle is built from."""
+    if not _in_git():
+        return []
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *PROJECT_PATHS).decode()
+    return sorted(line[3:] for line in status.splitlines() if line.strip())
+
+
 def bundle_inputs_digest(stage: str) -> str:
-    """Everything the zip depends on: a rebuild happens exactly when one of these changes."""
-    inputs = [REQUIREMENTS, SETTINGS_FILE, Path(__file__).resolve(), *_project_files()]
-    return _digest(inputs, extra=f"{stage}\0{sys.version_info[:2]}")
+    """Everything the zip depends on: a rebuild happens exactly when one of these changes.
+
+    In a git checkout the project's code comes from the commit checked out (HEAD), named by git's tree ids.
+    """
+    project = _git("ls-tree", "HEAD", "--", *PROJECT_PATHS).decode() if _in_git() else ""
+    files = [REQUIREMENTS, SETTINGS_FILE, Path(__file__).resolve(), *([] if project else _worktree_files())]
+    return _digest(files, extra=f"{stage}\0{sys.version_info[:2]}\0{project}")
 
 
 def bundle_path(stage: str) -> Path:
@@ -445,13 +457,33 @@ def _runtime_build() -> Path:
 
 
 def src_build() -> Path:
-    """build/lambda-src: the project's runtime paths, collected static files and zappa_settings.json."""
+    """build/lambda-src: the project's runtime paths, collected static files and zappa_settings.json.
+
+    In a git checkout the code is the committed tree (`git archive HEAD`): what is deployed is what a fresh clone
+    of that commit builds, and neither a stray local file (notes, a key) nor someone's half-made edit ships.
+    Uncommitted changes are listed, loudly, as not included.
+    """
     shutil.rmtree(SRC_DIR, ignore_errors=True)
     SRC_DIR.mkdir(parents=True)
-    for source in _project_files():
-        target = SRC_DIR / source.relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
+    if _in_git():
+        archive = _git("archive", "--format=tar", "HEAD", "--", *PROJECT_PATHS)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(SRC_DIR, filter="data")
+        for path in sorted(SRC_DIR.rglob("*"), reverse=True):
+            if path.exists() and _ignored(path.relative_to(SRC_DIR)):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        changed = uncommitted_project_changes()
+        if changed:
+            print(
+                f"NOTE: the bundle holds the commit {_git('rev-parse', '--short', 'HEAD').decode().strip()}; "
+                f"uncommitted changes are not in it: {', '.join(changed)}",
+                flush=True,
+            )
+    else:
+        for source in _worktree_files():
+            target = SRC_DIR / source.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     shutil.copy2(SETTINGS_FILE, SRC_DIR / SETTINGS_FILE.name)
     # WhiteNoise serves STATIC_ROOT from inside the function; collect (and hash-name) the files now, on the build
     # machine, because /var/task is read-only on Lambda. Only the settings module's own variables reach it.
