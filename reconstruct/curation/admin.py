@@ -180,17 +180,7 @@ class BulkUploadForm(forms.Form):
 class DatasetImageAdmin(admin.ModelAdmin):
     change_list_template = "admin/curation/datasetimage/change_list.html"
     change_form_template = "admin/curation/datasetimage/change_form.html"
-    list_display = [
-        "thumb",
-        "id",
-        "original_name",
-        "status",
-        "orientation",
-        "source",
-        "check_flags",
-        "likeness",
-        "added_at",
-    ]
+    list_display = ["thumb", "id", "status", "check_flags", "likeness", "orientation", "source", "original_name"]
     list_display_links = ["thumb", "id"]
     list_filter = [
         "status",
@@ -232,11 +222,10 @@ class DatasetImageAdmin(admin.ModelAdmin):
         "content_hash",
         "phash",
         "near_duplicate",
-        "too_small",
-        "greyscale",
-        "extreme_aspect",
-        "car_likeness",
-        "car_likeness_model",
+        "size_check",
+        "greyscale_check",
+        "aspect_check",
+        "likeness_check",
         "versions",
         "reconstruction_link",
     ]
@@ -328,6 +317,32 @@ class DatasetImageAdmin(admin.ModelAdmin):
             other.original_name,
             image.near_duplicate_distance,
             " (it matches the other photo mirrored)" if image.near_duplicate_mirrored else "",
+        )
+
+    @admin.display(description="too small")
+    def size_check(self, image: DatasetImage) -> str:
+        limit = f"{settings.CURATION_MIN_WIDTH}\N{MULTIPLICATION SIGN}{settings.CURATION_MIN_HEIGHT}"
+        if image.too_small:
+            return f"Yes: smaller than {limit} in both directions, so the model would have to enlarge it"
+        return f"No (at least {limit} in one direction)"
+
+    @admin.display(description="greyscale")
+    def greyscale_check(self, image: DatasetImage) -> str:
+        return "Yes: no colour anywhere in the picture" if image.greyscale else "No"
+
+    @admin.display(description="extreme aspect ratio")
+    def aspect_check(self, image: DatasetImage) -> str:
+        allowed = f"{settings.CURATION_MIN_ASPECT:g}:1 to {settings.CURATION_MAX_ASPECT:g}:1"
+        return f"{'Yes' if image.extreme_aspect else 'No'}: {image.aspect:.2f}:1 (expected {allowed})"
+
+    @admin.display(description="car-likeness")
+    def likeness_check(self, image: DatasetImage) -> str:
+        if image.car_likeness is None:
+            return "Not scored (no calibrated model was active when it arrived)"
+        verdict = "does not look like a car" if image.car_likeness < settings.CURATION_LOW_CAR_LIKENESS else "car-like"
+        return (
+            f"{image.car_likeness:.2f}, {verdict} (a typical training car scores about 0.5; "
+            f"under {settings.CURATION_LOW_CAR_LIKENESS:g} is flagged) by model {image.car_likeness_model}"
         )
 
     @admin.display(description="versions")

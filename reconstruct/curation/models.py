@@ -78,6 +78,7 @@ class DatasetImage(models.Model):
     class Meta:
         ordering = ["-added_at", "-id"]
         indexes = [models.Index(fields=["is_current", "status"])]
+        verbose_name = "training photo"
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.original_name or self.content_hash[:12]}"

@@ -234,7 +234,7 @@ class _Progress:
                 updates["val_reconstructions"] = picture_key
             TrainingRun.objects.filter(pk=run.pk).update(**updates, phase=f"training: epoch {record['epoch']} done")
         if picture_key and old_picture:
-            transaction.on_commit(lambda: services._delete_keys([old_picture]))
+            transaction.on_commit(lambda: services.storage_delete_keys([old_picture]))
 
     def _picture(self, final: bool) -> str:
         """Validation photos (top) and their reconstructions by the latest weights (bottom), at most every 10 s."""
@@ -300,8 +300,8 @@ def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_
                 raise RuntimeError("the run was changed by someone else while it was being registered")
     except BaseException:
         if version is not None:
-            services._delete_keys(entry["key"] for entry in version.files.values())
-        services._delete_keys(reports)
+            services.storage_delete_keys(entry["key"] for entry in version.files.values())
+        services.storage_delete_keys(reports)
         raise
     return version
 

@@ -51,7 +51,7 @@ Orientation = DatasetImage.Orientation
 _ZIP_JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
 
-def _delete_keys(keys: Iterable[str]) -> None:
+def storage_delete_keys(keys: Iterable[str]) -> None:
     for key in keys:
         try:
             default_storage.delete(key)
@@ -282,13 +282,13 @@ def dataset_image_add(
             )
     except IntegrityError:
         # The same bytes (or the same donated reconstruction) arrived through another request meanwhile.
-        _delete_keys(written)
+        storage_delete_keys(written)
         existing = DatasetImage.objects.filter(content_hash=digest).first()
         if existing is None and reconstruction is not None:
             existing = DatasetImage.objects.filter(reconstruction=reconstruction).first()
         return AddResult(name, skipped=f"exact duplicate of #{existing.pk if existing else '?'}", duplicate_of=existing)
     except BaseException:
-        _delete_keys(written)
+        storage_delete_keys(written)
         raise
     index.add(image.pk, facts.phash)
     return AddResult(name, image=image)
@@ -516,7 +516,7 @@ def dataset_image_flip(image: DatasetImage, user: AbstractBaseUser | None) -> Da
             )
             DatasetImage.objects.filter(pk=image.pk).update(is_current=False)
     except BaseException:
-        _delete_keys(written)
+        storage_delete_keys(written)
         raise
     return child
 
@@ -793,15 +793,15 @@ def model_version_compare(a: ModelVersion, b: ModelVersion, sample: int = 8) -> 
     for image in images:
         with default_storage.open(image.file.name, "rb") as handle:
             data = handle.read()
-        row: dict[str, Any] = {"image": image, "results": []}
+        photo = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        photo.thumbnail((256, 256), Image.Resampling.LANCZOS)
+        row: dict[str, Any] = {"image": image, "input": _data_uri(photo), "results": []}
         for version in (a, b):
             try:
                 result = models[version.pk].reconstruct(io.BytesIO(data))
             except ValueError as error:
                 row["results"].append({"error": str(error)})
                 continue
-            if "input" not in row:
-                row["input"] = _data_uri(enlarge(result.model_input, 256))
             scores = result.scores.to_dict()
             for key, value in scores.items():
                 if value is not None:
