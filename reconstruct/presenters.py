@@ -93,9 +93,14 @@ def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
 
     kl = reconstruction.kl or 0.0
     typical_kl = _typical(version, "kl")
-    kl_verdict = (
-        f"Typical car photos need about {typical_kl:.0f} nats." if typical_kl else "Unusual pictures tend to need more."
-    )
+    if not typical_kl:
+        kl_verdict = "Unusual pictures tend to need more."
+    elif kl > typical_kl * 1.3:
+        kl_verdict = f"More than the {typical_kl:.0f} nats of a typical car photo: an unusual picture for the model."
+    elif kl < typical_kl / 1.3:
+        kl_verdict = f"Less than the {typical_kl:.0f} nats of a typical car photo: a simple picture for the model."
+    else:
+        kl_verdict = f"About the {typical_kl:.0f} nats of a typical car photo."
     explanations.append(
         ScoreExplanation(
             "Surprise (KL divergence)",

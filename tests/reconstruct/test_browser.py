@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from reconstruct import services
 from tests.conftest import PASSWORD, S3Server, draw_car, upload
@@ -69,7 +70,7 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
     page.wait_for_url(re.compile(r"/reconstruct/$"))
 
     page.set_input_files("#id_image", str(photo))
-    assert page.locator("#preview").is_visible()
+    expect(page.locator("#preview")).to_be_visible()  # the chosen photo is previewed before sending
     page.get_by_role("button", name="Reconstruct").click()
     page.wait_for_url(re.compile(r"/r/[0-9a-f-]{36}/$"))
     # The page polls the status endpoint and shows the result without a manual reload.
@@ -77,15 +78,15 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
     assert page.locator(".compare img").count() == 3
     # All three pictures arrive (through presigned S3 URLs) and decode.
     page.wait_for_function(ALL_IMAGES_LOADED)
-    assert page.get_by_text("Closeness (PSNR)").is_visible()
-    assert page.get_by_role("link", name=re.compile("Download the reconstruction")).is_visible()
+    expect(page.get_by_text("Closeness (PSNR)")).to_be_visible()
+    expect(page.get_by_role("link", name=re.compile("Download the reconstruction"))).to_be_visible()
     result_url = page.url
 
     page.get_by_role("link", name="Gallery").click()
     card = page.locator("a.card.thumb", has_text="my red car.jpg")
     assert card.count() == 1
     card.click()
-    assert page.url == result_url
+    page.wait_for_url(result_url)
 
 
 def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, alice, bob, car_png: bytes) -> None:
@@ -101,7 +102,7 @@ def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, a
     for path in (f"/r/{alices.uuid}/", f"/r/{alices.uuid}/files/original", f"/r/{alices.uuid}/delete/"):
         response = page.goto(live_server.url + path)
         assert response.status == 404, path
-    assert page.get_by_role("heading", name="Page not found").is_visible()
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
     page.goto(f"{live_server.url}/gallery/")
-    assert page.get_by_text("Nothing here yet").is_visible()
+    expect(page.get_by_text("Nothing here yet")).to_be_visible()
     assert page.get_by_text("alices-secret-car").count() == 0
