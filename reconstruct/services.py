@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 Status = Reconstruction.Status
 
 THUMBNAIL_SIZE = (480, 480)
+ORIENTATION_TAG = 0x0112  # EXIF
 # Formats a browser shows as they are; anything else Pillow reads (BMP, TIFF, GIF...) is stored as PNG.
 _STORED_FORMATS = {"JPEG": ("JPEG", "jpg"), "MPO": ("JPEG", "jpg"), "PNG": ("PNG", "png"), "WEBP": ("WEBP", "webp")}
 _PNG_MODES = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I"}
@@ -132,7 +133,13 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
             code="too_small",
         )
 
-    image = ImageOps.exif_transpose(image)
+    # A JPEG that needs no turning keeps its own quantisation tables (quality="keep"): no second
+    # generation of compression artefacts and about the same size; a turned one is re-encoded.
+    keep_jpeg = (
+        source_format in ("JPEG", "MPO") and image.getexif().get(ORIENTATION_TAG, 1) == 1 and image.mode in ("RGB", "L")
+    )
+    if not keep_jpeg:
+        image = ImageOps.exif_transpose(image)
     stored_format, extension = _STORED_FORMATS.get(source_format, ("PNG", "png"))
     if stored_format == "JPEG":
         image = to_rgb(image)
@@ -144,8 +151,10 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     content = io.BytesIO()
     # Saved without the EXIF/XMP blocks: the stored original is upright and carries no location.
-    if stored_format == "JPEG":
-        image.save(content, "JPEG", quality=95, subsampling=0)
+    if keep_jpeg:
+        image.save(content, "JPEG", quality="keep")
+    elif stored_format == "JPEG":
+        image.save(content, "JPEG", quality=92)
     elif stored_format == "WEBP":
         image.save(content, "WEBP", quality=95)
     else:

@@ -73,3 +73,15 @@ def test_it_refuses_a_file_over_the_byte_limit(settings, car_png: bytes) -> None
 def test_it_refuses_a_tiny_image() -> None:
     with pytest.raises(ValidationError, match="at least 16 pixels"):
         services.upload_prepare(upload(encode(draw_car((40, 8)), "PNG")))
+
+
+def test_it_keeps_an_upright_jpeg_s_quality_and_drops_its_metadata() -> None:
+    exif = Image.Exif()
+    exif[0x8825] = {2: (52.0, 31.0, 0.0)}  # GPS latitude: where the photo was taken
+    photo = encode(draw_car((800, 400)), "JPEG", quality=80, exif=exif)
+    prepared = services.upload_prepare(upload(photo, "phone.jpg"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert dict(stored.getexif()) == {}
+    # Re-saved with the photo's own quantisation tables: no second round of compression.
+    assert stored.quantization == Image.open(io.BytesIO(photo)).quantization
+    assert abs(len(prepared.content) - len(photo)) < 0.1 * len(photo)
