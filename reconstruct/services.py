@@ -241,8 +241,8 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
 
     try:
         reconstruction_run_task.delay(reconstruction_id)
-    except (QueueError, OSError):
-        logger.exception("could not queue reconstruction %s", reconstruction_id)
+    except (QueueError, OSError) as error:
+        logger.error("could not queue reconstruction %s: %s", reconstruction_id, error)
         Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(
             status=Status.FAILED,
             error="The job queue is not reachable, so the reconstruction could not start. "

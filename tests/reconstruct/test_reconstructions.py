@@ -9,7 +9,7 @@ from django.core.files.storage import default_storage
 
 from reconstruct import services
 from reconstruct.models import Reconstruction
-from tests.conftest import upload
+from tests.conftest import free_port, upload
 
 Status = Reconstruction.Status
 
@@ -129,3 +129,21 @@ def test_it_deletes_the_files_of_a_deleted_user(alice, car_png: bytes, django_ca
     with django_capture_on_commit_callbacks(execute=True):
         alice.delete()
     assert not any(default_storage.exists(key) for key in keys)
+
+
+def test_it_fails_readably_when_the_queue_is_down(settings, alice, car_png: bytes, django_capture_on_commit_callbacks):
+    from carsite.celery import app
+
+    settings.RECONSTRUCT_MODE = "celery"
+    saved = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app._pool = app.amqp._producer_pool = None
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            reconstruction = services.reconstruction_create(alice, upload(car_png))
+    finally:
+        app.conf.broker_url = saved
+        app._pool = app.amqp._producer_pool = None
+    reconstruction.refresh_from_db()
+    assert reconstruction.status == Status.FAILED
+    assert "job queue is not reachable" in reconstruction.error
