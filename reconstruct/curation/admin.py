@@ -600,9 +600,8 @@ class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "config_name", "progress", "snapshot", "created_by", "created_at", "version"]
     list_filter = ["status", "config_name"]
     list_select_related = ["snapshot", "created_by", "model_version"]
+    # Status, phase and errors are in the live progress section above these (which the page updates).
     readonly_fields = [
-        "status",
-        "phase",
         "config_name",
         "epochs",
         "snapshot",
@@ -611,7 +610,6 @@ class TrainingRunAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
         "attempts",
-        "error",
     ]
     fields = readonly_fields
 

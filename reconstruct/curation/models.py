@@ -176,7 +176,7 @@ class TrainingRun(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"Training run #{self.pk} ({self.get_status_display()})"
+        return f"Training run #{self.pk}"
 
     @property
     def is_finished(self) -> bool:

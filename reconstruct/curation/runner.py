@@ -137,6 +137,7 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
     one lost its worker and is resumed, up to TRAINING_MAX_ATTEMPTS.
     """
     waited = 0.0
+    patience = services.TRAINING_STALE_SECONDS + 2 * services.TRAINING_HEARTBEAT_SECONDS
     while True:
         with transaction.atomic():
             run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
@@ -147,7 +148,7 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
                 run.finished_at = timezone.now()
                 run.save(update_fields=["status", "finished_at"])
                 return None
-            if run.status == Status.RUNNING and not services.training_run_is_stalled(run):
+            if run.status == Status.RUNNING and not services.training_run_is_stalled(run) and waited <= patience:
                 heartbeat = run.heartbeat_at
             else:
                 heartbeat = None
@@ -170,9 +171,7 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
                 run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "log"])
                 run.refresh_from_db()
                 return run, run.attempts
-        # Another worker holds the run: come back when it has beaten again, or gone silent.
-        if waited > services.TRAINING_STALE_SECONDS + 2 * services.TRAINING_HEARTBEAT_SECONDS:
-            return None
+        # Another worker holds the run: leave it if it beats again; take over once it has been silent.
         time.sleep(services.TRAINING_HEARTBEAT_SECONDS)
         waited += services.TRAINING_HEARTBEAT_SECONDS
         if TrainingRun.objects.filter(pk=run_id).exclude(heartbeat_at=heartbeat).exists():
