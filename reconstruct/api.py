@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
-from django.core.paginator import EmptyPage, Paginator
+from django.core.paginator import InvalidPage, Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
@@ -82,7 +82,7 @@ def reconstructions(request: HttpRequest) -> HttpResponse:
     paginator = Paginator(selectors.reconstruction_list(request.user), PAGE_SIZE)
     try:
         page = paginator.page(request.GET.get("page") or 1)
-    except (EmptyPage, ValueError):
+    except InvalidPage:
         return error(f"No such page; there are {paginator.num_pages}.", 404)
 
     def page_url(number: int) -> str:

@@ -23,6 +23,7 @@ from django.http import (
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.defaults import page_not_found as default_page_not_found
@@ -210,7 +211,8 @@ def serve_reconstruction_file(reconstruction: Reconstruction, kind: str, downloa
     filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
     if hasattr(default_storage, "bucket_name") and not settings.RECONSTRUCT_FILES_VIA_APP:
         # S3: the browser fetches the private object directly through a short-lived presigned URL.
-        parameters = {"ResponseContentDisposition": f'attachment; filename="{filename}"'} if download else None
+        disposition = content_disposition_header(True, filename)
+        parameters = {"ResponseContentDisposition": disposition} if download else None
         response: HttpResponse = HttpResponseRedirect(default_storage.url(field.name, parameters=parameters))
     else:
         response = FileResponse(default_storage.open(field.name, "rb"), as_attachment=download, filename=filename)

@@ -59,6 +59,12 @@ def test_it_lists_only_the_callers_reconstructions(client, token: str, alice, bo
     assert data["count"] == 1 and [item["id"] for item in data["results"]] == [str(mine.uuid)]
 
 
+@pytest.mark.parametrize("page", ["2", "0", "abc"])
+def test_it_answers_404_for_a_page_that_does_not_exist(client, token: str, page: str) -> None:
+    response = client.get(f"{LIST_URL}?page={page}", **auth(token))
+    assert response.status_code == 404 and "No such page" in response.json()["error"]
+
+
 def test_it_answers_404_for_someone_elses_reconstruction(client, bob, alice, car_png: bytes) -> None:
     alices = services.reconstruction_create(alice, upload(car_png))
     bobs_token = services.api_token_regenerate(bob)

@@ -70,6 +70,9 @@ def test_it_reconstructs_in_a_worker_process_and_stores_on_s3(queued: S3Server, 
     assert "X-Amz-Signature=" in location
     with urllib.request.urlopen(location) as response:
         assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    download = client.get(data["images"]["reconstruction"] + "?download=1", HTTP_AUTHORIZATION=f"Token {token}")
+    with urllib.request.urlopen(download["Location"]) as response:
+        assert response.headers["Content-Disposition"] == 'attachment; filename="blue car-reconstruction.png"'
 
     assert client.delete(f"{API}{data['id']}/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 204
     assert queued.keys(prefix) == []
