@@ -31,6 +31,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image, ImageOps
 
+from ml import runtime
 from reconstruct import services as site_services
 from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage, DatasetSnapshot, DatasetSnapshotItem, TrainingRun
@@ -38,8 +39,6 @@ from reconstruct.models import ModelActivation, ModelVersion, Reconstruction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
-
-    from ml import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -787,7 +786,7 @@ def model_version_compare(a: ModelVersion, b: ModelVersion, sample: int = 8) -> 
     from ml.preprocess import enlarge
 
     images, source = comparison_images(a, b, sample)
-    models = {v.pk: site_services.runtime.load_model(site_services.model_version_local_dir(v)) for v in (a, b)}
+    models = {v.pk: runtime.load_model(site_services.model_version_local_dir(v)) for v in (a, b)}
     rows = []
     totals: dict[int, dict[str, list[float]]] = {a.pk: {}, b.pk: {}}
     for image in images:

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from ml import runtime
 from reconstruct import services as site_services
 from reconstruct.curation import runner, services
 from reconstruct.curation.models import DatasetImage, TrainingRun
@@ -50,7 +51,7 @@ def test_it_registers_a_trained_version_and_finishes_the_run_together(run, tiny_
 def test_it_leaves_no_version_and_no_files_when_registration_fails(run, tiny_model_dirs, tmp_path) -> None:
     # The run was cancelled at the last moment: the version must not appear, nor its files stay behind.
     TrainingRun.objects.filter(pk=run.pk).update(status="cancelled")
-    name = site_services.runtime.load_model(tiny_model_dirs[1]).version
+    name = runtime.load_model(tiny_model_dirs[1]).version
     with pytest.raises(RuntimeError, match="changed by someone else"):
         runner._register(run, tiny_model_dirs[1], {}, tmp_path / "train")
     assert not ModelVersion.objects.filter(name=name).exists()
