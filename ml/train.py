@@ -153,7 +153,8 @@ def train(
     last = out / "last.pt"
     if resume and last.exists():
         checkpoint = torch.load(last, map_location="cpu", weights_only=False)
-        if checkpoint["config"] != config.to_dict():
+        # The thread count changes speed, not the recipe: a run may resume with another one.
+        if {**checkpoint["config"], "threads": config.threads} != config.to_dict():
             raise ValueError(f"{last} was trained with another config; use a new --out or the same --config")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="JSON training config (ml/configs/*.json)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
     parser.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    parser.add_argument("--threads", type=int, help="torch threads (overrides the config; 1 is best on a busy machine)")
     parser.add_argument("--limit", type=int, help="use only the first N photos")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--dry-run", action="store_true", help="a few steps of a tiny model on tiny images")
@@ -395,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(epochs=args.epochs)
     if args.seed is not None:
         config = config.replace(seed=args.seed)
+    if args.threads:
+        config = config.replace(threads=args.threads)
     try:
         files = list_images(args.data)
     except FileNotFoundError as error:
