@@ -190,6 +190,22 @@ def evaluate(
     return result
 
 
+def reconstruction_grid(model_dir: str | os.PathLike, files: Sequence[Path], columns: int = 4) -> Image.Image:
+    """Pairs of (what the model saw, its reconstruction) side by side, ``columns`` pairs a row."""
+    model = runtime.load_model(model_dir)
+    cell_w, cell_h = model.config.width, model.config.height
+    rows = max(1, -(-len(files) // columns))
+    grid = Image.new("RGB", (columns * (2 * cell_w + 8), rows * (cell_h + 8)), "white")
+    for i, path in enumerate(files):
+        result = model.reconstruct(path)
+        x = (i % columns) * (2 * cell_w + 8)
+        y = (i // columns) * (cell_h + 8)
+        offset = ((cell_w - result.model_input.width) // 2, (cell_h - result.model_input.height) // 2)
+        grid.paste(result.model_input, (x + offset[0], y + offset[1]))
+        grid.paste(result.reconstruction, (x + cell_w + offset[0], y + offset[1]))
+    return grid
+
+
 def held_out_names(model: runtime.Model, checkpoint: Path | None) -> set[str]:
     """Validation file names: from a training checkpoint (needs torch) or the model's metadata."""
     if checkpoint is not None:
@@ -230,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--val-of", type=Path, metavar="CHECKPOINT", help="only this checkpoint's validation images")
     parser.add_argument("--limit", type=int, help="use only the first N photos (of each folder)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default 1)")
+    parser.add_argument("--grid", type=Path, help="also write a PNG of the first 16 photos and their reconstructions")
     args = parser.parse_args(argv)
     try:
         files = list_images(args.data)
@@ -245,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error(f"no images to evaluate in {args.data}")
     result = evaluate(args.model, files, noncars, threads=args.threads)
+    if args.grid:
+        reconstruction_grid(args.model, files[:16]).save(args.grid)
     print(_human(result))
     print(json.dumps(result))
     return 0

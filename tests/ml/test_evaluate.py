@@ -78,3 +78,15 @@ def test_it_calibrates_from_held_out_records() -> None:
     assert calibration["n"] == 3
     assert calibration["features"]["kl"] == {"mean": 100.0, "std": pytest.approx(20.0)}
     assert calibration["weights"] == evaluate.SCORE_WEIGHTS
+
+
+def test_it_writes_a_grid_of_inputs_and_reconstructions(tiny_export: Any, tmp_path: Path, capsys) -> None:
+    grid = tmp_path / "grid.png"
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--grid", str(grid)]
+    assert evaluate.main(args) == 0
+    from PIL import Image
+
+    with Image.open(grid) as image:
+        # 8 photos, 4 pairs a row: 2 rows of (model input | reconstruction) cells 32x16 plus gaps.
+        assert image.size == (4 * (2 * 32 + 8), 2 * (16 + 8))
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 8
