@@ -325,6 +325,12 @@ def stop_worker(worker: WorkerProcess) -> None:
 
 
 @pytest.fixture(scope="session")
+def worker_control() -> tuple[Any, Any]:
+    """``(start_worker, stop_worker)`` for tests in other folders (conftest modules are not importable)."""
+    return start_worker, stop_worker
+
+
+@pytest.fixture(scope="session")
 def test_database_url(django_db_setup: None, django_db_blocker: Any) -> str:
     """A URL for the test database that another process can open (the SQLite file, or PostgreSQL)."""
     from django.db import connection

@@ -43,10 +43,15 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def training_worker(
-    test_database_url: str, redis_url: str, s3_server: Any, celery_app_on_test_redis: Any, tmp_path_factory: Any
+    test_database_url: str,
+    redis_url: str,
+    s3_server: Any,
+    celery_app_on_test_redis: Any,
+    tmp_path_factory: Any,
+    worker_control: Any,
 ) -> Iterator[Any]:
     """A training worker process, as `make run` starts it, storing through S3 on moto."""
-    from conftest import start_worker, stop_worker  # tests/conftest.py
+    start_worker, stop_worker = worker_control
 
     env = {
         **os.environ,
