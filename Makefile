@@ -57,7 +57,7 @@ format: $(VENV)/.installed-dev
 DATA ?= ../shared/data/cars
 train: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train --data $(DATA) --out runs/default --config ml/configs/default.json --resume
-	$(BIN)/python -m ml.export runs/default/best.pt --out ml/weights/default
+	$(BIN)/python -m ml.export runs/default/best.pt --out ml/weights/default --data $(DATA)
 
 # ONNX Runtime vs torch eager (same weights) vs this CPU's FLOP bound, cold start, memory; last line JSON.
 MODEL ?= ml/weights/default
