@@ -160,9 +160,13 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
     else:
         image.save(content, "PNG", compress_level=4)
 
-    # A copy: to_rgb returns an RGB picture itself, and thumbnail() shrinks in place (the recorded size with it).
-    thumb = to_rgb(image).copy()
-    thumb.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
+    # resize() returns a new picture: thumbnail() would shrink an RGB upload in place (to_rgb returns it as is), and
+    # the recorded size with it; a full-size copy first would cost another 300 MB for a 100-megapixel photo.
+    thumb = to_rgb(image)
+    scale = min(1.0, THUMBNAIL_SIZE[0] / thumb.width, THUMBNAIL_SIZE[1] / thumb.height)
+    if scale < 1.0:
+        size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+        thumb = thumb.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
     thumbnail = io.BytesIO()
     thumb.save(thumbnail, "JPEG", quality=85)
 
