@@ -242,7 +242,8 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
+    # path_info: behind API Gateway's stage prefix (FORCE_SCRIPT_NAME=/dev) request.path is /dev/api/...
+    return request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
