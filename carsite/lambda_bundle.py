@@ -542,6 +542,26 @@ def _bundle_build(stage: str, force: bool) -> tuple[Path, BundleReport]:
     return target, report
 
 
+def zappa_run(zappa_args: list[str]) -> int:
+    """`zappa deploy|update|package STAGE ...` on the checked trees, never on the project's .venv.
+
+    Plain `zappa deploy` in the repository would zip the active virtualenv (.venv: torch, Pillow 13, ...). Here the
+    bundle is built and checked first; zappa then packages those very trees (build/lambda-src with VIRTUAL_ENV=
+    build/lambda-env), uploads the zip through the stage's s3_bucket (it is over the 50 MB direct-upload limit) and
+    creates or updates the function, its role and API Gateway. Commands that package nothing (manage, tail, status,
+    invoke, undeploy) run as they are from the repository root.
+    """
+    if len(zappa_args) < 2 or zappa_args[0] not in ("deploy", "update", "package"):
+        raise SystemExit("usage: python -m carsite.lambda_bundle zappa deploy|update|package STAGE [zappa options]")
+    stage = zappa_args[1]
+    with _build_lock():
+        _bundle_build(stage, force=False)
+        environment = dict(os.environ, VIRTUAL_ENV=str(ENV_DIR))
+        zappa = Path(sys.executable).parent / "zappa"
+        print("+", "zappa", " ".join(zappa_args), f"(in {SRC_DIR.relative_to(ROOT)})", flush=True)
+        return subprocess.run([str(zappa), *zappa_args], cwd=SRC_DIR, env=environment, check=False).returncode
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Measuring inside the bundle's interpreter.
 
@@ -628,6 +648,10 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("--stage", default="dev")
     measure.add_argument("--out", type=Path, help="also write the JSON here")
     commands.add_parser("runtime", help="build build/lambda-runtime (boto3 as the Lambda runtime provides it)")
+    run_zappa = commands.add_parser(
+        "zappa", help="build and check the bundle, then run zappa on it (deploy/update/package STAGE ...)"
+    )
+    run_zappa.add_argument("zappa_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "build":
         bundle_build(args.stage, force=args.force)
@@ -643,6 +667,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(result + "\n")
     elif args.command == "runtime":
         print(runtime_build())
+    elif args.command == "zappa":
+        raise SystemExit(zappa_run(args.zappa_args))
 
 
 if __name__ == "__main__":
