@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -69,6 +69,14 @@ bench: $(VENV)/.installed-train
 STAGE ?= dev
 lambda-package: $(VENV)/.installed-dev
 	$(BIN)/python -m carsite.lambda_bundle build --stage $(STAGE)
+
+# Deploy (first time) or update the stage on AWS: the bundle is built and checked, then zappa packages those very
+# trees and uploads them (README: Deploy to AWS). Plain `zappa deploy` in the repository would zip .venv (torch).
+lambda-deploy: $(VENV)/.installed-dev
+	$(BIN)/python -m carsite.lambda_bundle zappa deploy $(STAGE)
+
+lambda-update: $(VENV)/.installed-dev
+	$(BIN)/python -m carsite.lambda_bundle zappa update $(STAGE)
 
 # Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
 lambda-bench: $(VENV)/.installed-dev
