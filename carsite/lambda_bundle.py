@@ -378,6 +378,16 @@ def bundle_inputs_digest(stage: str) -> str:
     return _digest(files, extra=f"{stage}\0{sys.version_info[:2]}\0{project}")
 
 
+def stage_settings(stage: str) -> dict[str, object]:
+    """A stage of zappa_settings.json as zappa resolves it (`extends` merged in, one level of keys)."""
+    stages = json.loads(SETTINGS_FILE.read_text())
+    if stage not in stages:
+        raise SystemExit(f"zappa_settings.json has no stage {stage!r} (it has {', '.join(stages)})")
+    settings = stages[stage]
+    parent = settings.get("extends")
+    return {**stage_settings(parent), **settings} if parent else settings
+
+
 def bundle_path(stage: str) -> Path:
     return BUILD_DIR / f"lambda-{stage}.zip"
 
@@ -527,7 +537,7 @@ def _bundle_build(stage: str, force: bool) -> tuple[Path, BundleReport]:
         partial.unlink(missing_ok=True)
         environment = dict(os.environ, VIRTUAL_ENV=str(env_dir))
         # `zappa package` needs no AWS credentials with use_precompiled_packages false; it only reads the region.
-        environment.setdefault("AWS_DEFAULT_REGION", json.loads(SETTINGS_FILE.read_text())[stage]["aws_region"])
+        environment.setdefault("AWS_DEFAULT_REGION", stage_settings(stage)["aws_region"])
         zappa = Path(sys.executable).parent / "zappa"
         _run([str(zappa), "package", stage, "--output", str(partial)], cwd=src_dir, env=environment)
         partial.rename(target)

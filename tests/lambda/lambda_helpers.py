@@ -34,11 +34,7 @@ def free_port() -> int:
 
 def zappa_stage_settings(stage: str = STAGE) -> dict[str, Any]:
     """The stage's settings as zappa resolves them (`extends` merged)."""
-    settings = json.loads(lambda_bundle.SETTINGS_FILE.read_text())
-    stage_settings = settings[stage]
-    if "extends" in stage_settings:
-        return {**zappa_stage_settings(stage_settings["extends"]), **stage_settings}
-    return stage_settings
+    return lambda_bundle.stage_settings(stage)
 
 
 @dataclass
