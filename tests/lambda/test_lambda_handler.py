@@ -217,3 +217,24 @@ def test_it_reconstructs_a_large_photo_sent_straight_to_s3(
     again = container.request("POST", ticket["complete_url"].split(f"/{STAGE}", 1)[1], body="", headers=api_headers)
     assert again.status == 400
     assert "no photo for this upload" in again.json()["error"]
+
+
+def test_it_makes_a_staff_user_with_zappa_invoke_raw_and_serves_every_admin_page(
+    migrated_container: LambdaContainer,
+) -> None:
+    container = migrated_container
+    container.cookies.clear()
+    username, _password = sign_up(container)
+    # README: `zappa invoke dev --raw "..."` sends {"raw_command": ...}.
+    promote = "from django.contrib.auth.models import User; " + (
+        f"User.objects.filter(username={username!r}).update(is_staff=True, is_superuser=True)"
+    )
+    container.invoke({"raw_command": promote})
+
+    index = container.get("/admin/")
+    assert index.status == 200
+    changelists = sorted(set(re.findall(rf'href="/{STAGE}(/admin/\w+/\w+/)"', index.text)))
+    assert "/admin/reconstruct/reconstruction/" in changelists
+    for path in changelists:
+        page = container.get(path)
+        assert page.status == 200, f"{path}: {page.status}"
