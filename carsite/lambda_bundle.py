@@ -29,6 +29,7 @@ Lambda's 250 MB.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -316,7 +317,7 @@ def _settings_problems(settings_source: str) -> list[str]:
     """zappa_settings.py (generated into the zip) bakes in `environment_variables`: no secrets there."""
     problems = []
     match = re.search(r"^ENVIRONMENT_VARIABLES=(\{.*\})$", settings_source, re.MULTILINE)
-    environment = json.loads(match.group(1).replace("'", '"')) if match else {}
+    environment = ast.literal_eval(match.group(1)) if match else {}
     for name in environment:
         if SECRET_ENV_NAME.search(name):
             problems.append(f"zappa_settings.json stage environment_variables holds a secret: {name}")
