@@ -11,8 +11,9 @@ With ``--data`` (the folder the checkpoint was trained on) it also measures the 
 the checkpoint's validation images (``metrics``), stores the scoring ``calibration`` derived from
 them, and writes ``mean_image.png``: the per-pixel mean of the training images' model inputs
 (letterbox bars excluded), the reference predictor ``ml.evaluate`` reports as
-``baseline_mean_psnr``. ``loss_curve.png`` and ``val_reconstructions.png`` are copied from beside
-the checkpoint when present.
+``baseline_mean_psnr``. ``loss_curve.png`` is copied from beside the checkpoint when present (the
+validation reconstructions are not: they show training photos, whose licence keeps them out of
+the repository).
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written model; files in an existing output directory that export does not produce (the
@@ -48,7 +49,9 @@ OPSET = 18
 # onnxruntime 1.16.3 reads IR version <= 9; opset 18 needs IR >= 8.
 MAX_IR_VERSION = 9
 MEAN_IMAGE_FILE = "mean_image.png"
-REPORT_FILES = ("loss_curve.png", "val_reconstructions.png")
+# Only the loss curve: validation reconstructions show the training photos, whose licence keeps
+# them out of the repository (``python -m ml.evaluate --grid`` draws them locally).
+REPORT_FILES = ("loss_curve.png",)
 PRODUCED = {runtime.ENCODER_FILE, runtime.DECODER_FILE, runtime.METADATA_FILE, MEAN_IMAGE_FILE, *REPORT_FILES}
 
 PREPROCESSING = {
