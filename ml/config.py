@@ -93,6 +93,12 @@ class TrainConfig:
     patience: int = 6
     min_delta: float = 1e-4
     hflip: bool = True
+    # Random shifts of the photo inside the frame (pixels, each way) and colour jitter (relative
+    # brightness / contrast / saturation change), drawn per image and epoch.
+    shift: int = 0
+    jitter: float = 0.0
+    # Exponential moving average of the weights (0 disables): what is evaluated and exported.
+    ema_decay: float = 0.0
     seed: int = 0
     threads: int = 2
 

@@ -56,7 +56,41 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(images: ImageSet, index: np.ndarray, batch_size: int, flip: np.ndarray | None):
+def _augment(x: np.ndarray, boxes: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> None:
+    """Shift each photo inside its frame and jitter its colours, in place (``x`` ``[B,C,H,W]``).
+
+    Only the photo moves; the frame keeps the letterbox grey, and ``boxes`` follow the photo
+    (clipped to the frame), so masks and losses stay exact.
+    """
+    height, width = x.shape[2:]
+    pad = config.model.pad_value
+    for i in range(len(x)):
+        left, top, right, bottom = boxes[i]
+        photo = x[i, :, top:bottom, left:right].copy()
+        if config.jitter > 0:
+            j = config.jitter
+            brightness, contrast, saturation = 1 + rng.uniform(-j, j, 3)
+            grey = photo.mean(axis=0, keepdims=True)
+            photo = grey + (photo - grey) * saturation
+            photo = (photo - photo.mean()) * contrast + photo.mean()
+            photo = np.clip(photo * brightness, 0.0, 1.0)
+        dx, dy = rng.integers(-config.shift, config.shift + 1, 2) if config.shift > 0 else (0, 0)
+        new_left, new_top = max(0, left + dx), max(0, top + dy)
+        new_right, new_bottom = min(width, right + dx), min(height, bottom + dy)
+        x[i] = pad
+        x[i, :, new_top:new_bottom, new_left:new_right] = photo[
+            :, new_top - (top + dy) : new_bottom - (top + dy), new_left - (left + dx) : new_right - (left + dx)
+        ]
+        boxes[i] = (new_left, new_top, new_right, new_bottom)
+
+
+def _batches(
+    images: ImageSet,
+    index: np.ndarray,
+    batch_size: int,
+    flip: np.ndarray | None,
+    augment: tuple[TrainConfig, np.random.Generator] | None = None,
+):
     """Yield ``(x [B,C,H,W] float, mask [B,1,H,W])`` for ``index`` in order."""
     height, width = images.pixels.shape[2:]
     for start in range(0, len(index), batch_size):
@@ -68,7 +102,18 @@ def _batches(images: ImageSet, index: np.ndarray, batch_size: int, flip: np.ndar
             f = flip[start : start + batch_size]
             x[f] = x[f][..., ::-1]
             boxes[f, 0], boxes[f, 2] = width - boxes[f, 2], width - boxes[f, 0]
+        if augment is not None:
+            _augment(x, boxes, *augment)
         yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(masks(boxes, height, width))
+
+
+@torch.no_grad()
+def _ema_update(ema: VAE, model: VAE, decay: float) -> None:
+    # Polyak averaging of the weights; BatchNorm statistics are copied, not averaged.
+    for averaged, current in zip(ema.parameters(), model.parameters(), strict=True):
+        averaged.mul_(decay).add_(current, alpha=1 - decay)
+    for averaged, current in zip(ema.buffers(), model.buffers(), strict=True):
+        averaged.copy_(current)
 
 
 @torch.no_grad()
@@ -140,6 +185,11 @@ def train(
         raise ValueError(f"need at least 2 readable images, found {len(images)} ({len(images.skipped)} unreadable)")
     train_index, val_index = split_indices(len(images), config.val_fraction, config.seed)
     model = VAE(config.model).to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay > 0:
+        ema = VAE(config.model).to(memory_format=torch.channels_last)
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state: dict[str, Any] = {
         "epoch": 0,
@@ -156,8 +206,10 @@ def train(
         # The thread count changes speed, not the recipe: a run may resume with another one.
         if {**checkpoint["config"], "threads": config.threads} != config.to_dict():
             raise ValueError(f"{last} was trained with another config; use a new --out or the same --config")
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["model"])
         state = checkpoint["state"]
         torch.set_rng_state(checkpoint["torch_rng"])
 
@@ -198,7 +250,11 @@ def train(
                 leave=False,
                 file=sys.stderr,
             )
-        for step, (x, mask) in enumerate(_batches(images, order, config.batch_size, flips)):
+        augment = None
+        if config.shift or config.jitter:
+            # Its own generator per epoch, so a resumed run draws the same augmentations.
+            augment = (config, np.random.default_rng([config.seed, epoch]))
+        for step, (x, mask) in enumerate(_batches(images, order, config.batch_size, flips, augment)):
             if should_stop and should_stop():
                 raise Cancelled(f"cancelled during epoch {epoch + 1}")
             beta = beta_at(config, epoch + step / steps_per_epoch)
@@ -208,6 +264,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
+            if ema is not None:
+                _ema_update(ema, model, config.ema_decay)
             for key, value in (("mse", terms.mse), ("kl", terms.kl), ("loss", terms.total)):
                 totals[key] += value.item()
             if bar:
@@ -219,7 +277,8 @@ def train(
         if bar:
             bar.close()
         n_steps = step + 1
-        val = evaluate_split(model, images, val_index, config, beta_at(config, epoch + 1))
+        served = ema if ema is not None else model
+        val = evaluate_split(served, images, val_index, config, beta_at(config, epoch + 1))
         state["epoch"] = epoch + 1
         state["seconds"] = time.monotonic() - started
         record = {
@@ -240,7 +299,8 @@ def train(
         improved = best == float("inf") or val["loss"] < best - config.min_delta * abs(best)
         checkpoint = {
             "config": config.to_dict(),
-            "model": model.state_dict(),
+            "model": served.state_dict(),
+            **({"train_model": model.state_dict()} if ema is not None else {}),
             "optimizer": optimizer.state_dict(),
             "state": state,
             "torch_rng": torch.get_rng_state(),

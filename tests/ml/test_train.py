@@ -107,3 +107,35 @@ def test_it_follows_the_beta_schedule_between_its_points() -> None:
         [0.0, 0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
     )
     assert beta_at(DRY_RUN_CONFIG.replace(beta_warmup_epochs=4, beta=2.0), 1) == pytest.approx(0.5)
+
+
+def test_it_shifts_and_jitters_only_the_photo_and_keeps_its_box_exact() -> None:
+    from ml.train import _augment
+
+    config = DRY_RUN_CONFIG.replace(shift=3, jitter=0.3)
+    x = np.full((4, 3, 16, 32), config.model.pad_value, dtype=np.float32)
+    boxes = np.array([[0, 4, 32, 12]] * 4, dtype=np.int32)
+    x[:, :, 4:12, :] = 0.8
+    _augment(x, boxes, config, np.random.default_rng(0))
+    for image, (left, top, right, bottom) in zip(x, boxes, strict=True):
+        inside = np.zeros((16, 32), bool)
+        inside[top:bottom, left:right] = True
+        assert np.all(image[:, ~inside] == config.model.pad_value)
+        assert 0 <= left < right <= 32 and 0 <= top < bottom <= 16
+    assert not np.all(boxes == [0, 4, 32, 12])
+
+
+def test_it_trains_with_augmentation_and_weight_averaging_and_resumes_identically(tiny_photos, tmp_path) -> None:
+    config = DRY_RUN_CONFIG.replace(epochs=3, patience=10, shift=2, jitter=0.2, ema_decay=0.9)
+    unbroken = train(config, tiny_photos, tmp_path / "full", show_bar=False)
+    train(config.replace(epochs=2), tiny_photos, tmp_path / "part", show_bar=False)
+    checkpoint = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    assert "train_model" in checkpoint
+    checkpoint["config"] = config.to_dict()
+    torch.save(checkpoint, tmp_path / "part" / "last.pt")
+    train(config, tiny_photos, tmp_path / "part", resume=True, show_bar=False)
+    full = json.loads((tmp_path / "full" / "history.json").read_text())
+    part = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert part[-1]["val_mse"] == pytest.approx(full[-1]["val_mse"], rel=1e-5)
+    model, _ = load_checkpoint(unbroken.best_checkpoint)
+    assert model.reconstruct(torch.rand(1, 3, 16, 32)).shape == (1, 3, 16, 32)
