@@ -108,12 +108,16 @@ def _batches(
 
 
 @torch.no_grad()
-def _ema_update(ema: VAE, model: VAE, decay: float) -> None:
-    # Polyak averaging of the weights; BatchNorm statistics are copied, not averaged.
-    for averaged, current in zip(ema.parameters(), model.parameters(), strict=True):
-        averaged.mul_(decay).add_(current, alpha=1 - decay)
-    for averaged, current in zip(ema.buffers(), model.buffers(), strict=True):
-        averaged.copy_(current)
+def _ema_update(ema: VAE, model: VAE, decay: float, step: int) -> None:
+    """Polyak averaging of weights *and* BatchNorm statistics (averaged weights with the current
+    model's statistics would not match), with the usual ``(1 + t) / (10 + t)`` ramp so the random
+    initial weights are forgotten quickly."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for averaged, current in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if averaged.dtype.is_floating_point:
+            averaged.mul_(decay).add_(current, alpha=1 - decay)
+        else:
+            averaged.copy_(current)
 
 
 @torch.no_grad()
@@ -265,7 +269,8 @@ def train(
             terms.total.backward()
             optimizer.step()
             if ema is not None:
-                _ema_update(ema, model, config.ema_decay)
+                state["steps"] = state.get("steps", 0) + 1
+                _ema_update(ema, model, config.ema_decay, state["steps"])
             for key, value in (("mse", terms.mse), ("kl", terms.kl), ("loss", terms.total)):
                 totals[key] += value.item()
             if bar:
