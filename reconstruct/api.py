@@ -21,6 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from reconstruct import presenters, selectors, services
 from reconstruct.auth import TokenError, authenticate_token
+from reconstruct.models import Reconstruction
 from reconstruct.views import body_too_large
 
 PAGE_SIZE = 50
@@ -122,7 +123,11 @@ def _create(request: HttpRequest) -> HttpResponse:
         return error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return error(problem.messages[0], 400, code=problem.code or "invalid_image")
-    # 202: accepted, poll status_url; in sync mode (Lambda) the work is already done: 201.
+    return created_response(request, reconstruction)
+
+
+def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
+    """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
     status = 201 if reconstruction.is_finished else 202
     response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
     response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))

@@ -33,8 +33,8 @@ from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 
-from reconstruct import presenters, services
-from reconstruct.api import api_view, error
+from reconstruct import services
+from reconstruct.api import api_view, created_response, error
 from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
@@ -177,10 +177,7 @@ def complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
         return error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return error(problem.messages[0], 400, code=problem.code or "invalid_image")
-    status = 201 if reconstruction.is_finished else 202
-    response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
-    response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))
-    return response
+    return created_response(request, reconstruction)
 
 
 app_name = "direct_uploads"
