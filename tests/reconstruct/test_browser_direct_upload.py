@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,9 @@ from tests.conftest import PASSWORD, S3Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is not installed (make test installs it: apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain synchronous code.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
-    if previous is None:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-
 
 def test_it_sends_a_photo_too_large_for_one_request_straight_to_s3(
-    chromium: Any, live_server: Any, on_s3: S3Server, settings: Any, alice: Any, tmp_path: Path
+    browser: Any, live_server: Any, on_s3: S3Server, settings: Any, alice: Any, tmp_path: Path
 ) -> None:
     settings.RECONSTRUCT_MODE = "sync"
     settings.RECONSTRUCT_DIRECT_UPLOADS = True
@@ -62,7 +40,7 @@ def test_it_sends_a_photo_too_large_for_one_request_straight_to_s3(
         return {item["Key"] for item in listing.get("Contents", [])}
 
     before = incoming()
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
     page = context.new_page()
     posts: list[str] = []
