@@ -13,6 +13,15 @@ preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, s
   16x16 (768 numbers) with bicubic resampling and enlarged back to its size the same way; the
   model keeps 128.
 
+Is the reconstruction recognisably the same car? Three numbers answer it without a person looking:
+
+- ``same_car_top1``: the fraction of images whose reconstruction is nearer (mean squared error over
+  its box) to its own photo than to every other photo evaluated (chance is 1/n);
+- ``orientation_agreement``: the fraction whose reconstruction is nearer to its photo than to the
+  photo mirrored left-right (a car facing the other way; 0.5 is chance);
+- ``colour_error``: the mean absolute difference between the average colour of photo and
+  reconstruction inside the box, in 0-255 levels per channel.
+
 With ``--noncars`` also ``ood_auroc``: the probability that a random car from ``--data`` gets a
 higher ``car_likeness`` than a random non-car (1.0 separates them perfectly, 0.5 is chance).
 """
@@ -73,8 +82,64 @@ def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def score_files(model: runtime.Model, files: Sequence[Path]) -> list[dict[str, Any]]:
-    """Per-image metrics and baselines; an undecodable file gets ``{"name", "error"}``."""
+class PairStore:
+    """Targets and reconstructions kept (2x2-average-pooled, float32) for the same-car measures."""
+
+    def __init__(self) -> None:
+        self.targets: list[np.ndarray] = []
+        self.recons: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+
+    def add(self, target: np.ndarray, recon: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        mask = np.zeros(target.shape[1:], dtype=np.float32)
+        left, top, right, bottom = box
+        mask[top:bottom, left:right] = 1.0
+        self.targets.append(_pool(target))
+        self.recons.append(_pool(recon))
+        self.masks.append(_pool(mask[None])[0])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def _pool(array: np.ndarray) -> np.ndarray:
+    channels, height, width = array.shape
+    height, width = height - height % 2, width - width % 2
+    view = array[:, :height, :width].astype(np.float32).reshape(channels, height // 2, 2, width // 2, 2)
+    return view.mean(axis=(2, 4))
+
+
+def same_car_measures(pairs: PairStore) -> dict[str, float]:
+    """``same_car_top1``, ``orientation_agreement`` and ``colour_error`` (see the module docstring)."""
+    if len(pairs) < 2:
+        return {}
+    targets = np.stack(pairs.targets)  # [n, C, h, w]
+    recons = np.stack(pairs.recons)
+    masks = np.stack(pairs.masks)[:, None]  # [n, 1, h, w]
+    n = len(targets)
+    weight = np.broadcast_to(masks, targets.shape).reshape(n, -1)
+    t = targets.reshape(n, -1)
+    r = recons.reshape(n, -1)
+    # distance[i, j] = sum over box_i of (recon_i - target_j)^2, expanded into matrix products.
+    distance = (weight * r * r).sum(1)[:, None] - 2.0 * (weight * r) @ t.T + weight @ (t * t).T
+    own = np.diag(distance)
+    others = distance + np.diag(np.full(n, np.inf))
+    top1 = float(np.mean(own < others.min(axis=1)))
+    mirrored = ((recons - targets[..., ::-1]) ** 2 * masks).reshape(n, -1).sum(1)
+    straight = ((recons - targets) ** 2 * masks).reshape(n, -1).sum(1)
+    area = masks.reshape(n, -1).sum(1)
+    colour_t = (targets * masks).sum(axis=(2, 3)) / area[:, None]
+    colour_r = (recons * masks).sum(axis=(2, 3)) / area[:, None]
+    return {
+        "same_car_top1": round(top1, 4),
+        "orientation_agreement": round(float(np.mean(straight < mirrored)), 4),
+        "colour_error": round(float(np.abs(colour_t - colour_r).mean() * 255.0), 2),
+    }
+
+
+def score_files(model: runtime.Model, files: Sequence[Path], pairs: PairStore | None = None) -> list[dict[str, Any]]:
+    """Per-image metrics and baselines; an undecodable file gets ``{"name", "error"}``. With
+    ``pairs``, also keeps each target and reconstruction there for ``same_car_measures``."""
     mean = load_mean_image(model)
     records: list[dict[str, Any]] = []
     for chunk in _batched(list(files), BATCH):
@@ -92,6 +157,8 @@ def score_files(model: runtime.Model, files: Sequence[Path]) -> list[dict[str, A
                 item.array, out.recon[i], item.box, out.mu[i], out.logvar[i], model.calibration
             )
             target = runtime.crop_box(item.array, item.box)
+            if pairs is not None:
+                pairs.add(item.array, out.recon[i], item.box)
             record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
             record.update(runtime.score_features(scores.mse, scores.kl, out.logvar[i]))
             if mean is not None:
@@ -172,8 +239,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on ``files`` (and ``ood_auroc`` against ``noncar_files``)."""
     model = runtime.load_model(model_dir, threads=threads)
-    records = score_files(model, [Path(f) for f in files])
-    result: dict[str, Any] = {"model": model.version, **summarize(records)}
+    pairs = PairStore()
+    records = score_files(model, [Path(f) for f in files], pairs)
+    result: dict[str, Any] = {"model": model.version, **summarize(records), **same_car_measures(pairs)}
     if noncar_files:
         noncars = [r for r in score_files(model, [Path(f) for f in noncar_files]) if "error" not in r]
         cars = [r for r in records if "error" not in r]
@@ -231,6 +299,12 @@ def _human(result: dict[str, Any]) -> str:
     ):
         if key in result:
             lines.append(f"  {label:<11} psnr {result[key]:6.2f} dB")
+    if "same_car_top1" in result:
+        lines.append(
+            f"  same car: reconstruction nearest its own photo {result['same_car_top1']:.1%} (chance"
+            f" {1 / result['n']:.1%}), facing the same way {result['orientation_agreement']:.1%},"
+            f" colour off by {result['colour_error']:.1f}/255"
+        )
     if "ood_auroc" in result:
         lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['ood_auroc']:.3f}")
     return "\n".join(lines)

@@ -494,8 +494,9 @@ def _measure(
     # Evaluate the exported ONNX model itself (not the torch one) on the held-out images.
     (model_dir / runtime.METADATA_FILE).write_text(json.dumps({**metadata, "mean_image": MEAN_IMAGE_FILE}))
     model = runtime.Model(model_dir)
-    records = evaluate.score_files(model, val_files)
-    summary = evaluate.summarize(records)
+    pairs = evaluate.PairStore()
+    records = evaluate.score_files(model, val_files, pairs)
+    summary = {**evaluate.summarize(records), **evaluate.same_car_measures(pairs)}
     calibration = evaluate.calibrate(records)
     print(
         f"measured on {summary['n']} validation images in {time.monotonic() - started:.0f}s: "

@@ -19,6 +19,8 @@ def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) ->
     assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar"}
     # car_likeness ranks images by the posterior log-variance alone (SCORE_WEIGHTS).
     assert result["ood_auroc"] == result["ood_auroc_by_feature"]["logvar"]
+    assert 0 <= result["same_car_top1"] <= 1 and 0 <= result["orientation_agreement"] <= 1
+    assert result["colour_error"] >= 0
     # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.
     assert result["baseline_thumb16_psnr"] > result["baseline_thumb8_psnr"]
 
@@ -37,10 +39,10 @@ def test_it_reproduces_the_validation_metrics_recorded_at_export(
     assert evaluate.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert lines[0].endswith("3 images (0 unreadable)") and "16x16 thumb" in lines[-2]
+    assert lines[0].endswith("3 images (0 unreadable)") and "16x16 thumb" in lines[-3] and "same car" in lines[-2]
     recorded = evaluate.runtime.load_model(tiny_export.model_dir).metadata["metrics"]
     assert result["n"] == 3
-    for key in ("psnr", "ssim", "mse", "baseline_mean_psnr", "baseline_thumb16_psnr"):
+    for key in ("psnr", "ssim", "mse", "baseline_mean_psnr", "baseline_thumb16_psnr", "same_car_top1"):
         assert result[key] == pytest.approx(recorded[key], abs=1e-6)
 
 
@@ -90,3 +92,47 @@ def test_it_writes_a_grid_of_inputs_and_reconstructions(tiny_export: Any, tmp_pa
         # 8 photos, 4 pairs a row: 2 rows of (model input | reconstruction) cells 32x16 plus gaps.
         assert image.size == (4 * (2 * 32 + 8), 2 * (16 + 8))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 8
+
+
+def _asymmetric_pictures(count: int, seed: int = 0) -> list[np.ndarray]:
+    """[3, 16, 32] pictures, each a different colour with a block nearer its left edge."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for _ in range(count):
+        picture = np.full((3, 16, 32), 0.9, dtype=np.float32)
+        picture[:, 4:12, 2:14] = rng.random((3, 1, 1))
+        picture[:, 6:10, 20:24] = rng.random((3, 1, 1))
+        pictures.append(picture)
+    return pictures
+
+
+def test_it_recognises_the_same_car_when_the_reconstruction_is_faithful() -> None:
+    pairs = evaluate.PairStore()
+    for picture in _asymmetric_pictures(6):
+        pairs.add(picture, picture + 0.01, (0, 2, 32, 14))
+    measures = evaluate.same_car_measures(pairs)
+    assert measures["same_car_top1"] == 1.0
+    assert measures["orientation_agreement"] == 1.0
+    assert measures["colour_error"] == pytest.approx(2.55, abs=0.01)
+
+
+def test_it_counts_a_mirrored_or_swapped_reconstruction_as_a_miss() -> None:
+    pictures = _asymmetric_pictures(5)
+    mirrored = evaluate.PairStore()
+    swapped = evaluate.PairStore()
+    for i, picture in enumerate(pictures):
+        mirrored.add(picture, picture[..., ::-1].copy(), (0, 0, 32, 16))
+        swapped.add(picture, pictures[(i + 1) % len(pictures)], (0, 0, 32, 16))
+    assert evaluate.same_car_measures(mirrored)["orientation_agreement"] == 0.0
+    assert evaluate.same_car_measures(swapped)["same_car_top1"] == 0.0
+    # Differences outside the box do not count.
+    outside = evaluate.PairStore()
+    for picture in pictures:
+        noisy = picture.copy()
+        noisy[:, :, :4] = 0.0
+        outside.add(picture, noisy, (4, 0, 28, 16))
+    assert evaluate.same_car_measures(outside) == {
+        "same_car_top1": 1.0,
+        "orientation_agreement": 1.0,
+        "colour_error": 0.0,
+    }
