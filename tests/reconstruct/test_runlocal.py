@@ -91,3 +91,12 @@ def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> N
     for stopped in (port, redis_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", stopped), timeout=2).close()
+
+
+def test_it_serves_the_site_with_gunicorn_on_the_address_given() -> None:
+    from reconstruct.management.commands.runlocal import gunicorn_args
+
+    args = gunicorn_args("127.0.0.1", 8001, 3)
+    assert args[1:4] == ["-m", "gunicorn", "carsite.wsgi:application"]
+    assert args[args.index("--bind") + 1] == "127.0.0.1:8001" and args[args.index("--workers") + 1] == "3"
+    assert gunicorn_args("::1", 8000, 1)[args.index("--bind") + 1] == "[::1]:8000"

@@ -67,6 +67,17 @@ def _die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def gunicorn_args(host: str, port: int, workers: int) -> list[str]:
+    """The web server: gunicorn, ``workers`` processes of 4 threads each (uploads wait on storage,
+    not on the CPU: the model runs in the Celery worker). SIGTERM lets requests in flight finish."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return [
+        *(sys.executable, "-m", "gunicorn", "carsite.wsgi:application", "--bind", bind),
+        *("--workers", str(workers), "--threads", "4", "--worker-class", "gthread"),
+        *("--graceful-timeout", "10", "--timeout", "60", "--access-logfile", "-"),
+    ]
+
+
 @dataclass
 class Child:
     name: str
@@ -118,6 +129,12 @@ class Command(BaseCommand):
             default=int(os.environ.get("WORKER_CONCURRENCY", min(2, os.cpu_count() or 1))),
             help="Reconstruction worker processes (default: min(2, CPUs)).",
         )
+        parser.add_argument(
+            "--web-workers",
+            type=int,
+            default=int(os.environ.get("WEB_CONCURRENCY", 2)),
+            help="Web server (gunicorn) processes, 4 threads each (default 2).",
+        )
         parser.add_argument("--no-training-worker", action="store_true", help="Do not start a training worker.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -154,8 +171,7 @@ class Command(BaseCommand):
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
             children.append(Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], env))
-        web = [sys.executable, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
-        children.append(Child("web", web, env))
+        children.append(Child("web", gunicorn_args(host, port, options["web_workers"]), env))
 
         stopping = threading.Event()
 
