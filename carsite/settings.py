@@ -248,6 +248,9 @@ if AWS_STORAGE_BUCKET_NAME:
 RECONSTRUCT_MAX_UPLOAD_BYTES = envint("RECONSTRUCT_MAX_UPLOAD_BYTES", 25 * 1024 * 1024, minimum=1024)
 RECONSTRUCT_MAX_IMAGE_PIXELS = envint("RECONSTRUCT_MAX_IMAGE_PIXELS", 100_000_000, minimum=1)
 RECONSTRUCT_MIN_IMAGE_SIDE = envint("RECONSTRUCT_MIN_IMAGE_SIDE", 16, minimum=1)
+# Each account may start this many reconstructions in any hour (0: no limit; staff are not limited). A photo over
+# the limit is refused before it is read (429 with Retry-After from the API), so nothing is half stored.
+RECONSTRUCT_UPLOADS_PER_HOUR = envint("RECONSTRUCT_UPLOADS_PER_HOUR", 100, minimum=0)
 # Above this an uploaded file is streamed to a temporary file rather than held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)

@@ -101,7 +101,17 @@ def reconstructions(request: HttpRequest) -> HttpResponse:
     )
 
 
+def rate_limited_response(problem: services.UploadRateLimited) -> JsonResponse:
+    response = error(problem.messages[0], 429, code="rate_limited", retry_after=problem.retry_after)
+    response["Retry-After"] = str(problem.retry_after)
+    return response
+
+
 def _create(request: HttpRequest) -> HttpResponse:
+    try:
+        services.reconstruction_rate_check(request.user)
+    except services.UploadRateLimited as problem:
+        return rate_limited_response(problem)
     if body_too_large(request):
         return error(services.upload_size_error(int(request.META["CONTENT_LENGTH"])), 413, code="too_large")
     try:
@@ -119,6 +129,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         )
     try:
         reconstruction = services.reconstruction_create(request.user, upload)
+    except services.UploadRateLimited as problem:
+        return rate_limited_response(problem)
     except services.UploadTooLarge as problem:
         return error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:

@@ -34,7 +34,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 
 from reconstruct import services
-from reconstruct.api import api_view, created_response, error
+from reconstruct.api import api_view, created_response, error, rate_limited_response
 from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def direct_upload_complete(user: AbstractBaseUser, upload_id: uuid.UUID, filenam
             "Please upload the photo again.",
             code="no_upload",
         )
+    services.reconstruction_rate_check(user)  # before the try: a photo refused for now stays for a later call
     size = default_storage.size(name)
     try:
         if size > settings.RECONSTRUCT_MAX_UPLOAD_BYTES:
@@ -148,7 +149,10 @@ def direct_upload_complete(user: AbstractBaseUser, upload_id: uuid.UUID, filenam
 def presign(request: HttpRequest) -> HttpResponse:
     """POST /api/uploads/ -> 201 {upload_id, url, fields, complete_url, max_bytes, expires_in}."""
     try:
+        services.reconstruction_rate_check(request.user)
         ticket = direct_upload_presign(request.user)
+    except services.UploadRateLimited as problem:
+        return rate_limited_response(problem)
     except DirectUploadsUnavailable:
         return error(
             "Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME). "
@@ -171,6 +175,8 @@ def complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
             return error('The body must be JSON like {"name": "car.jpg"}, or empty.', 400, code="bad_request")
     try:
         reconstruction = direct_upload_complete(request.user, upload_id, filename)
+    except services.UploadRateLimited as problem:
+        return rate_limited_response(problem)
     except DirectUploadsUnavailable:
         return error("Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME).", 404)
     except services.UploadTooLarge as problem:

@@ -55,6 +55,41 @@ class UploadTooLarge(ValidationError):
     """The upload is over RECONSTRUCT_MAX_UPLOAD_BYTES (the API answers 413)."""
 
 
+class UploadRateLimited(ValidationError):
+    """The account started RECONSTRUCT_UPLOADS_PER_HOUR reconstructions in the last hour (the API answers 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, code="rate_limited")
+        self.retry_after = retry_after
+
+
+RATE_WINDOW = timedelta(hours=1)
+
+
+def reconstruction_rate_check(user: AbstractBaseUser) -> None:
+    """Raise UploadRateLimited when ``user`` may not start another reconstruction now.
+
+    Counted from the reconstructions table, which every web process and Lambda instance shares, over a sliding
+    hour. The limit keeps one account (or a leaked API token) from monopolising the workers.
+    """
+    limit = settings.RECONSTRUCT_UPLOADS_PER_HOUR
+    if not limit or user.is_staff:
+        return
+    since = timezone.now() - RATE_WINDOW
+    recent = Reconstruction.objects.filter(owner=user, created_at__gte=since).order_by("-created_at")
+    times = list(recent.values_list("created_at", flat=True)[:limit])
+    if len(times) < limit:
+        return
+    # The oldest of the last `limit` uploads leaves the window first.
+    retry_after = max(1, int((times[-1] + RATE_WINDOW - timezone.now()).total_seconds()) + 1)
+    minutes = -(-retry_after // 60)
+    raise UploadRateLimited(
+        f"You have uploaded {limit} photos in the last hour, the most an account may. "
+        f"Please try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+        retry_after,
+    )
+
+
 # --- Uploads ---------------------------------------------------------------------------------------
 
 
@@ -200,10 +235,11 @@ def _delete_keys(keys: list[str]) -> None:
 def reconstruction_create(user: AbstractBaseUser, upload: File | PreparedUpload) -> Reconstruction:
     """Store an upload and queue its reconstruction; returns the new row (pending, or finished in sync mode).
 
-    Raises ValidationError for a file that is not a usable image. The files are written before the
-    row exists, so a row never points at a missing file; the job is queued only once the row is
-    committed, so a worker never looks for a row that is not there yet.
+    Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over the
+    hourly limit). The files are written before the row exists, so a row never points at a missing file;
+    the job is queued only once the row is committed, so a worker never looks for a row that is not there yet.
     """
+    reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)

@@ -133,6 +133,10 @@ def _upload_page(request: HttpRequest, errors: list[str] | None = None, status: 
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _upload_page(request)
+    try:
+        services.reconstruction_rate_check(request.user)
+    except services.UploadRateLimited as problem:
+        return _rate_limited_page(request, problem)
     if body_too_large(request):
         return _upload_page(request, [services.upload_size_error(int(request.META["CONTENT_LENGTH"]))], status=413)
     try:
@@ -143,8 +147,17 @@ def upload(request: HttpRequest) -> HttpResponse:
     if not valid:
         status = 413 if form.has_error("image", code="too_large") else 400
         return _upload_page(request, [*form.non_field_errors(), *form.errors.get("image", [])], status=status)
-    reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
+    try:
+        reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
+    except services.UploadRateLimited as problem:  # another tab got the last upload of the hour meanwhile
+        return _rate_limited_page(request, problem)
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
+
+
+def _rate_limited_page(request: HttpRequest, problem: services.UploadRateLimited) -> HttpResponse:
+    response = _upload_page(request, problem.messages, status=429)
+    response["Retry-After"] = str(problem.retry_after)
+    return response
 
 
 @login_required
