@@ -177,10 +177,33 @@ def _normal_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def score_features(mse: float, kl: float, logvar: np.ndarray) -> dict[str, float]:
-    """What the car-likeness calibration can weigh: ``log_mse``, ``kl`` and ``logvar``, the mean
-    posterior log-variance (how unsure the encoder is about the image)."""
-    return {"log_mse": math.log(max(mse, MIN_MSE)), "kl": kl, "logvar": float(np.mean(logvar, dtype=np.float64))}
+def thumbnail_prediction(target: np.ndarray, size: int) -> np.ndarray:
+    """``target`` ``[C, h, w]`` in [0, 1] -> shrunk to ``size x size`` and enlarged back (bicubic)."""
+    pixels = np.clip(np.rint(target * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    small = image.resize((size, size), Image.Resampling.BICUBIC)
+    back = np.asarray(small.resize(image.size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    return back[None] if back.ndim == 2 else back.transpose(2, 0, 1)
+
+
+def thumbnail_mse(target: np.ndarray, size: int = 16) -> float:
+    """Mean squared error of ``thumbnail_prediction`` on ``target`` (the letterbox box's pixels)."""
+    return float(np.mean((thumbnail_prediction(target, size).astype(np.float64) - target.astype(np.float64)) ** 2))
+
+
+def score_features(mse: float, kl: float, logvar: np.ndarray, thumb16_mse: float | None = None) -> dict[str, float]:
+    """What the car-likeness calibration can weigh.
+
+    - ``excess_error_db``: how many dB the model's reconstruction error exceeds that of a 16x16
+      thumbnail of the same pixels (``thumbnail_mse``). A model of cars reproduces a car about as
+      well as a thumbnail does and anything else far worse, while the thumbnail cancels out how hard
+      the picture is (a plain wall is easy for both, foliage hard for both). Needs ``thumb16_mse``.
+    - ``log_mse``, ``kl``; ``logvar``, the mean posterior log-variance (how unsure the encoder is).
+    """
+    features = {"log_mse": math.log(max(mse, MIN_MSE)), "kl": kl, "logvar": float(np.mean(logvar, dtype=np.float64))}
+    if thumb16_mse is not None:
+        features["excess_error_db"] = 10.0 * math.log10(max(mse, MIN_MSE) / max(thumb16_mse, MIN_MSE))
+    return features
 
 
 def anomaly_score(features: dict[str, float], calibration: dict[str, Any]) -> float:
@@ -227,7 +250,7 @@ def scores_from_arrays(
         psnr=psnr_from_mse(mse),
         ssim=ssim(a, b),
         kl=kl,
-        car_likeness=car_likeness(score_features(mse, kl, logvar), calibration),
+        car_likeness=car_likeness(score_features(mse, kl, logvar, thumbnail_mse(a)), calibration),
     )
 
 

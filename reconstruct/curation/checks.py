@@ -217,4 +217,5 @@ def car_likeness(model: Any, image: Image.Image) -> float | None:
     recon = runtime.crop_box(out.recon[0], prepared.box).astype(np.float64)
     mse = float(np.mean((target - recon) ** 2))
     kl = runtime.kl_divergence(out.mu[0], out.logvar[0])
-    return runtime.car_likeness(runtime.score_features(mse, kl, out.logvar[0]), model.calibration)
+    features = runtime.score_features(mse, kl, out.logvar[0], runtime.thumbnail_mse(target))
+    return runtime.car_likeness(features, model.calibration)

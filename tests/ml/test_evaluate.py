@@ -16,9 +16,9 @@ def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) ->
     for key in ("psnr", "ssim", "mse", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr"):
         assert np.isfinite(result[key]), key
     assert 0 <= result["ood_auroc"] <= 1
-    assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar"}
-    # car_likeness ranks images by the posterior log-variance alone (SCORE_WEIGHTS).
-    assert result["ood_auroc"] == result["ood_auroc_by_feature"]["logvar"]
+    assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
+    # car_likeness ranks images by the error in excess of a 16x16 thumbnail alone (SCORE_WEIGHTS).
+    assert result["ood_auroc"] == result["ood_auroc_by_feature"]["excess_error_db"]
     assert 0 <= result["same_car_top1"] <= 1 and 0 <= result["orientation_agreement"] <= 1
     assert result["colour_error"] >= 0
     # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.
@@ -75,10 +75,12 @@ def test_it_computes_auroc_like_mann_whitney(positives: list[float], negatives: 
 
 
 def test_it_calibrates_from_held_out_records() -> None:
-    records = [{"log_mse": m, "kl": k, "logvar": v} for m, k, v in [(-4, 100, -3), (-3, 120, -4), (-5, 80, -5)]]
+    values = [(-4, 100, -3, 0.5), (-3, 120, -4, 1.5), (-5, 80, -5, 1.0)]
+    records = [{"log_mse": m, "kl": k, "logvar": v, "excess_error_db": e} for m, k, v, e in values]
     calibration = evaluate.calibrate([*records, {"name": "x.jpg", "error": "unreadable"}])
     assert calibration["n"] == 3
     assert calibration["features"]["kl"] == {"mean": 100.0, "std": pytest.approx(20.0)}
+    assert calibration["features"]["excess_error_db"] == {"mean": 1.0, "std": pytest.approx(0.5)}
     assert calibration["weights"] == evaluate.SCORE_WEIGHTS
 
 

@@ -79,7 +79,7 @@ def test_it_writes_metadata_with_config_preprocessing_metrics_and_calibration(ti
     assert metadata["data"]["val_names"] == tiny_export.val_names
     assert metadata["parameters"] == sum(p.numel() for p in tiny_export.vae.parameters())
     assert metadata["metrics"]["n"] == 3 and metadata["metrics"]["split"] == "validation"
-    assert set(metadata["calibration"]["features"]) == {"log_mse", "kl", "logvar"}
+    assert set(metadata["calibration"]["features"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
     assert metadata["calibration"]["n"] == 3
     assert metadata["mean_image"] == "mean_image.png"
     with Image.open(tiny_export.model_dir / "mean_image.png") as image:

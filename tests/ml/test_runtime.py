@@ -187,3 +187,17 @@ def test_it_calls_a_typical_car_half_car_like_and_an_outlier_unlike() -> None:
     assert runtime.car_likeness({"logvar": -3.0, "kl": 0}, calibration) == pytest.approx(0.02275, abs=1e-4)
     assert runtime.car_likeness({"logvar": -5.0, "kl": 0}, calibration) == pytest.approx(0.97725, abs=1e-4)
     assert runtime.car_likeness({"logvar": -5.0}, None) is None
+
+
+def test_it_measures_the_error_in_excess_of_a_16x16_thumbnail() -> None:
+    flat = np.full((3, 32, 64), 0.25)
+    assert runtime.thumbnail_mse(flat) < 1e-6  # a thumbnail keeps a flat picture
+    stripes = np.zeros((3, 32, 64))
+    stripes[:, :, ::2] = 1.0  # detail no 16x16 thumbnail keeps
+    assert runtime.thumbnail_mse(stripes) > 0.2
+    features = runtime.score_features(0.02, 50.0, np.zeros(4), thumb16_mse=0.01)
+    assert features["excess_error_db"] == pytest.approx(10 * np.log10(2.0))
+    assert "excess_error_db" not in runtime.score_features(0.02, 50.0, np.zeros(4))
+    # Older calibrations (log-variance alone) still score with the same features.
+    calibration = {"weights": {"logvar": 1.0}, "features": {"logvar": {"mean": 0.0, "std": 1.0}}}
+    assert runtime.car_likeness(features, calibration) == pytest.approx(0.5)
