@@ -250,7 +250,10 @@ def scores_from_arrays(
         psnr=psnr_from_mse(mse),
         ssim=ssim(a, b),
         kl=kl,
-        car_likeness=car_likeness(score_features(mse, kl, logvar, thumbnail_mse(a)), calibration),
+        # Without calibration there is no car-likeness, and no need for the thumbnail it compares with.
+        car_likeness=car_likeness(score_features(mse, kl, logvar, thumbnail_mse(a)), calibration)
+        if calibration
+        else None,
     )
 
 
