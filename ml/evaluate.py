@@ -147,14 +147,14 @@ def score_files(model: runtime.Model, files: Sequence[Path], pairs: PairStore | 
             continue
         out = model.run(np.stack([p.array for _, p in prepared]))
         for i, (path, item) in enumerate(prepared):
-            scores = runtime.scores_from_arrays(
-                item.array, out.recon[i], item.box, out.mu[i], out.logvar[i], model.calibration
-            )
             target = runtime.crop_box(item.array, item.box)
+            thumb_mse = {size: runtime.thumbnail_mse(target, size) for size in THUMB_SIZES}
+            scores = runtime.scores_from_arrays(
+                item.array, out.recon[i], item.box, out.mu[i], out.logvar[i], model.calibration, thumb_mse[16]
+            )
             if pairs is not None:
                 pairs.add(item.array, out.recon[i], item.box)
             record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
-            thumb_mse = {size: runtime.thumbnail_mse(target, size) for size in THUMB_SIZES}
             record.update(runtime.score_features(scores.mse, scores.kl, out.logvar[i], thumb_mse[16]))
             if mean is not None:
                 record["baseline_mean_psnr"] = runtime.psnr_from_mse(_mse(runtime.crop_box(mean, item.box), target))

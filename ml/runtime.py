@@ -239,8 +239,10 @@ def scores_from_arrays(
     mu: np.ndarray,
     logvar: np.ndarray,
     calibration: dict[str, Any] | None = None,
+    thumb16_mse: float | None = None,
 ) -> Scores:
-    """Scores of one image: ``target`` and ``recon`` ``[C, H, W]`` in [0, 1], ``mu``/``logvar`` ``[D]``."""
+    """Scores of one image: ``target`` and ``recon`` ``[C, H, W]`` in [0, 1], ``mu``/``logvar`` ``[D]``;
+    ``thumb16_mse``, the box's ``thumbnail_mse`` when the caller has it already."""
     a = crop_box(target, box).astype(np.float64)
     b = crop_box(recon, box).astype(np.float64)
     mse = float(np.mean((a - b) ** 2))
@@ -250,11 +252,23 @@ def scores_from_arrays(
         psnr=psnr_from_mse(mse),
         ssim=ssim(a, b),
         kl=kl,
-        # Without calibration there is no car-likeness, and no need for the thumbnail it compares with.
-        car_likeness=car_likeness(score_features(mse, kl, logvar, thumbnail_mse(a)), calibration)
-        if calibration
-        else None,
+        car_likeness=_car_likeness_of_box(a, mse, kl, logvar, calibration, thumb16_mse),
     )
+
+
+def _car_likeness_of_box(
+    target: np.ndarray,
+    mse: float,
+    kl: float,
+    logvar: np.ndarray,
+    calibration: dict[str, Any] | None,
+    thumb16_mse: float | None = None,
+) -> float | None:
+    """``car_likeness`` of one image from its box pixels ``target`` and its scores."""
+    if not calibration:  # no car-likeness, and no need for the thumbnail it compares with
+        return None
+    thumb = thumbnail_mse(target) if thumb16_mse is None else thumb16_mse
+    return car_likeness(score_features(mse, kl, logvar, thumb), calibration)
 
 
 def _threads(threads: int | None) -> int:
@@ -354,6 +368,17 @@ class Model:
 
     def score(self, image: ImageSource) -> Scores:
         return self.reconstruct(image).scores
+
+    def car_likeness(self, image: ImageSource) -> float | None:
+        """``score(image).car_likeness`` without the SSIM and the output pictures, which it does not
+        use and which cost more than the model itself at this size; None without calibration."""
+        prepared = self.prepare(image)
+        out = self.run(prepared.array[None])
+        target = crop_box(prepared.array, prepared.box).astype(np.float64)
+        mse = float(np.mean((target - crop_box(out.recon[0], prepared.box).astype(np.float64)) ** 2))
+        return _car_likeness_of_box(
+            target, mse, kl_divergence(out.mu[0], out.logvar[0]), out.logvar[0], self.calibration
+        )
 
 
 _cache: dict[tuple[str, int, int], Model] = {}

@@ -200,22 +200,3 @@ def thumbnail(image: Image.Image, size: tuple[int, int] = (240, 120)) -> bytes:
     out = io.BytesIO()
     small.save(out, "JPEG", quality=80)
     return out.getvalue()
-
-
-def car_likeness(model: Any, image: Image.Image) -> float | None:
-    """The model's car-likeness of ``image`` (0..1, a typical training car near 0.5), or None for a
-    model without calibration. ``model`` is an ``ml.runtime.Model``.
-
-    The same numbers as ``model.score(image).car_likeness`` without the SSIM, which the score does
-    not use and which costs more than the model itself at this size.
-    """
-    from ml import runtime
-
-    prepared = model.prepare(image)
-    out = model.run(prepared.array[None])
-    target = runtime.crop_box(prepared.array, prepared.box).astype(np.float64)
-    recon = runtime.crop_box(out.recon[0], prepared.box).astype(np.float64)
-    mse = float(np.mean((target - recon) ** 2))
-    kl = runtime.kl_divergence(out.mu[0], out.logvar[0])
-    features = runtime.score_features(mse, kl, out.logvar[0], runtime.thumbnail_mse(target))
-    return runtime.car_likeness(features, model.calibration)

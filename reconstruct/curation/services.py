@@ -205,7 +205,7 @@ class Scorer:
         if self.model is None:
             return None
         try:
-            return checks.car_likeness(self.model, image)
+            return self.model.car_likeness(image)
         except ValueError:
             return None
 

@@ -201,3 +201,10 @@ def test_it_measures_the_error_in_excess_of_a_16x16_thumbnail() -> None:
     # Older calibrations (log-variance alone) still score with the same features.
     calibration = {"weights": {"logvar": 1.0}, "features": {"logvar": {"mean": 0.0, "std": 1.0}}}
     assert runtime.car_likeness(features, calibration) == pytest.approx(0.5)
+
+
+def test_its_car_likeness_shortcut_matches_the_full_score(tiny_export: Any) -> None:
+    model = runtime.load_model(tiny_export.model_dir)
+    assert model.calibration is not None
+    for path in sorted(Path(tiny_export.data_dir).iterdir())[:3]:
+        assert model.car_likeness(path) == pytest.approx(model.score(path).car_likeness, abs=1e-12)
