@@ -66,21 +66,22 @@ bench: $(VENV)/.installed-train
 
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
+# The tooling is the deploy/ package (`python -m deploy --help`), which never goes into the bundle.
 STAGE ?= dev
 lambda-package: $(VENV)/.installed-dev
-	$(BIN)/python -m carsite.lambda_bundle build --stage $(STAGE)
+	$(BIN)/python -m deploy build --stage $(STAGE)
 
 # Deploy (first time) or update the stage on AWS: the bundle is built and checked, then zappa packages those very
 # trees and uploads them (README: Deploy to AWS). Plain `zappa deploy` in the repository would zip .venv (torch).
 lambda-deploy: $(VENV)/.installed-dev
-	$(BIN)/python -m carsite.lambda_bundle zappa deploy $(STAGE)
+	$(BIN)/python -m deploy zappa deploy $(STAGE)
 
 lambda-update: $(VENV)/.installed-dev
-	$(BIN)/python -m carsite.lambda_bundle zappa update $(STAGE)
+	$(BIN)/python -m deploy zappa update $(STAGE)
 
 # Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
 lambda-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m carsite.lambda_bundle measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
+	$(BIN)/python -m deploy measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
 
 # Debian's PostgreSQL server binaries: the Lambda test starts its own throwaway cluster with them.
 postgresql:

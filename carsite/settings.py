@@ -138,8 +138,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/direct_uploads.py).
-    "reconstruct.direct_uploads.RequestSizeLimitMiddleware",
+    # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/middleware.py).
+    "reconstruct.middleware.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -256,7 +256,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, m
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=0)
 # AWS Lambda takes at most 6 MB per request and API Gateway hands it a photo base64-encoded (a third bigger): there a
 # request may carry about 4 MB of photo. Bigger ones go from the browser straight to S3 (a presigned POST) when the
-# media are in S3 (RECONSTRUCT_DIRECT_UPLOADS); see reconstruct/direct_uploads.py.
+# media are in S3 (RECONSTRUCT_DIRECT_UPLOADS); see reconstruct/services/direct_uploads.py.
 RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES = envint(
     "RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES", 4 * 1024 * 1024 if ON_LAMBDA else RECONSTRUCT_MAX_UPLOAD_BYTES, minimum=1024
 )

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from reconstruct import views
-from reconstruct.urls import api_urlpatterns
+from reconstruct.urls import api_urlpatterns, direct_upload_urlpatterns
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -11,7 +11,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("account/", views.account, name="account"),
     # Before "api/": its catch-all answers every other path under /api/ with a JSON 404.
-    path("api/uploads/", include("reconstruct.direct_uploads")),
+    path("api/uploads/", include(direct_upload_urlpatterns)),
     path("api/", include(api_urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("reconstruct.urls")),

@@ -97,14 +97,14 @@ def torch_from_onnx(model: runtime.Model):
     The exporter folds ``conv -> BatchNorm`` into the convolution's weight plus a ``<conv>.weight_bias``
     initializer; that bias goes into the following BatchNorm, made an identity otherwise, which
     leaves the eager model computing exactly what the ONNX graph does. The decoder tail's
-    phase-space rewrite (``ml.export.rewrite_decoder_tail``) is undone first.
+    phase-space rewrite (``ml.onnx_rewrite.rewrite_decoder_tail``) is undone first.
     """
     import onnx
     import torch
     from onnx import numpy_helper
 
-    from ml.export import tail_weights_from_phases
     from ml.model import VAE
+    from ml.onnx_rewrite import tail_weights_from_phases
 
     vae = VAE(model.config).eval()
     state = vae.state_dict()

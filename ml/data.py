@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ml.config import ModelConfig
-from ml.preprocess import prepare
+from ml.preprocess import DECODE_ERRORS, prepare
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -87,7 +87,7 @@ def load_images(
         try:
             with Image.open(path) as image:
                 prepared = prepare(image, config)
-        except (UnidentifiedImageError, OSError, ValueError):
+        except DECODE_ERRORS:
             skipped.append(Path(path).name)
             continue
         pixels.append(np.rint(prepared.array * 255).astype(np.uint8))

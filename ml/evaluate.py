@@ -22,7 +22,7 @@ Is the reconstruction recognisably the same car? Three numbers answer it without
 - ``colour_error``: the mean absolute difference between the average colour of photo and
   reconstruction inside the box, in 0-255 levels per channel.
 
-With ``--noncars`` also ``ood_auroc``: the probability that a random car from ``--data`` gets a
+With ``--noncars`` also ``car_likeness_auroc``: the probability that a random car from ``--data`` gets a
 higher ``car_likeness`` than a random non-car (1.0 separates them perfectly, 0.5 is chance).
 """
 
@@ -216,7 +216,7 @@ def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def ood_score(record: dict[str, Any]) -> float:
+def car_likeness_evidence(record: dict[str, Any]) -> float:
     """Higher = more car-like: ``car_likeness``, or for an uncalibrated model the same evidence
     uncalibrated (minus the ``SCORE_WEIGHTS`` sum of the raw features)."""
     if record.get("car_likeness") is not None:
@@ -230,7 +230,7 @@ def evaluate(
     noncar_files: Sequence[str | os.PathLike] | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model in ``model_dir`` on ``files`` (and ``ood_auroc`` against ``noncar_files``)."""
+    """Metrics of the model in ``model_dir`` on ``files`` (and ``car_likeness_auroc`` against ``noncar_files``)."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
     records = score_files(model, [Path(f) for f in files], pairs)
@@ -240,9 +240,11 @@ def evaluate(
         cars = [r for r in records if "error" not in r]
         result["n_noncars"] = len(noncars)
         if cars and noncars:
-            result["ood_auroc"] = round(auroc([ood_score(r) for r in cars], [ood_score(r) for r in noncars]), 4)
+            result["car_likeness_auroc"] = round(
+                auroc([car_likeness_evidence(r) for r in cars], [car_likeness_evidence(r) for r in noncars]), 4
+            )
             # Each feature alone, "higher = less car-like": the evidence behind SCORE_WEIGHTS.
-            result["ood_auroc_by_feature"] = {
+            result["car_likeness_auroc_by_feature"] = {
                 name: round(auroc([-r[name] for r in cars], [-r[name] for r in noncars]), 4) for name in FEATURES
             }
             likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
@@ -298,8 +300,8 @@ def _human(result: dict[str, Any]) -> str:
             f" {1 / result['n']:.1%}), facing the same way {result['orientation_agreement']:.1%},"
             f" colour off by {result['colour_error']:.1f}/255"
         )
-    if "ood_auroc" in result:
-        lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['ood_auroc']:.3f}")
+    if "car_likeness_auroc" in result:
+        lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['car_likeness_auroc']:.3f}")
     return "\n".join(lines)
 
 
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=runtime.DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data", type=Path, required=True, help="folder of car photos")
-    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds ood_auroc)")
+    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds car_likeness_auroc)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--held-out", action="store_true", help="only the validation images recorded in the model")
     split.add_argument("--val-of", type=Path, metavar="CHECKPOINT", help="only this checkpoint's validation images")

@@ -10,6 +10,7 @@ that losses and metrics ignore the bars and the reconstruction can be cut back o
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,6 +18,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ml.config import ModelConfig
+
+# What Pillow raises for bytes it cannot decode, depending on the format and where the file breaks: not an
+# image (UnidentifiedImageError, an OSError), truncated or corrupt data (OSError, SyntaxError, EOFError,
+# ValueError, IndexError, struct.error). Every place that decodes untrusted bytes catches exactly these.
+# Image.DecompressionBombError (too many pixels) is not among them: callers say so in their own words.
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error)
 
 # Transparent pixels are composited on white, like the studio backgrounds in most car photos.
 BACKGROUND = (255, 255, 255)

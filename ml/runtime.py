@@ -21,7 +21,6 @@ import io
 import json
 import math
 import os
-import struct
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from ml.config import ModelConfig
-from ml.preprocess import Prepared, prepare, to_image
+from ml.preprocess import DECODE_ERRORS, Prepared, prepare, to_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
 ENCODER_FILE = "encoder.onnx"
@@ -115,8 +114,7 @@ def open_source(source: ImageSource) -> Image.Image:
         raise ImageError(f"The image has too many pixels to process safely ({error}).") from error
     except Image.UnidentifiedImageError as error:
         raise ImageError("This file is not an image format we can read (try JPEG, PNG or WebP).") from error
-    # Broken files surface from Pillow's decoders as any of these, depending on the format.
-    except (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error) as error:
+    except DECODE_ERRORS as error:
         raise ImageError(f"The image could not be decoded; the file may be damaged or truncated ({error}).") from error
 
 
@@ -206,19 +204,21 @@ def score_features(mse: float, kl: float, logvar: np.ndarray, thumb16_mse: float
     return features
 
 
-def anomaly_score(features: dict[str, float], calibration: dict[str, Any]) -> float:
-    """How much less car-like than the validation cars an image is, in standard deviations.
+def car_likeness_z(features: dict[str, float], calibration: dict[str, Any]) -> float:
+    """How car-like an image is against the validation cars, in standard deviations: 0 for a
+    typical car, negative for less car-like (what ``car_likeness`` turns into a probability).
 
     ``calibration`` (written by ``ml.export`` from the held-out validation cars) holds the mean and
-    standard deviation of each feature and the ``weights`` of their z-scores; the weighted sum is
-    divided by the weights' norm so that it stays a z-score for independent features.
+    standard deviation of each feature and the ``weights`` of their z-scores (a positive weight: a
+    larger feature is less car-like); the weighted sum is divided by the weights' norm so that it
+    stays a z-score for independent features.
     """
     weights = calibration["weights"]
     score = 0.0
     for name, weight in weights.items():
         stats = calibration["features"][name]
         score += weight * (features[name] - stats["mean"]) / max(stats["std"], 1e-12)
-    return score / max(math.sqrt(sum(w * w for w in weights.values())), 1e-12)
+    return -score / max(math.sqrt(sum(w * w for w in weights.values())), 1e-12)
 
 
 def car_likeness(features: dict[str, float], calibration: dict[str, Any] | None) -> float | None:
@@ -229,7 +229,7 @@ def car_likeness(features: dict[str, float], calibration: dict[str, Any] | None)
     """
     if not calibration:
         return None
-    return _normal_tail(anomaly_score(features, calibration))
+    return _normal_tail(-car_likeness_z(features, calibration))
 
 
 def scores_from_arrays(

@@ -1,4 +1,4 @@
-"""Reconstructions in the admin (the model registry's admin lives in reconstruct.curation)."""
+"""Reconstructions in the admin; the model registry's admin is reconstruct/registry/admin.py (registered here)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
 
-from reconstruct import services
 from reconstruct.models import Reconstruction
+from reconstruct.presenters import img_tag
+from reconstruct.registry import admin as registry_admin  # noqa: F401  (registers ModelVersion, ModelActivation)
+from reconstruct.services.reconstructions import reconstruction_retry
 
 
 @admin.register(Reconstruction)
@@ -50,8 +51,7 @@ class ReconstructionAdmin(admin.ModelAdmin):
     def thumb(self, obj: Reconstruction) -> str:
         if not obj.thumbnail:
             return "-"
-        url = reverse("reconstruct:file", args=[obj.uuid, "thumbnail"])
-        return format_html('<img src="{}" alt="" style="height:48px;border-radius:4px">', url)
+        return img_tag(reverse("reconstruct:file", args=[obj.uuid, "thumbnail"]))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -63,6 +63,6 @@ class ReconstructionAdmin(admin.ModelAdmin):
     def retry(self, request: HttpRequest, queryset: QuerySet[Reconstruction]) -> None:
         count = 0
         for reconstruction in queryset.filter(status=Reconstruction.Status.FAILED):
-            services.reconstruction_retry(reconstruction)
+            reconstruction_retry(reconstruction)
             count += 1
         self.message_user(request, f"{count} reconstruction(s) queued again.")

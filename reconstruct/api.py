@@ -1,4 +1,5 @@
-"""The JSON API: /api/reconstructions/ (list, create) and /api/reconstructions/<id>/ (detail, delete).
+"""The JSON API: /api/reconstructions/ (list, create), /api/reconstructions/<id>/ (detail, delete), and
+/api/uploads/ + /api/uploads/<id>/complete/ (a photo sent by the browser straight to S3, for Lambda).
 
 Authentication: `Authorization: Token <key>` (from the account page) or the browser session. A
 request authenticated by token is exempt from CSRF checks (no browser attaches it by itself); a
@@ -7,73 +8,22 @@ session-authenticated one that changes something must pass them like any form.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Callable
-from functools import wraps
 
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
 from django.core.paginator import InvalidPage, Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
-from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
 
-from reconstruct import presenters, selectors, services
-from reconstruct.auth import TokenError, authenticate_token
-from reconstruct.models import Reconstruction
-from reconstruct.views import body_too_large
+from reconstruct import presenters, selectors
+from reconstruct.http import api_view, body_too_large, created_response, json_error, rate_limited_response
+from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
+from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete
+from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
 
 PAGE_SIZE = 50
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-View = Callable[..., HttpResponse]
-
-
-def error(message: str, status: int, **extra: object) -> JsonResponse:
-    return JsonResponse({"error": message, **extra}, status=status)
-
-
-def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
-    """Run Django's CSRF check on a session-authenticated request (what the middleware skipped)."""
-    check = CsrfViewMiddleware(lambda _request: HttpResponse())
-    check.process_request(request)
-    return check.process_view(request, None, (), {})
-
-
-def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
-    def decorator(view: View) -> View:
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
-            if request.method not in methods:
-                response = error(f"Method {request.method} is not allowed here; use {', '.join(methods)}.", 405)
-                response["Allow"] = ", ".join(methods)
-                return response
-            try:
-                token_user = authenticate_token(request)
-            except TokenError as problem:
-                return error(str(problem), 401)
-            if token_user is not None:
-                request.user = token_user
-            elif request.user.is_authenticated:
-                if request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
-                    return error(
-                        "CSRF check failed. Scripts should authenticate with 'Authorization: Token <key>' "
-                        "(see your account page) instead of a session cookie.",
-                        403,
-                    )
-            else:
-                return error(
-                    "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
-                    f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
-                    401,
-                )
-            return view(request, *args, **kwargs)
-
-        # Exempt from the middleware's check only because the wrapper does it for session requests.
-        return csrf_exempt(wrapper)
-
-    return decorator
 
 
 @api_view(("GET", "POST"))
@@ -84,7 +34,7 @@ def reconstructions(request: HttpRequest) -> HttpResponse:
     try:
         page = paginator.page(request.GET.get("page") or 1)
     except InvalidPage:
-        return error(f"No such page; there are {paginator.num_pages}.", 404)
+        return json_error(f"No such page; there are {paginator.num_pages}.", 404)
 
     def page_url(number: int) -> str:
         return request.build_absolute_uri(f"{reverse('api:reconstructions')}?page={number}")
@@ -101,58 +51,44 @@ def reconstructions(request: HttpRequest) -> HttpResponse:
     )
 
 
-def rate_limited_response(problem: services.UploadRateLimited) -> JsonResponse:
-    response = error(problem.messages[0], 429, code="rate_limited", retry_after=problem.retry_after)
-    response["Retry-After"] = str(problem.retry_after)
-    return response
-
-
 def _create(request: HttpRequest) -> HttpResponse:
     try:
-        services.reconstruction_rate_check(request.user)
-    except services.UploadRateLimited as problem:
+        reconstruction_rate_check(request.user)
+    except UploadRateLimited as problem:
         return rate_limited_response(problem)
     if body_too_large(request):
-        return error(services.upload_size_error(int(request.META["CONTENT_LENGTH"])), 413, code="too_large")
+        return json_error(upload_size_error(int(request.META["CONTENT_LENGTH"])), 413, code="too_large")
     try:
         upload = request.FILES.get("image")
     except RequestDataTooBig:
-        return error("The request is too large.", 413, code="too_large")
+        return json_error("The request is too large.", 413, code="too_large")
     except (TooManyFilesSent, MultiPartParserError):
-        return error("The request body could not be read as multipart/form-data.", 400, code="bad_request")
+        return json_error("The request body could not be read as multipart/form-data.", 400, code="bad_request")
     if upload is None:
-        return error(
+        return json_error(
             "Send the photo as multipart/form-data in a field named 'image', "
             "for example: curl -F image=@car.jpg -H 'Authorization: Token <key>' " + request.build_absolute_uri(),
             400,
             code="no_image",
         )
     try:
-        reconstruction = services.reconstruction_create(request.user, upload)
-    except services.UploadRateLimited as problem:
+        reconstruction = reconstruction_create(user=request.user, upload=upload)
+    except UploadRateLimited as problem:
         return rate_limited_response(problem)
-    except services.UploadTooLarge as problem:
-        return error(problem.messages[0], 413, code="too_large")
+    except UploadTooLarge as problem:
+        return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
-        return error(problem.messages[0], 400, code=problem.code or "invalid_image")
+        return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
     return created_response(request, reconstruction)
-
-
-def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
-    """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
-    status = 201 if reconstruction.is_finished else 202
-    response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
-    response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))
-    return response
 
 
 @api_view(("GET", "DELETE"))
 def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     item = selectors.reconstruction_get(request.user, public_id)
     if item is None:
-        return error("No such reconstruction.", 404)
+        return json_error("No such reconstruction.", 404)
     if request.method == "DELETE":
-        services.reconstruction_delete(item)
+        reconstruction_delete(item)
         return HttpResponse(status=204)
     response = JsonResponse(presenters.reconstruction_json(request, item))
     if not item.is_finished:
@@ -161,4 +97,48 @@ def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
-    return error("Not found. The API lives at /api/reconstructions/.", 404)
+    return json_error("Not found. The API lives at /api/reconstructions/.", 404)
+
+
+# --- Direct uploads to S3 (reconstruct/services/direct_uploads.py) ---------------------------------
+
+
+@api_view(("POST",))
+def upload_presign(request: HttpRequest) -> HttpResponse:
+    """POST /api/uploads/ -> 201 {upload_id, url, fields, complete_url, max_bytes, expires_in}."""
+    try:
+        reconstruction_rate_check(request.user)
+        ticket = direct_upload_presign(request.user)
+    except UploadRateLimited as problem:
+        return rate_limited_response(problem)
+    except DirectUploadsUnavailable:
+        return json_error(
+            "Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME). "
+            "Send the photo to /api/reconstructions/ instead.",
+            404,
+            code="direct_uploads_unavailable",
+        )
+    complete = reverse("direct_uploads:complete", args=[ticket["upload_id"]])
+    return JsonResponse({**ticket, "complete_url": request.build_absolute_uri(complete)}, status=201)
+
+
+@api_view(("POST",))
+def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
+    """POST /api/uploads/<upload_id>/complete/ (optional JSON {"name": "car.jpg"}) -> the reconstruction."""
+    filename = ""
+    if request.content_type == "application/json" and request.body:
+        try:
+            filename = str(json.loads(request.body).get("name") or "")
+        except (ValueError, AttributeError):
+            return json_error('The body must be JSON like {"name": "car.jpg"}, or empty.', 400, code="bad_request")
+    try:
+        reconstruction = direct_upload_complete(user=request.user, upload_id=upload_id, filename=filename)
+    except UploadRateLimited as problem:
+        return rate_limited_response(problem)
+    except DirectUploadsUnavailable:
+        return json_error("Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME).", 404)
+    except UploadTooLarge as problem:
+        return json_error(problem.messages[0], 413, code="too_large")
+    except ValidationError as problem:
+        return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
+    return created_response(request, reconstruction)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.http import HttpRequest
 
-from reconstruct import services
+from reconstruct.services.tokens import api_token_authenticate
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -26,7 +26,7 @@ def authenticate_token(request: HttpRequest) -> AbstractBaseUser | None:
     scheme, _, key = header.partition(" ")
     if scheme.lower() not in SCHEMES or not key.strip():
         raise TokenError("Malformed Authorization header: send 'Authorization: Token <your API token>'.")
-    user = services.api_token_authenticate(key)
+    user = api_token_authenticate(key)
     if user is None:
         raise TokenError(
             "This API token is not valid (it may have been regenerated). Get a new one on your account page."

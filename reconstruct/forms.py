@@ -1,4 +1,4 @@
-"""Forms: sign-up and the photo upload (the real validation is services.upload_prepare)."""
+"""Forms: sign-up and the photo upload (the real validation is reconstruct/services/uploads.py: upload_prepare)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 
-from reconstruct import services
+from reconstruct.services.uploads import PreparedUpload, upload_prepare
 
 
 class SignupForm(UserCreationForm):
@@ -32,5 +32,5 @@ class UploadForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
     )
 
-    def clean_image(self) -> services.PreparedUpload:
-        return services.upload_prepare(self.cleaned_data["image"])
+    def clean_image(self) -> PreparedUpload:
+        return upload_prepare(self.cleaned_data["image"])

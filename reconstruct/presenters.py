@@ -1,4 +1,4 @@
-"""How a reconstruction is shown: URLs of its files, its JSON form, and its scores in words."""
+"""How a reconstruction is shown: URLs of its files, its JSON form, its scores in words; admin thumbnails."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils.html import format_html
 
 from reconstruct.models import FILE_KINDS, ModelVersion, Reconstruction
+
+
+def img_tag(url: str, height: int = 48, alt: str = "") -> str:
+    """A lazily loaded ``<img>`` ``height`` px tall, for admin lists and pages (HTML-escaped)."""
+    return format_html('<img src="{}" alt="{}" loading="lazy" style="height:{}px;border-radius:3px">', url, alt, height)
 
 
 def file_url(reconstruction: Reconstruction, kind: str, download: bool = False) -> str | None:

@@ -1,4 +1,4 @@
-"""Read queries."""
+"""Read queries of reconstructions (the registry's are in reconstruct/registry/selectors.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
-from reconstruct.models import ModelVersion, Reconstruction
+from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -20,7 +20,3 @@ def reconstruction_list(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
 def reconstruction_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:
     """The user's reconstruction with this public id, or None (also for someone else's)."""
     return reconstruction_list(user).filter(uuid=public_id).first()
-
-
-def model_version_list() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.order_by("-created_at", "-id")

@@ -8,7 +8,7 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
 from reconstruct.models import Reconstruction
-from reconstruct.services import reconstruction_delete_files
+from reconstruct.services.reconstructions import reconstruction_delete_files
 
 
 @receiver(post_delete, sender=Reconstruction)

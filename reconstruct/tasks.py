@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from reconstruct import services
+from reconstruct.services.reconstructions import reconstruction_run
 
 
 @shared_task(name="reconstruct.tasks.reconstruction_run_task")
 def reconstruction_run_task(reconstruction_id: int) -> None:
-    services.reconstruction_run(reconstruction_id)
+    reconstruction_run(reconstruction_id)

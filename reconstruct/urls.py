@@ -1,3 +1,5 @@
+"""URLs of the site's pages and of its JSON API (the API's are included by carsite/urls.py under /api/)."""
+
 from django.urls import path, re_path
 
 from reconstruct import api, views
@@ -12,6 +14,15 @@ urlpatterns = [
     path("r/<uuid:public_id>/retry/", views.retry, name="retry"),
     path("r/<uuid:public_id>/files/<str:kind>", views.reconstruction_file, name="file"),
 ]
+
+# Included under /api/uploads/ with the namespace "direct_uploads".
+direct_upload_urlpatterns = (
+    [
+        path("", api.upload_presign, name="presign"),
+        path("<uuid:upload_id>/complete/", api.upload_complete, name="complete"),
+    ],
+    "direct_uploads",
+)
 
 # Included under /api/ with the namespace "api".
 api_urlpatterns = (

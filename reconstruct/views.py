@@ -1,4 +1,4 @@
-"""Pages. Each view is a thin adapter around reconstruct.services and reconstruct.selectors."""
+"""Pages. Each view is a thin adapter around one service (reconstruct/services/) and the selectors."""
 
 from __future__ import annotations
 
@@ -10,33 +10,33 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
-from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import (
-    FileResponse,
-    Http404,
-    HttpRequest,
-    HttpResponse,
-    HttpResponseRedirect,
-    JsonResponse,
-)
+from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import content_disposition_header
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
 
-from reconstruct import examples, presenters, selectors, services
+from reconstruct import examples, presenters, selectors
 from reconstruct.auth import TokenError, authenticate_token
 from reconstruct.forms import SignupForm, UploadForm
+from reconstruct.http import body_too_large, declared_length, json_error, wants_json
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
+from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
+from reconstruct.services.reconstructions import (
+    reconstruction_create,
+    reconstruction_delete,
+    reconstruction_is_stuck,
+    reconstruction_retry,
+)
+from reconstruct.services.tokens import api_token_regenerate, api_token_revoke
+from reconstruct.services.uploads import UploadRateLimited, reconstruction_rate_check, upload_size_error
+from reconstruct.storage import storage_serve
 
 GALLERY_PAGE_SIZE = 24
-# Multipart framing and the other form fields come on top of the photo's own bytes.
-MULTIPART_OVERHEAD = 64 * 1024
 
 
 def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> Reconstruction:
@@ -45,15 +45,6 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
     if reconstruction is None:
         raise Http404("No such reconstruction.")
     return reconstruction
-
-
-def body_too_large(request: HttpRequest) -> bool:
-    """Whether the request announces more bytes than any valid upload (checked before reading them)."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return False
-    return length > settings.RECONSTRUCT_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -65,7 +56,7 @@ def home(request: HttpRequest) -> HttpResponse:
             "examples": list(enumerate(examples.EXAMPLES)),
             "recent": recent,
             # In the example images' URLs, so browsers fetch new ones after another model is activated.
-            "model_version": services.model_version_get_active().name,
+            "model_version": model_version_ensure_active().name,
         },
     )
 
@@ -76,7 +67,7 @@ def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
     """A drawn example car (kind "input") or the active model's reconstruction of it."""
     if index >= len(examples.EXAMPLES) or kind not in ("input", "model_input", "reconstruction"):
         raise Http404("No such example.")
-    _, model = services.model_version_load_active()
+    _, model = model_version_load_active()
     example = examples.examples_for(model)[index]
     picture = {
         "input": example.picture,
@@ -107,9 +98,9 @@ def account(request: HttpRequest) -> HttpResponse:
         action = request.POST.get("action")
         if action == "regenerate":
             # Shown once, on the next page view; only its hash is stored.
-            request.session["new_api_token"] = services.api_token_regenerate(request.user)
+            request.session["new_api_token"] = api_token_regenerate(request.user)
         elif action == "revoke":
-            services.api_token_revoke(request.user)
+            api_token_revoke(request.user)
             messages.success(request, "Your API token was deleted; requests using it are now refused.")
         return redirect("account")
     return render(
@@ -134,11 +125,11 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _upload_page(request)
     try:
-        services.reconstruction_rate_check(request.user)
-    except services.UploadRateLimited as problem:
+        reconstruction_rate_check(request.user)
+    except UploadRateLimited as problem:
         return _rate_limited_page(request, problem)
     if body_too_large(request):
-        return _upload_page(request, [services.upload_size_error(int(request.META["CONTENT_LENGTH"]))], status=413)
+        return _upload_page(request, [upload_size_error(declared_length(request))], status=413)
     try:
         form = UploadForm(request.POST, request.FILES)
         valid = form.is_valid()
@@ -148,13 +139,13 @@ def upload(request: HttpRequest) -> HttpResponse:
         status = 413 if form.has_error("image", code="too_large") else 400
         return _upload_page(request, [*form.non_field_errors(), *form.errors.get("image", [])], status=status)
     try:
-        reconstruction = services.reconstruction_create(request.user, form.cleaned_data["image"])
-    except services.UploadRateLimited as problem:  # another tab got the last upload of the hour meanwhile
+        reconstruction = reconstruction_create(user=request.user, upload=form.cleaned_data["image"])
+    except UploadRateLimited as problem:  # another tab got the last upload of the hour meanwhile
         return _rate_limited_page(request, problem)
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
-def _rate_limited_page(request: HttpRequest, problem: services.UploadRateLimited) -> HttpResponse:
+def _rate_limited_page(request: HttpRequest, problem: UploadRateLimited) -> HttpResponse:
     response = _upload_page(request, problem.messages, status=429)
     response["Retry-After"] = str(problem.retry_after)
     return response
@@ -172,7 +163,7 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
             "urls": {kind: presenters.file_url(reconstruction, kind) for kind in FILE_KINDS},
             "download_url": presenters.file_url(reconstruction, "reconstruction", download=True),
             "scores": presenters.explain_scores(reconstruction),
-            "stuck": services.reconstruction_is_stuck(reconstruction),
+            "stuck": reconstruction_is_stuck(reconstruction),
             "status_url": reverse("api:reconstruction", args=[reconstruction.uuid]),
             "reconstruct_mode": settings.RECONSTRUCT_MODE,
         },
@@ -192,7 +183,7 @@ def gallery(request: HttpRequest) -> HttpResponse:
 def delete(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     reconstruction = _get_reconstruction_for_user(request, public_id)
     if request.method == "POST":
-        services.reconstruction_delete(reconstruction)
+        reconstruction_delete(reconstruction)
         messages.success(request, f"Deleted “{reconstruction.original_name}” and its files.")
         return redirect("reconstruct:gallery")
     return render(
@@ -207,13 +198,13 @@ def delete(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     reconstruction = _get_reconstruction_for_user(request, public_id)
     try:
-        services.reconstruction_retry(reconstruction)
+        reconstruction_retry(reconstruction)
     except ValidationError as error:
         messages.error(request, error.messages[0])
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
-def serve_reconstruction_file(reconstruction: Reconstruction, kind: str, download: bool) -> HttpResponse:
+def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> HttpResponse:
     if kind not in FILE_KINDS:
         raise Http404("No such file.")
     field = getattr(reconstruction, kind)
@@ -222,15 +213,7 @@ def serve_reconstruction_file(reconstruction: Reconstruction, kind: str, downloa
     extension = field.name.rsplit(".", 1)[-1]
     stem = (reconstruction.original_name.rsplit(".", 1)[0] or "car")[:80]
     filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
-    if hasattr(default_storage, "bucket_name") and not settings.RECONSTRUCT_FILES_VIA_APP:
-        # S3: the browser fetches the private object directly through a short-lived presigned URL.
-        disposition = content_disposition_header(True, filename)
-        parameters = {"ResponseContentDisposition": disposition} if download else None
-        response: HttpResponse = HttpResponseRedirect(default_storage.url(field.name, parameters=parameters))
-    else:
-        response = FileResponse(default_storage.open(field.name, "rb"), as_attachment=download, filename=filename)
-    response["Cache-Control"] = "private, max-age=300"
-    return response
+    return storage_serve(key=field.name, filename=filename, download=download, max_age=300)
 
 
 @require_GET
@@ -239,7 +222,7 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
     try:
         token_user = authenticate_token(request)
     except TokenError as error:
-        return JsonResponse({"error": str(error)}, status=401)
+        return json_error(str(error), 401)
     if token_user is not None:
         request.user = token_user
     if not request.user.is_authenticated:
@@ -251,21 +234,16 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
             raise Http404("No such reconstruction.")
     else:
         reconstruction = _get_reconstruction_for_user(request, public_id)
-    return serve_reconstruction_file(reconstruction, kind, download="download" in request.GET)
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    # path_info: behind API Gateway's stage prefix (FORCE_SCRIPT_NAME=/dev) request.path is /dev/api/...
-    return request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
+    return _serve_file(reconstruction, kind, download="download" in request.GET)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if _wants_json(request):
-        return JsonResponse({"error": "Not found."}, status=404)
+    if wants_json(request):
+        return json_error("Not found.", 404)
     return default_page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    if _wants_json(request):
-        return JsonResponse({"error": "Something went wrong on our side. Please try again later."}, status=500)
+    if wants_json(request):
+        return json_error("Something went wrong on our side. Please try again later.", 500)
     return default_server_error(request)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ml.preprocess import DECODE_ERRORS
+from reconstruct.images import STORED_FORMATS
+
 HASH_BITS = 64
-# Formats we keep as they are; anything else Pillow can read is rejected rather than converted,
-# so a stored file is always the exact bytes its content hash names.
-STORED_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
 class CheckError(ValueError):
@@ -154,6 +154,7 @@ def open_photo(data: bytes, max_pixels: int) -> Image.Image:
         raise CheckError("the file is empty")
     try:
         image = Image.open(io.BytesIO(data))
+        # Kept as they are, never converted, so a stored file is always the exact bytes its content hash names.
         if image.format not in STORED_FORMATS:
             raise CheckError(f"{image.format or 'unknown'} images are not accepted; use JPEG, PNG or WebP")
         if image.width * image.height > max_pixels:
@@ -165,7 +166,7 @@ def open_photo(data: bytes, max_pixels: int) -> Image.Image:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise CheckError("not a picture Pillow can read (is it a JPEG, PNG or WebP file?)") from None
-    except (OSError, ValueError, SyntaxError) as error:
+    except DECODE_ERRORS as error:
         raise CheckError(f"the picture is damaged or truncated ({error})") from None
     return image
 
@@ -183,7 +184,7 @@ def examine(data: bytes, max_pixels: int = 40_000_000) -> tuple[PhotoFacts, Imag
     facts = PhotoFacts(
         content_hash=content_hash(data),
         format=fmt,
-        extension=STORED_FORMATS[fmt],
+        extension=STORED_FORMATS[fmt][1],
         width=upright.width,
         height=upright.height,
         phash=phash(upright),

@@ -26,10 +26,11 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from reconstruct import services as site_services
-from reconstruct.curation import services
+from reconstruct.curation import selectors
 from reconstruct.curation.models import TrainingRun
 from reconstruct.models import ModelVersion
+from reconstruct.registry.services import model_version_register
+from reconstruct.storage import storage_delete_keys
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class RunMonitor:
 
     def _beat(self) -> None:
         try:
-            while not self._stop.wait(services.TRAINING_HEARTBEAT_SECONDS):
+            while not self._stop.wait(selectors.TRAINING_HEARTBEAT_SECONDS):
                 self.flush()
         finally:
             connection.close()  # this thread's own database connection
@@ -134,10 +135,10 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
     A queued run is started. A running one whose heartbeat is fresh belongs to a live worker (this
     is a second delivery of its message: Redis redelivers a message not acknowledged within the
     visibility timeout, and training outlasts it), so we wait for it to beat or go silent; a silent
-    one lost its worker and is resumed, up to TRAINING_MAX_ATTEMPTS.
+    one lost its worker and is resumed, up to selectors.TRAINING_MAX_ATTEMPTS.
     """
     waited = 0.0
-    patience = services.TRAINING_STALE_SECONDS + 2 * services.TRAINING_HEARTBEAT_SECONDS
+    patience = selectors.TRAINING_STALE_SECONDS + 2 * selectors.TRAINING_HEARTBEAT_SECONDS
     while True:
         with transaction.atomic():
             run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
@@ -148,11 +149,11 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
                 run.finished_at = timezone.now()
                 run.save(update_fields=["status", "finished_at"])
                 return None
-            if run.status == Status.RUNNING and not services.training_run_is_stalled(run) and waited <= patience:
+            if run.status == Status.RUNNING and not selectors.training_run_is_stuck(run) and waited <= patience:
                 heartbeat = run.heartbeat_at
             else:
                 heartbeat = None
-                if run.attempts >= services.TRAINING_MAX_ATTEMPTS:
+                if run.attempts >= selectors.TRAINING_MAX_ATTEMPTS:
                     run.status = Status.FAILED
                     run.error = (
                         f"The training worker stopped {run.attempts} times during this run (killed, restarted or out "
@@ -172,8 +173,8 @@ def _claim(run_id: int) -> tuple[TrainingRun, int] | None:
                 run.refresh_from_db()
                 return run, run.attempts
         # Another worker holds the run: leave it if it beats again; take over once it has been silent.
-        time.sleep(services.TRAINING_HEARTBEAT_SECONDS)
-        waited += services.TRAINING_HEARTBEAT_SECONDS
+        time.sleep(selectors.TRAINING_HEARTBEAT_SECONDS)
+        waited += selectors.TRAINING_HEARTBEAT_SECONDS
         if TrainingRun.objects.filter(pk=run_id).exclude(heartbeat_at=heartbeat).exists():
             return None  # it beat: alive, and this duplicate delivery has nothing to do
 
@@ -233,7 +234,7 @@ class _Progress:
                 updates["val_reconstructions"] = picture_key
             TrainingRun.objects.filter(pk=run.pk).update(**updates, phase=f"training: epoch {record['epoch']} done")
         if picture_key and old_picture:
-            transaction.on_commit(lambda: services.storage_delete_keys([old_picture]))
+            transaction.on_commit(lambda: storage_delete_keys([old_picture]))
 
     def _picture(self, final: bool) -> str:
         """Validation photos (top) and their reconstructions by the latest weights (bottom), at most every 10 s."""
@@ -269,7 +270,7 @@ def _store_report(run: TrainingRun, path: Path) -> str:
 def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_dir: Path) -> ModelVersion:
     """Register the exported model and finish the run, all or nothing.
 
-    The site's model_version_register copies the files into storage under models/<version>/ and
+    The registry's model_version_register copies the files into storage under models/<version>/ and
     only then creates the row (deleting the files if that fails); the row, the run's link to it and
     the run's "succeeded" are one transaction, so a crash anywhere leaves either a registered
     version with a finished run or neither (and no files).
@@ -278,8 +279,8 @@ def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_
     version: ModelVersion | None = None
     try:
         with transaction.atomic():
-            version = site_services.model_version_register(
-                model_dir,
+            version = model_version_register(
+                model_dir=model_dir,
                 source=ModelVersion.Source.TRAINED,
                 created_by=run.created_by,
                 metrics=metrics,
@@ -299,8 +300,8 @@ def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_
                 raise RuntimeError("the run was changed by someone else while it was being registered")
     except BaseException:
         if version is not None:
-            services.storage_delete_keys(entry["key"] for entry in version.files.values())
-        services.storage_delete_keys(reports)
+            storage_delete_keys(entry["key"] for entry in version.files.values())
+        storage_delete_keys(reports)
         raise
     return version
 
@@ -309,8 +310,14 @@ def _fail(run_id: int, attempt: int, error: str, log: str = "") -> None:
     _append_log(run_id, attempt, log, status=Status.FAILED, error=error, phase="", finished_at=timezone.now())
 
 
-def execute(run_id: int) -> TrainingRun | None:
-    """See reconstruct.curation.services.training_run_execute."""
+def training_run_execute(run_id: int) -> TrainingRun | None:
+    """Run a queued training run to the end (the ``training`` Celery task; needs torch).
+
+    Copies the snapshot's photos from storage, trains with ml.train (progress and cancellation
+    through the row), exports and evaluates the best checkpoint, and registers a model version
+    (``_register``: reconstruct.registry.services.model_version_register). Idempotent: a finished
+    run is left alone, and a run whose worker died is resumed from its last checkpoint.
+    """
     claimed = _claim(run_id)
     if claimed is None:
         return TrainingRun.objects.filter(pk=run_id).first()

@@ -5,9 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
 from reconstruct.curation.models import DatasetImage, TrainingRun
-from reconstruct.models import ModelActivation, ModelVersion
+
+# A worker writes a heartbeat every few seconds; a run silent for this long has lost its worker.
+TRAINING_HEARTBEAT_SECONDS = 5.0
+TRAINING_STALE_SECONDS = 60.0
+# A run whose worker died this many times is failed instead of being resumed again.
+TRAINING_MAX_ATTEMPTS = 3
+
+
+def dataset_approved() -> QuerySet[DatasetImage]:
+    """The training set: current versions that staff approved, oldest first."""
+    return DatasetImage.objects.filter(is_current=True, status=DatasetImage.Status.APPROVED).order_by("id")
 
 
 def dataset_counts() -> dict[str, int]:
@@ -32,13 +43,12 @@ def dataset_image_family(image: DatasetImage) -> QuerySet[DatasetImage]:
 
 
 def training_run_latest_record(run: TrainingRun) -> dict[str, Any]:
+    """The run's latest per-epoch record (losses, PSNR, seconds), or {} before its first epoch."""
     return run.history[-1] if run.history else {}
 
 
-def model_version_activations(version: ModelVersion | None = None) -> QuerySet[ModelActivation]:
-    activations = ModelActivation.objects.select_related("version", "previous", "activated_by")
-    return activations.filter(Q(version=version) | Q(previous=version)) if version is not None else activations
-
-
-def model_version_active() -> ModelVersion | None:
-    return ModelVersion.objects.filter(is_active=True).first()
+def training_run_is_stuck(run: TrainingRun) -> bool:
+    """Running, but its worker has not written a heartbeat for a while (it was killed or lost)."""
+    if run.status != TrainingRun.Status.RUNNING or run.heartbeat_at is None:
+        return False
+    return (timezone.now() - run.heartbeat_at).total_seconds() > TRAINING_STALE_SECONDS

@@ -9,8 +9,6 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from reconstruct.curation import services
-
 
 # Training outlasts the site-wide time limits meant for reconstructions, so it sets its own; a
 # redelivery after Redis's visibility timeout is harmless (the run row tells a live run from a lost one).
@@ -20,4 +18,7 @@ from reconstruct.curation import services
     time_limit=settings.CURATION_TRAINING_TIME_LIMIT + 120,
 )
 def training_run_execute_task(run_id: int) -> None:
-    services.training_run_execute(run_id)
+    # Imported here: the runner imports the training code, which only the training worker runs.
+    from reconstruct.curation.runner import training_run_execute
+
+    training_run_execute(run_id)

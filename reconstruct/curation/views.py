@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from reconstruct import selectors as site_selectors
-from reconstruct.curation import services
+from reconstruct.curation.services.arrival import dataset_image_donate
 
 
 @login_required
@@ -22,7 +22,7 @@ def reconstruction_donate(request: HttpRequest, public_id: uuid.UUID) -> HttpRes
     if reconstruction is None:
         raise Http404("No such reconstruction.")  # someone else's is as absent as a missing one
     try:
-        result = services.dataset_image_donate(reconstruction, request.user)
+        result = dataset_image_donate(reconstruction=reconstruction, user=request.user)
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:

@@ -1,6 +1,6 @@
 // Photos too large for one request through AWS Lambda (6 MB, base64 included) go straight to S3: ask the site for
 // a presigned POST, send the photo to S3 with it, then ask the site to reconstruct it from there
-// (reconstruct/direct_uploads.py). Resolves with the result page's URL; rejects with a message a person can read.
+// (reconstruct/services/direct_uploads.py). Resolves with the result page's URL; rejects with a message a person can read.
 (function () {
   "use strict";
 

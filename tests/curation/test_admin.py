@@ -7,8 +7,10 @@ import zipfile
 import pytest
 from django.urls import reverse
 
-from reconstruct.curation import services
 from reconstruct.curation.models import DatasetImage, TrainingRun
+from reconstruct.curation.selectors import dataset_approved
+from reconstruct.curation.services.arrival import dataset_image_add
+from reconstruct.curation.services.review import dataset_image_approve
 from reconstruct.models import ModelActivation
 
 pytestmark = pytest.mark.django_db
@@ -21,12 +23,12 @@ def staff_client(client, staff):
 
 
 def _add(draw, seed: int, **kwargs) -> DatasetImage:
-    return services.dataset_image_add(draw(seed, **kwargs), name=f"car{seed}.jpg", source="bulk").image
+    return dataset_image_add(data=draw(seed, **kwargs), name=f"car{seed}.jpg", source="bulk").image
 
 
 def test_it_lists_photos_with_thumbnails_filters_and_counts(staff_client, active_model, draw, near_copy) -> None:
     first = _add(draw, 1)
-    services.dataset_image_add(near_copy(draw(1)), name="copy.jpg", source="bulk")
+    dataset_image_add(data=near_copy(draw(1)), name="copy.jpg", source="bulk")
     _add(draw, 2, grey=True)
     url = reverse("admin:curation_datasetimage_changelist")
     page = staff_client.get(url).content.decode()
@@ -45,7 +47,7 @@ def test_it_reviews_through_bulk_actions_and_page_buttons(staff_client, active_m
     url = reverse("admin:curation_datasetimage_changelist")
     staff_client.post(url, {"action": "approve", "_selected_action": [a.pk, b.pk]})
     staff_client.post(url, {"action": "flip", "_selected_action": [b.pk]})
-    assert set(services.dataset_approved().values_list("parent", flat=True)) == {None, b.pk}
+    assert set(dataset_approved().values_list("parent", flat=True)) == {None, b.pk}
     staff_client.post(reverse("admin:curation_datasetimage_review", args=[a.pk]), {"action": "reject"})
     staff_client.post(reverse("admin:curation_datasetimage_review", args=[a.pk]), {"action": "left"})
     a.refresh_from_db()
@@ -94,7 +96,7 @@ def test_it_keeps_the_curation_pages_from_non_staff(client, alice, active_model,
 def test_it_exports_the_approved_set_from_the_admin(staff_client, active_model, draw) -> None:
     a = _add(draw, 1)
     _add(draw, 2)
-    services.dataset_image_approve(DatasetImage.objects.filter(pk=a.pk), None)
+    dataset_image_approve(images=DatasetImage.objects.filter(pk=a.pk), user=None)
     response = staff_client.get(reverse("admin:curation_datasetimage_export"))
     assert response["Content-Disposition"].startswith('attachment; filename="carsite-approved-')
     with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as zf:
@@ -106,7 +108,7 @@ def test_it_starts_a_run_from_the_form_and_shows_its_progress(staff_client, acti
     settings.CURATION_MIN_TRAINING_IMAGES = 2
     for seed in range(3):
         _add(draw, seed)
-    services.dataset_image_approve(DatasetImage.objects.all(), None)
+    dataset_image_approve(images=DatasetImage.objects.all(), user=None)
     add_url = reverse("admin:curation_trainingrun_add")
     assert "quick: 64\N{MULTIPLICATION SIGN}32 input" in staff_client.get(add_url).content.decode()
     response = staff_client.post(add_url, {"config": "quick", "epochs": 2})
@@ -133,7 +135,7 @@ def test_it_refuses_a_run_without_enough_approved_photos(staff_client, active_mo
 def test_it_compares_activates_and_rolls_back_in_one_click(staff_client, staff, second_model, draw) -> None:
     first = second_model.__class__.objects.get(is_active=True)
     _add(draw, 1)
-    services.dataset_image_approve(DatasetImage.objects.all(), None)
+    dataset_image_approve(images=DatasetImage.objects.all(), user=None)
     changelist = staff_client.get(reverse("admin:reconstruct_modelversion_changelist")).content.decode()
     assert f'form="activate-{second_model.pk}"' in changelist
     compare = staff_client.get(reverse("admin:reconstruct_modelversion_compare"), {"a": second_model.pk})

@@ -9,16 +9,30 @@ from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from reconstruct.curation import checks, services
+from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
+from reconstruct.curation.selectors import dataset_approved
+from reconstruct.curation.services.arrival import (
+    AddResult,
+    CarLikenessScorer,
+    dataset_image_add,
+    dataset_image_add_many,
+    zip_arrivals,
+)
+from reconstruct.curation.services.review import (
+    dataset_image_approve,
+    dataset_image_flip,
+    dataset_image_reject,
+    dataset_image_set_orientation,
+)
 
 pytestmark = pytest.mark.django_db
 
 Source = DatasetImage.Source
 
 
-def _add(data: bytes, name: str = "car.jpg", **kwargs) -> services.AddResult:
-    return services.dataset_image_add(data, name=name, source=kwargs.pop("source", Source.BULK), **kwargs)
+def _add(data: bytes, name: str = "car.jpg", **kwargs) -> AddResult:
+    return dataset_image_add(data=data, name=name, source=kwargs.pop("source", Source.BULK), **kwargs)
 
 
 def test_it_stores_a_photo_as_pending_with_its_checks(active_model, staff, draw) -> None:
@@ -76,7 +90,7 @@ def test_it_flags_small_grey_and_oddly_shaped_photos(active_model, draw) -> None
     assert small.too_small and not small.extreme_aspect
     assert grey.greyscale
     assert tall.extreme_aspect and not tall.too_small
-    assert "greyscale" in services.AddResult("g", image=grey).flags()
+    assert "greyscale" in AddResult("g", image=grey).flags()
 
 
 def test_it_reports_unreadable_files_without_storing_anything(active_model, media) -> None:
@@ -96,7 +110,7 @@ def test_it_adds_many_with_a_report(active_model, staff, draw, near_copy) -> Non
         ("broken.jpg", lambda: b"garbage"),
     ]
     seen = []
-    report = services.dataset_image_add_many(arrivals, source=Source.BULK, added_by=staff, progress=seen.append)
+    report = dataset_image_add_many(arrivals=arrivals, source=Source.BULK, added_by=staff, progress=seen.append)
     assert [r.name for r in report.added] == ["a.jpg", "b.jpg", "a-small.jpg"]
     assert [r.name for r in report.skipped] == ["a-again.jpg", "broken.jpg"]
     assert len(report.flagged) == 1 and "near duplicate" in report.flagged[0].flags()[0]
@@ -113,45 +127,45 @@ def test_it_reads_photos_from_a_zip_and_skips_junk(active_model, draw) -> None:
         zf.writestr("notes.txt", b"hello")
         zf.writestr("cars/", b"")
     archive.seek(0)
-    report = services.dataset_image_add_many(services.zip_arrivals(archive), source=Source.BULK)
+    report = dataset_image_add_many(arrivals=zip_arrivals(archive), source=Source.BULK)
     assert sorted(r.name for r in report.added) == ["one.jpg", "two.png"]
     assert [r.name for r in report.skipped] == ["notes.txt"]
 
 
 def test_it_refuses_a_damaged_zip_and_oversized_members(active_model, settings, draw) -> None:
     with pytest.raises(ValidationError, match="not a zip"):
-        list(services.zip_arrivals(io.BytesIO(b"PK not really")))
+        list(zip_arrivals(io.BytesIO(b"PK not really")))
     settings.CURATION_MAX_IMAGE_BYTES = 2048
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.png", b"\0" * 100_000)
     archive.seek(0)
-    report = services.dataset_image_add_many(services.zip_arrivals(archive), source=Source.BULK)
+    report = dataset_image_add_many(arrivals=zip_arrivals(archive), source=Source.BULK)
     assert "over the" in report.skipped[0].skipped
 
 
 def test_it_approves_rejects_and_orients_current_images(active_model, staff, draw) -> None:
     a, b = _add(draw(1)).image, _add(draw(2)).image
     everything = DatasetImage.objects.all()
-    assert services.dataset_image_approve(everything.filter(pk=a.pk), staff) == 1
-    assert services.dataset_image_reject(everything.filter(pk=b.pk), staff) == 1
-    assert services.dataset_image_set_orientation(everything, DatasetImage.Orientation.RIGHT, staff) == 2
+    assert dataset_image_approve(images=everything.filter(pk=a.pk), user=staff) == 1
+    assert dataset_image_reject(images=everything.filter(pk=b.pk), user=staff) == 1
+    assert dataset_image_set_orientation(images=everything, orientation=DatasetImage.Orientation.RIGHT, user=staff) == 2
     a.refresh_from_db()
     b.refresh_from_db()
     assert (a.status, b.status) == ("approved", "rejected")
     assert a.reviewed_by == staff and a.orientation == "right"
     with pytest.raises(ValidationError):
-        services.dataset_image_set_orientation(everything, "upside-down", staff)
+        dataset_image_set_orientation(images=everything, orientation="upside-down", user=staff)
 
 
 def test_it_flips_into_a_new_version_and_keeps_the_original(active_model, staff, draw) -> None:
     data = draw(1, facing_left=False)
     original = _add(data).image
-    services.dataset_image_approve(DatasetImage.objects.filter(pk=original.pk), staff)
-    services.dataset_image_set_orientation(DatasetImage.objects.filter(pk=original.pk), "right", staff)
+    dataset_image_approve(images=DatasetImage.objects.filter(pk=original.pk), user=staff)
+    dataset_image_set_orientation(images=DatasetImage.objects.filter(pk=original.pk), orientation="right", user=staff)
     original.refresh_from_db()
 
-    flipped = services.dataset_image_flip(original, staff)
+    flipped = dataset_image_flip(image=original, user=staff)
     original.refresh_from_db()
     assert flipped.parent == original and flipped.derivation == "flip"
     assert flipped.is_current and not original.is_current
@@ -162,19 +176,19 @@ def test_it_flips_into_a_new_version_and_keeps_the_original(active_model, staff,
         pixels = np.asarray(Image.open(handle).convert("L"), dtype=float)
     reference = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)[:, ::-1]
     assert np.abs(pixels - reference).mean() < 2
-    assert list(services.dataset_approved()) == [flipped]
+    assert list(dataset_approved()) == [flipped]
 
     # Flipping back restores the original itself (no twice re-encoded copy), and again reuses the flip.
-    restored = services.dataset_image_flip(flipped, staff)
+    restored = dataset_image_flip(image=flipped, user=staff)
     assert restored == original and restored.is_current and restored.orientation == "right"
-    assert services.dataset_image_flip(restored, staff) == flipped
+    assert dataset_image_flip(image=restored, user=staff) == flipped
     assert DatasetImage.objects.count() == 2
     with pytest.raises(ValidationError, match="older version"):
-        services.dataset_image_flip(original, staff)
+        dataset_image_flip(image=original, user=staff)
 
 
 def test_it_still_adds_photos_when_no_model_can_score_them(media, db, draw) -> None:
-    scorer = services.Scorer()
+    scorer = CarLikenessScorer()
     scorer._loaded = True  # as after a failed load: the checks must not depend on a model
-    result = services.dataset_image_add(draw(1), name="a.jpg", source=Source.IMPORT, scorer=scorer)
+    result = dataset_image_add(data=draw(1), name="a.jpg", source=Source.IMPORT, scorer=scorer)
     assert result.added and result.image.car_likeness is None

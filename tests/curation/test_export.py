@@ -9,19 +9,27 @@ import zipfile
 import pytest
 from django.core.exceptions import ValidationError
 
-from reconstruct.curation import services
 from reconstruct.curation.models import DatasetImage
+from reconstruct.curation.selectors import dataset_approved
+from reconstruct.curation.services.arrival import dataset_image_add
+from reconstruct.curation.services.export import dataset_export_zip, dataset_snapshot_create
+from reconstruct.curation.services.review import (
+    dataset_image_approve,
+    dataset_image_flip,
+    dataset_image_reject,
+    dataset_image_set_orientation,
+)
 
 pytestmark = pytest.mark.django_db
 
 
 def _approved_set(draw, staff) -> list[DatasetImage]:
     for seed in range(4):
-        services.dataset_image_add(draw(seed), name=f"c{seed}.jpg", source="import")
+        dataset_image_add(data=draw(seed), name=f"c{seed}.jpg", source="import")
     images = list(DatasetImage.objects.order_by("id"))
-    services.dataset_image_approve(DatasetImage.objects.filter(pk__in=[i.pk for i in images[:3]]), staff)
-    services.dataset_image_set_orientation(DatasetImage.objects.filter(pk=images[0].pk), "right", staff)
-    services.dataset_image_flip(images[0], staff)  # the flipped version replaces it in the set
+    dataset_image_approve(images=DatasetImage.objects.filter(pk__in=[i.pk for i in images[:3]]), user=staff)
+    dataset_image_set_orientation(images=DatasetImage.objects.filter(pk=images[0].pk), orientation="right", user=staff)
+    dataset_image_flip(image=images[0], user=staff)  # the flipped version replaces it in the set
     return images
 
 
@@ -39,7 +47,7 @@ def _check_zip(data: bytes) -> dict:
 def test_it_exports_the_approved_set_with_a_verifiable_manifest(media, active_model, staff, draw) -> None:
     images = _approved_set(draw, staff)
     out = io.BytesIO()
-    assert services.dataset_export_zip(out) == 3
+    assert dataset_export_zip(out=out) == 3
     manifest = _check_zip(out.getvalue())
     flipped = DatasetImage.objects.get(parent=images[0])
     assert [r["id"] for r in manifest["images"]] == [images[1].pk, images[2].pk, flipped.pk]
@@ -49,14 +57,14 @@ def test_it_exports_the_approved_set_with_a_verifiable_manifest(media, active_mo
 
 def test_it_freezes_snapshots_that_later_review_does_not_change(on_s3, media, active_model, staff, draw) -> None:
     images = _approved_set(draw, staff)
-    snapshot = services.dataset_snapshot_create(staff, note="before")
-    services.dataset_image_reject(DatasetImage.objects.all(), staff)
-    assert services.dataset_approved().count() == 0
+    snapshot = dataset_snapshot_create(user=staff, note="before")
+    dataset_image_reject(images=DatasetImage.objects.all(), user=staff)
+    assert dataset_approved().count() == 0
     out = io.BytesIO()
-    assert services.dataset_export_zip(out, snapshot=snapshot) == 3  # read back from S3 (moto over HTTP)
+    assert dataset_export_zip(out=out, snapshot=snapshot) == 3  # read back from S3 (moto over HTTP)
     manifest = _check_zip(out.getvalue())
     assert manifest["snapshot"] == snapshot.pk and manifest["manifest_sha256"] == snapshot.manifest_sha256
     with pytest.raises(ValidationError, match="no approved images"):
-        services.dataset_snapshot_create(staff)
+        dataset_snapshot_create(user=staff)
     with pytest.raises(Exception, match="protected"):
         images[1].delete()  # an image a snapshot names cannot disappear

@@ -11,10 +11,16 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from ml import runtime
-from reconstruct import services as site_services
-from reconstruct.curation import runner, services
+from reconstruct.curation import runner, selectors
 from reconstruct.curation.models import DatasetImage, TrainingRun
+from reconstruct.curation.selectors import training_run_is_stuck
+from reconstruct.curation.services.arrival import dataset_image_add
+from reconstruct.curation.services.compare import model_version_compare
+from reconstruct.curation.services.export import dataset_snapshot_create
+from reconstruct.curation.services.review import dataset_image_approve
+from reconstruct.curation.services.training import training_config_load, training_run_cancel
 from reconstruct.models import ModelActivation, ModelVersion
+from reconstruct.registry.services import model_version_activate, model_version_load_active, model_version_rollback
 
 pytestmark = pytest.mark.django_db
 
@@ -22,11 +28,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def run(media, active_model, staff, draw) -> TrainingRun:
     for seed in range(2):
-        services.dataset_image_add(draw(seed), name=f"{seed}.jpg", source="import")
-    services.dataset_image_approve(DatasetImage.objects.all(), staff)
-    snapshot = services.dataset_snapshot_create(staff)
+        dataset_image_add(data=draw(seed), name=f"{seed}.jpg", source="import")
+    dataset_image_approve(images=DatasetImage.objects.all(), user=staff)
+    snapshot = dataset_snapshot_create(user=staff)
     return TrainingRun.objects.create(
-        snapshot=snapshot, config_name="quick", config=services.training_config_load("quick"), epochs=10
+        snapshot=snapshot, config_name="quick", config=training_config_load(name="quick"), epochs=10
     )
 
 
@@ -59,8 +65,8 @@ def test_it_leaves_no_version_and_no_files_when_registration_fails(run, tiny_mod
 
 
 def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, monkeypatch) -> None:
-    monkeypatch.setattr(services, "TRAINING_HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(services, "TRAINING_STALE_SECONDS", 0.3)
+    monkeypatch.setattr(selectors, "TRAINING_HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(selectors, "TRAINING_STALE_SECONDS", 0.3)
     assert runner._claim(run.pk)[1] == 1
     # A second delivery while the first worker lives: it waits, sees the heartbeat move, and leaves.
     beat = timezone.now()
@@ -82,7 +88,7 @@ def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, m
 
 
 def test_it_cancels_queued_and_stalled_runs_at_once(run, staff) -> None:
-    assert services.training_run_cancel(run, staff).status == "cancelled"
+    assert training_run_cancel(run=run, user=staff).status == "cancelled"
     assert runner._claim(run.pk) is None  # the queued message arrives later and does nothing
     other = TrainingRun.objects.create(
         snapshot=run.snapshot,
@@ -92,14 +98,14 @@ def test_it_cancels_queued_and_stalled_runs_at_once(run, staff) -> None:
         status="running",
         heartbeat_at=timezone.now() - timedelta(minutes=10),
     )
-    assert services.training_run_is_stalled(other)
-    assert services.training_run_cancel(other, staff).status == "cancelled"
+    assert training_run_is_stuck(other)
+    assert training_run_cancel(run=other, user=staff).status == "cancelled"
 
 
 def test_it_rolls_back_to_the_replaced_version_with_an_audit_trail(second_model, staff) -> None:
     shipped = ModelVersion.objects.get(is_active=True)
-    site_services.model_version_activate(second_model, staff, note="better PSNR")
-    activation = services.model_version_rollback(staff)
+    model_version_activate(version=second_model, user=staff, note="better PSNR")
+    activation = model_version_rollback(user=staff)
     assert activation.version == shipped and activation.previous == second_model
     assert "Rolled back from" in activation.note
     trail = list(ModelActivation.objects.values_list("version__name", "previous__name"))
@@ -109,23 +115,23 @@ def test_it_rolls_back_to_the_replaced_version_with_an_audit_trail(second_model,
 
 def test_it_refuses_to_roll_back_past_the_first_version(active_model, staff) -> None:
     with pytest.raises(ValidationError, match="no earlier model version"):
-        services.model_version_rollback(staff)
+        model_version_rollback(user=staff)
 
 
 def test_it_picks_up_an_activation_without_a_restart_or_a_reload_per_job(second_model, staff) -> None:
-    _, model = site_services.model_version_load_active()
-    assert site_services.model_version_load_active()[1] is model
-    site_services.model_version_activate(second_model, staff)
-    new_version, new_model = site_services.model_version_load_active()
+    _, model = model_version_load_active()
+    assert model_version_load_active()[1] is model
+    model_version_activate(version=second_model, user=staff)
+    new_version, new_model = model_version_load_active()
     assert new_version == second_model and new_model.version == second_model.name
-    assert site_services.model_version_load_active()[1] is new_model
+    assert model_version_load_active()[1] is new_model
 
 
 def test_it_compares_two_versions_on_the_validation_photos_of_the_newer(second_model, run, staff) -> None:
     images = list(DatasetImage.objects.order_by("id"))
     TrainingRun.objects.filter(pk=run.pk).update(model_version=second_model, val_image_ids=[images[1].pk])
     shipped = ModelVersion.objects.get(is_active=True)
-    comparison = services.model_version_compare(shipped, second_model)
+    comparison = model_version_compare(a=shipped, b=second_model)
     assert [row["image"] for row in comparison["rows"]] == [images[1]]
     assert "validation photos of " + second_model.name in comparison["source"]
     row = comparison["rows"][0]

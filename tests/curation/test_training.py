@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 from django.core.files.storage import default_storage
 
-from reconstruct import services as site_services
-from reconstruct.curation import services
 from reconstruct.curation.models import DatasetImage, TrainingRun
+from reconstruct.curation.services.arrival import dataset_image_add_many
+from reconstruct.curation.services.review import dataset_image_approve
+from reconstruct.curation.services.training import training_run_cancel, training_run_start
 from reconstruct.models import ModelVersion
+from reconstruct.registry.services import model_version_activate, model_version_load_active
+from tests.support import start_worker, stop_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -48,11 +51,8 @@ def training_worker(
     s3_server: Any,
     celery_app_on_test_redis: Any,
     tmp_path_factory: Any,
-    worker_control: Any,
 ) -> Iterator[Any]:
     """A training worker process, as `make run` starts it, storing through S3 on moto."""
-    start_worker, stop_worker = worker_control
-
     env = {
         **os.environ,
         **s3_server.environment(),
@@ -84,15 +84,15 @@ def trained_setup(settings, on_s3, media, active_model, config_dir: Path, staff,
 
     def approve(count: int) -> None:
         arrivals = [(f"car{i}.jpg", lambda i=i: draw(200 + i, size=(96, 40))) for i in range(count)]
-        services.dataset_image_add_many(arrivals, source=DatasetImage.Source.IMPORT, added_by=staff)
-        services.dataset_image_approve(DatasetImage.objects.all(), staff)
+        dataset_image_add_many(arrivals=arrivals, source=DatasetImage.Source.IMPORT, added_by=staff)
+        dataset_image_approve(images=DatasetImage.objects.all(), user=staff)
 
     return approve
 
 
 def test_it_trains_exports_evaluates_and_registers_a_version(trained_setup, training_worker, staff, s3_server) -> None:
     trained_setup(8)
-    run = services.training_run_start(staff, "tiny", epochs=2)
+    run = training_run_start(user=staff, config_name="tiny", epochs=2)
     run = _wait(run, training_worker, lambda r: r.is_finished)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.log
     assert [h["epoch"] for h in run.history] == [1, 2]
@@ -112,18 +112,18 @@ def test_it_trains_exports_evaluates_and_registers_a_version(trained_setup, trai
     assert default_storage.exists(run.val_reconstructions.name) and default_storage.exists(run.loss_curve.name)
 
     # Activate it: this process picks the new model up at its next job, without a restart.
-    loaded_before = site_services.model_version_load_active()[1]
-    site_services.model_version_activate(version, staff)
-    active, model = site_services.model_version_load_active()
+    loaded_before = model_version_load_active()[1]
+    model_version_activate(version=version, user=staff)
+    active, model = model_version_load_active()
     assert active == version and model.version == version.name and model is not loaded_before
-    assert site_services.model_version_load_active()[1] is model  # and does not reload it per request
+    assert model_version_load_active()[1] is model  # and does not reload it per request
 
 
 def test_it_cancels_a_running_run_and_registers_nothing(trained_setup, training_worker, staff) -> None:
     trained_setup(4)
-    run = services.training_run_start(staff, "endless")
+    run = training_run_start(user=staff, config_name="endless")
     run = _wait(run, training_worker, lambda r: r.epoch >= 2)
-    services.training_run_cancel(run, staff)
+    training_run_cancel(run=run, user=staff)
     run = _wait(run, training_worker, lambda r: r.is_finished)
     assert run.status == TrainingRun.Status.CANCELLED
     assert 2 <= run.epoch < 5000 and run.model_version is None
@@ -137,7 +137,7 @@ def test_it_fails_a_crashing_run_with_its_log_and_registers_nothing(
     # Someone overwrote a stored photo behind the registry's back: the worker must stop, not train on it.
     victim = DatasetImage.objects.order_by("id").last()
     s3_server.client().put_object(Bucket=s3_server.bucket, Key=victim.file.name, Body=b"not the same photo")
-    run = services.training_run_start(staff, "tiny")
+    run = training_run_start(user=staff, config_name="tiny")
     run = _wait(run, training_worker, lambda r: r.is_finished)
     assert run.status == TrainingRun.Status.FAILED
     assert f"photo #{victim.pk} in storage" in run.error and "no longer matches" in run.error

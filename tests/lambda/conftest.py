@@ -7,7 +7,6 @@ PostgreSQL cluster started in a temporary folder, and S3 over HTTP from moto's s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,25 +17,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lambda_helpers import REGION, STAGE, LambdaContainer, LocalS3, free_port, zappa_stage_settings
+from lambda_helpers import REGION, STAGE, LambdaContainer, zappa_stage_settings
 
-from carsite import lambda_bundle
+from deploy import build
+from tests.support import S3Server, moto_server, postgres_cluster
 
 CONTAINER_SCRIPT = Path(__file__).with_name("lambda_container.py")
 
 
 @pytest.fixture(scope="session")
-def lambda_bundle_zip() -> Path:
+def lambda_zip() -> Path:
     """build/lambda-dev.zip, built (or reused while its inputs are unchanged) and checked."""
-    zip_path, _report = lambda_bundle.bundle_build(STAGE)
+    zip_path, _report = build.bundle_build(STAGE)
     return zip_path
 
 
 @pytest.fixture(scope="session")
-def lambda_task_root(lambda_bundle_zip: Path) -> Iterator[Path]:
+def lambda_task_root(lambda_zip: Path) -> Iterator[Path]:
     """The bundle unzipped, as Lambda unpacks it into /var/task."""
     root = Path(tempfile.mkdtemp(prefix="lambda-task-"))
-    with zipfile.ZipFile(lambda_bundle_zip) as archive:
+    with zipfile.ZipFile(lambda_zip) as archive:
         archive.extractall(root)
     yield root
     shutil.rmtree(root, ignore_errors=True)
@@ -45,51 +45,26 @@ def lambda_task_root(lambda_bundle_zip: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def lambda_runtime_dir() -> Path:
     """boto3 and its dependencies, as the python3.11 runtime provides them in /var/runtime."""
-    return lambda_bundle.runtime_build()
+    return build.runtime_build()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a loopback port (Debian's postgresql; `make test` installs it)."""
-    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
-    if not binaries:
-        pytest.fail("PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)")
-    bindir = binaries[-1].parent
-    base = Path(tempfile.mkdtemp(prefix="carsite-pg-"))
-    # initdb refuses to run as root: run the server as the postgres user Debian's package creates.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(base, user="postgres", group="postgres")
-    data, port = base / "data", free_port()
-    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "carsite", "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "server.log"), "-w", "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "carsite", "carsite")
-        yield f"postgres://carsite@127.0.0.1:{port}/carsite"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_cluster() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
-def lambda_s3() -> Iterator[LocalS3]:
+def lambda_s3() -> Iterator[S3Server]:
     """moto's S3 server over HTTP on 127.0.0.1, standing in for S3 (the container reaches it by URL)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield LocalS3(endpoint_url=f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
+    with moto_server() as endpoint_url:
+        yield S3Server(endpoint_url=endpoint_url)
 
 
 @pytest.fixture(scope="module")
 def lambda_container(
-    lambda_task_root: Path, lambda_runtime_dir: Path, lambda_s3: LocalS3, postgres_url: str
+    lambda_task_root: Path, lambda_runtime_dir: Path, lambda_s3: S3Server, postgres_url: str
 ) -> Iterator[LambdaContainer]:
     """A cold container for the dev stage: its secrets come from the stage's remote_env file in S3."""
     settings = zappa_stage_settings(STAGE)

@@ -1,12 +1,10 @@
-"""Helpers for the Lambda tests: API Gateway v1 proxy events for a warm container, and a drawn car."""
+"""Helpers for the Lambda tests: API Gateway v1 proxy events for a warm container."""
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
-import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -14,10 +12,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlencode
 
-import boto3
-from PIL import Image, ImageDraw
-
-from carsite import lambda_bundle
+from deploy import project
 
 STAGE = "dev"
 API_ID = "a1b2c3d4e5"
@@ -26,29 +21,9 @@ HOST = f"{API_ID}.execute-api.{REGION}.amazonaws.com"
 LAMBDA_MAX_PAYLOAD_BYTES = 6_291_456
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def zappa_stage_settings(stage: str = STAGE) -> dict[str, Any]:
     """The stage's settings as zappa resolves them (`extends` merged)."""
-    return lambda_bundle.stage_settings(stage)
-
-
-@dataclass
-class LocalS3:
-    endpoint_url: str
-
-    def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=REGION,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+    return project.stage_settings(stage)
 
 
 @dataclass
@@ -212,48 +187,3 @@ def multipart_body(fields: dict[str, str], files: dict[str, tuple[str, str, byte
         parts.append(head.encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def draw_car_jpeg(width: int = 640, height: int = 360) -> bytes:
-    """A side view of a car (body, cabin, windows, wheels) on a road, as a phone JPEG."""
-    image = Image.new("RGB", (width, height), (170, 200, 230))
-    draw = ImageDraw.Draw(image)
-    w, h = width, height
-    draw.rectangle((0, int(h * 0.78), w, h), fill=(90, 90, 95))
-    draw.rounded_rectangle(
-        (int(w * 0.08), int(h * 0.45), int(w * 0.92), int(h * 0.75)), radius=int(h * 0.06), fill=(180, 30, 35)
-    )
-    draw.polygon(
-        [
-            (int(w * 0.25), int(h * 0.46)),
-            (int(w * 0.36), int(h * 0.26)),
-            (int(w * 0.66), int(h * 0.26)),
-            (int(w * 0.78), int(h * 0.46)),
-        ],
-        fill=(165, 25, 30),
-    )
-    draw.polygon(
-        [
-            (int(w * 0.30), int(h * 0.45)),
-            (int(w * 0.38), int(h * 0.30)),
-            (int(w * 0.50), int(h * 0.30)),
-            (int(w * 0.50), int(h * 0.45)),
-        ],
-        fill=(200, 225, 240),
-    )
-    draw.polygon(
-        [
-            (int(w * 0.52), int(h * 0.45)),
-            (int(w * 0.52), int(h * 0.30)),
-            (int(w * 0.64), int(h * 0.30)),
-            (int(w * 0.73), int(h * 0.45)),
-        ],
-        fill=(200, 225, 240),
-    )
-    for cx in (0.25, 0.75):
-        x, y, r = int(w * cx), int(h * 0.75), int(h * 0.11)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=(25, 25, 25))
-        draw.ellipse((x - r // 2, y - r // 2, x + r // 2, y + r // 2), fill=(160, 160, 165))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()

@@ -13,7 +13,7 @@ import PIL
 import pytest
 from lambda_helpers import zappa_stage_settings
 
-from carsite import lambda_bundle
+from deploy import checks
 
 pytestmark = getattr(pytest.mark, "lambda")
 
@@ -35,7 +35,7 @@ def test_it_refuses_a_library_that_needs_a_newer_glibc_than_lambda_has(tmp_path:
     bundle = write_zip(
         tmp_path / "bundle.zip", {"PIL/" + newer.name: newer.read_bytes(), "zappa_settings.py": CLEAN_SETTINGS.encode()}
     )
-    report = lambda_bundle.bundle_check(bundle)
+    report = checks.bundle_check(bundle)
     assert not report.ok
     assert any("needs GLIBC_2.2" in problem and newer.name in problem for problem in report.problems)
     assert tuple(map(int, report.highest_versions["GLIBC"].split("."))) > (2, 26)
@@ -54,7 +54,7 @@ def test_it_refuses_torch_tests_secrets_boto3_and_a_debug_handler(tmp_path: Path
             "zappa_settings.py": settings.encode(),
         },
     )
-    problems = "\n".join(lambda_bundle.bundle_check(bundle).problems)
+    problems = "\n".join(checks.bundle_check(bundle).problems)
     for expected in (
         "forbidden in the bundle: torch/",
         "forbidden in the bundle: boto3/",
@@ -67,12 +67,12 @@ def test_it_refuses_torch_tests_secrets_boto3_and_a_debug_handler(tmp_path: Path
         assert expected in problems
 
 
-def test_it_builds_a_bundle_that_fits_the_python311_runtime(lambda_bundle_zip: Path) -> None:
-    report = lambda_bundle.bundle_check(lambda_bundle_zip)
+def test_it_builds_a_bundle_that_fits_the_python311_runtime(lambda_zip: Path) -> None:
+    report = checks.bundle_check(lambda_zip)
     assert report.problems == []
-    assert report.unzipped_bytes < lambda_bundle.MAX_UNZIPPED_BYTES
+    assert report.unzipped_bytes < checks.MAX_UNZIPPED_BYTES
     assert tuple(map(int, report.highest_versions["GLIBC"].split("."))) <= (2, 26)
-    with zipfile.ZipFile(lambda_bundle_zip) as archive:
+    with zipfile.ZipFile(lambda_zip) as archive:
         names = set(archive.namelist())
         settings = archive.read("zappa_settings.py").decode()
     assert {"handler.py", "django_zappa_app.py", "carsite/settings.py", "ml/weights/default/encoder.onnx"} <= names
@@ -125,6 +125,6 @@ def test_it_keeps_secrets_out_of_zappa_settings_and_debug_off_in_production() ->
         assert settings["timeout_seconds"] < 29  # API Gateway gives up at 29 s
         assert settings["remote_env"].startswith("s3://")
         assert {"boto3", "botocore", "torch", "tests"} <= set(settings["exclude"])
-        assert not [name for name in settings["environment_variables"] if lambda_bundle.SECRET_ENV_NAME.search(name)]
+        assert not [name for name in settings["environment_variables"] if checks.SECRET_ENV_NAME.search(name)]
     production = zappa_stage_settings("production")
     assert (production["debug"], production["log_level"]) == (False, "INFO")

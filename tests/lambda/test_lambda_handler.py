@@ -19,13 +19,13 @@ from lambda_helpers import (
     HOST,
     STAGE,
     LambdaContainer,
-    LocalS3,
     Response,
-    draw_car_jpeg,
     multipart_body,
     zappa_stage_settings,
 )
 from PIL import Image
+
+from tests.support import S3Server, draw_car, encode
 
 pytestmark = getattr(pytest.mark, "lambda")
 
@@ -118,7 +118,7 @@ def test_it_signs_up_logs_in_and_returns_the_finished_reconstruction(migrated_co
     assert logged_in.status == 302
     assert logged_in.header("Location") == f"/{STAGE}/reconstruct/"
 
-    uploaded = upload(container, "red car.jpg", "image/jpeg", draw_car_jpeg())
+    uploaded = upload(container, "red car.jpg", "image/jpeg", encode(draw_car((640, 360)), "JPEG", quality=90))
     assert uploaded.status == 302, uploaded.text[:2000]
     detail_url = uploaded.header("Location")
     assert re.fullmatch(rf"/{STAGE}/r/[0-9a-f-]{{36}}/", detail_url)
@@ -178,7 +178,7 @@ def test_it_refuses_an_upload_too_large_for_one_lambda_request(migrated_containe
 
 
 def test_it_reconstructs_a_large_photo_sent_straight_to_s3(
-    migrated_container: LambdaContainer, lambda_s3: LocalS3
+    migrated_container: LambdaContainer, lambda_s3: S3Server
 ) -> None:
     container = migrated_container
     container.cookies.clear()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ml.config import ModelConfig, TrainConfig
 from ml.export import export_checkpoint
 from ml.model import VAE, count_parameters
+from tests.support import draw_car
 
 TINY = TrainConfig(model=ModelConfig(height=16, width=32, latent_dim=8, widths=(8, 16)), batch_size=4, epochs=2)
 
@@ -29,30 +29,6 @@ class TinyExport:
     noncar_dir: Path
 
 
-def _draw_car(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> Path:
-    """A body and two wheels on a light background: a car as far as these tests care."""
-    image = Image.new("RGB", size, (228, 228, 232))
-    draw = ImageDraw.Draw(image)
-    w, h = size
-    draw.rectangle((w // 8, h // 3, w - w // 8, h * 3 // 4), fill=colour)
-    for cx in (w // 4, w * 3 // 4):
-        draw.ellipse((cx - h // 8, h * 5 // 8, cx + h // 8, h * 7 // 8), fill=(20, 20, 20))
-    image.save(path)
-    return path
-
-
-def _draw_noncar(path: Path, seed: int) -> Path:
-    """Tall noise: nothing like the cars above."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (60, 30, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
-@pytest.fixture
-def draw_car() -> Callable[[Path, tuple[int, int], tuple[int, int, int]], Path]:
-    return _draw_car
-
-
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
     root = tmp_path_factory.mktemp("tiny")
@@ -61,11 +37,12 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
     rng = np.random.default_rng(0)
     for i in range(8):
         colour = tuple(int(c) for c in rng.integers(0, 255, 3))
-        _draw_car(data_dir / f"car_{i}.png", (int(rng.integers(60, 120)), 30), colour)
+        draw_car((int(rng.integers(60, 120)), 30), colour).save(data_dir / f"car_{i}.png")
     noncar_dir = root / "noncars"
     noncar_dir.mkdir()
-    for i in range(4):
-        _draw_noncar(noncar_dir / f"thing_{i}.png", seed=i)
+    for i in range(4):  # tall noise: nothing like the cars
+        pixels = np.random.default_rng(i).integers(0, 256, (60, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(noncar_dir / f"thing_{i}.png")
 
     torch.manual_seed(0)
     vae = VAE(TINY.model)

@@ -9,16 +9,16 @@ from ml import evaluate
 from ml.data import list_images
 
 
-def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) -> None:
+def test_it_evaluates_a_folder_with_baselines_and_car_likeness_auroc(tiny_export: Any) -> None:
     files = list_images(tiny_export.data_dir)
     result = evaluate.evaluate(tiny_export.model_dir, files, list_images(tiny_export.noncar_dir))
     assert result["n"] == 8 and result["skipped"] == 0 and result["n_noncars"] == 4
     for key in ("psnr", "ssim", "mse", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr"):
         assert np.isfinite(result[key]), key
-    assert 0 <= result["ood_auroc"] <= 1
-    assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
+    assert 0 <= result["car_likeness_auroc"] <= 1
+    assert set(result["car_likeness_auroc_by_feature"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
     # car_likeness ranks images by the error in excess of a 16x16 thumbnail alone (SCORE_WEIGHTS).
-    assert result["ood_auroc"] == result["ood_auroc_by_feature"]["excess_error_db"]
+    assert result["car_likeness_auroc"] == result["car_likeness_auroc_by_feature"]["excess_error_db"]
     assert 0 <= result["same_car_top1"] <= 1 and 0 <= result["orientation_agreement"] <= 1
     assert result["colour_error"] >= 0
     # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.

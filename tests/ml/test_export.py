@@ -11,17 +11,9 @@ import torch
 from PIL import Image
 
 from ml import runtime
-from ml.export import (
-    conv_as_transpose,
-    count_flops,
-    export_checkpoint,
-    main,
-    mean_image,
-    phase_kernels,
-    phase_space_kernel,
-    tail_weights_from_phases,
-)
+from ml.export import count_flops, export_checkpoint, main, mean_image
 from ml.model import VAE
+from ml.onnx_rewrite import conv_as_transpose, phase_kernels, phase_space_kernel, tail_weights_from_phases
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -6,16 +6,17 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from reconstruct import services
 from reconstruct.models import Reconstruction
-from tests.conftest import upload
+from reconstruct.services.reconstructions import reconstruction_create
+from reconstruct.services.tokens import api_token_regenerate
+from tests.support import upload
 
 LIST_URL = "/api/reconstructions/"
 
 
 @pytest.fixture
 def token(alice) -> str:
-    return services.api_token_regenerate(alice)
+    return api_token_regenerate(alice)
 
 
 def auth(key: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ def test_it_returns_the_finished_result_in_sync_mode(client, token: str, car_png
 
 
 def test_it_reports_status_scores_and_image_urls(client, token: str, alice, car_png: bytes) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     data = client.get(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).json()
     assert data["status"] == "done" and data["scores"]["psnr"] == pytest.approx(reconstruction.psnr)
     assert data["model_version"] == reconstruction.model_version.name
@@ -53,8 +54,8 @@ def test_it_reports_status_scores_and_image_urls(client, token: str, alice, car_
 
 
 def test_it_lists_only_the_callers_reconstructions(client, token: str, alice, bob, car_png: bytes) -> None:
-    mine = services.reconstruction_create(alice, upload(car_png, "mine.png"))
-    services.reconstruction_create(bob, upload(car_png, "bobs.png"))
+    mine = reconstruction_create(user=alice, upload=upload(car_png, "mine.png"))
+    reconstruction_create(user=bob, upload=upload(car_png, "bobs.png"))
     data = client.get(LIST_URL, **auth(token)).json()
     assert data["count"] == 1 and [item["id"] for item in data["results"]] == [str(mine.uuid)]
 
@@ -66,8 +67,8 @@ def test_it_answers_404_for_a_page_that_does_not_exist(client, token: str, page:
 
 
 def test_it_answers_404_for_someone_elses_reconstruction(client, bob, alice, car_png: bytes) -> None:
-    alices = services.reconstruction_create(alice, upload(car_png))
-    bobs_token = services.api_token_regenerate(bob)
+    alices = reconstruction_create(user=alice, upload=upload(car_png))
+    bobs_token = api_token_regenerate(bob)
     for method in (client.get, client.delete):
         response = method(f"{LIST_URL}{alices.uuid}/", **auth(bobs_token))
         assert response.status_code == 404 and response.json() == {"error": "No such reconstruction."}
@@ -77,7 +78,7 @@ def test_it_answers_404_for_someone_elses_reconstruction(client, bob, alice, car
 
 
 def test_it_deletes_with_delete(client, token: str, alice, car_png: bytes) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     assert client.delete(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).status_code == 204
     assert not Reconstruction.objects.exists()
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from reconstruct import services
-from tests.conftest import PASSWORD, S3Server, draw_car, upload
+from reconstruct.services.reconstructions import reconstruction_create
+from tests.support import PASSWORD, S3Server, draw_car, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -69,7 +69,7 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
 
 def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, alice, bob, car_png: bytes) -> None:
     settings.RECONSTRUCT_MODE = "sync"
-    alices = services.reconstruction_create(alice, upload(car_png, "alices-secret-car.png"))
+    alices = reconstruction_create(user=alice, upload=upload(car_png, "alices-secret-car.png"))
 
     page.goto(f"{live_server.url}/accounts/login/")
     page.fill("#id_username", "bob")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import PASSWORD, S3Server
+from tests.support import PASSWORD, S3Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

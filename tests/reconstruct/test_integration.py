@@ -16,9 +16,12 @@ import pytest
 from django.test import Client
 
 from ml import runtime
-from reconstruct import services
 from reconstruct.models import ModelVersion, Reconstruction
-from tests.conftest import S3Server, WorkerProcess, upload
+from reconstruct.registry.services import model_version_activate, model_version_ensure_active, model_version_register
+from reconstruct.services.reconstructions import reconstruction_create
+from reconstruct.services.tokens import api_token_regenerate
+from reconstruct.services.uploads import upload_prepare
+from tests.support import S3Server, WorkerProcess, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -49,7 +52,7 @@ def wait_until_finished(client: Client, token: str, status_url: str, timeout: fl
 
 def test_it_reconstructs_in_a_worker_process_and_stores_on_s3(queued: S3Server, s3_worker, alice, car_jpeg: bytes):
     client = Client()
-    token = services.api_token_regenerate(alice)
+    token = api_token_regenerate(alice)
     accepted = post_photo(client, token, car_jpeg, "blue car.jpg")
     data = wait_until_finished(client, token, accepted["status_url"])
 
@@ -81,10 +84,10 @@ def test_it_reconstructs_in_a_worker_process_and_stores_on_s3(queued: S3Server, 
 
 def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3Server, alice, car_png: bytes):
     # Stored bytes that no longer decode (a damaged object): the worker must fail the row, not hang it.
-    broken = dataclasses.replace(services.upload_prepare(upload(car_png)), content=b"not a png any more")
-    reconstruction = services.reconstruction_create(alice, broken)
+    broken = dataclasses.replace(upload_prepare(upload(car_png)), content=b"not a png any more")
+    reconstruction = reconstruction_create(user=alice, upload=broken)
     client = Client()
-    token = services.api_token_regenerate(alice)
+    token = api_token_regenerate(alice)
     data = wait_until_finished(client, token, f"{API}{reconstruction.uuid}/")
     assert data["status"] == "failed"
     assert "not an image format we can read" in data["error"]
@@ -92,9 +95,9 @@ def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3
 
 def test_it_switches_every_worker_to_a_newly_activated_model(queued: S3Server, alice, car_png: bytes, tmp_path: Path):
     client = Client()
-    token = services.api_token_regenerate(alice)
+    token = api_token_regenerate(alice)
     first = wait_until_finished(client, token, post_photo(client, token, car_png, "a.png")["status_url"])
-    assert first["model_version"] == services.model_version_get_active().name
+    assert first["model_version"] == model_version_ensure_active().name
 
     # A "new" model: the shipped files under another version name, registered into S3 and activated.
     directory = tmp_path / "retrained"
@@ -102,9 +105,9 @@ def test_it_switches_every_worker_to_a_newly_activated_model(queued: S3Server, a
     metadata = json.loads((directory / "metadata.json").read_text())
     metadata["version"] = "retrained-for-test"
     (directory / "metadata.json").write_text(json.dumps(metadata))
-    version = services.model_version_register(directory, source=ModelVersion.Source.TRAINED)
+    version = model_version_register(model_dir=directory, source=ModelVersion.Source.TRAINED)
     assert queued.keys(f"models/{version.name}/")
-    services.model_version_activate(version, alice)
+    model_version_activate(version=version, user=alice)
 
     second = wait_until_finished(client, token, post_photo(client, token, car_png, "b.png")["status_url"])
     assert second["model_version"] == "retrained-for-test"

@@ -11,9 +11,18 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from ml import runtime
-from reconstruct import services
 from reconstruct.models import ModelActivation, ModelVersion
-from tests.conftest import upload
+from reconstruct.registry.selectors import model_version_active
+from reconstruct.registry.services import (
+    model_version_activate,
+    model_version_ensure_active,
+    model_version_load,
+    model_version_load_active,
+    model_version_register,
+    model_version_register_shipped,
+)
+from reconstruct.services.reconstructions import reconstruction_create
+from tests.support import upload
 
 
 @pytest.fixture
@@ -28,8 +37,8 @@ def second_model_dir(tmp_path: Path) -> Path:
 
 
 def test_it_registers_and_activates_the_shipped_model_once(db) -> None:
-    first = services.model_version_register_default()
-    second = services.model_version_register_default()
+    first = model_version_ensure_active()
+    second = model_version_ensure_active()
     assert first.pk == second.pk
     assert ModelVersion.objects.count() == 1
     assert first.is_active and first.source == ModelVersion.Source.SHIPPED
@@ -41,20 +50,20 @@ def test_it_registers_and_activates_the_shipped_model_once(db) -> None:
 
 def test_it_registers_the_default_lazily_on_first_use(db) -> None:
     assert not ModelVersion.objects.exists()
-    assert services.model_version_get_active().source == ModelVersion.Source.SHIPPED
+    assert model_version_ensure_active().source == ModelVersion.Source.SHIPPED
 
 
 def test_it_allows_only_one_active_version(db, second_model_dir: Path) -> None:
-    services.model_version_register_default()
-    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED)
+    model_version_ensure_active()
+    other = model_version_register(model_dir=second_model_dir, source=ModelVersion.Source.TRAINED)
     with pytest.raises(IntegrityError), transaction.atomic():
         ModelVersion.objects.filter(pk=other.pk).update(is_active=True)
 
 
 def test_it_records_who_activated_what(alice, second_model_dir: Path) -> None:
-    default = services.model_version_register_default()
-    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED, created_by=alice)
-    activation = services.model_version_activate(other, alice, note="better PSNR")
+    default = model_version_ensure_active()
+    other = model_version_register(model_dir=second_model_dir, source=ModelVersion.Source.TRAINED, created_by=alice)
+    activation = model_version_activate(version=other, user=alice, note="better PSNR")
     assert (activation.version, activation.previous, activation.activated_by, activation.note) == (
         other,
         default,
@@ -62,38 +71,49 @@ def test_it_records_who_activated_what(alice, second_model_dir: Path) -> None:
         "better PSNR",
     )
     assert list(ModelVersion.objects.filter(is_active=True)) == [other]
-    services.model_version_activate(default, alice, note="roll back")
-    assert services.model_version_get_active() == default
+    model_version_activate(version=default, user=alice, note="roll back")
+    assert model_version_ensure_active() == default
     assert ModelActivation.objects.count() == 3
 
 
 def test_it_refuses_a_directory_without_a_model(db, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"missing encoder\.onnx"):
-        services.model_version_register(tmp_path, source=ModelVersion.Source.TRAINED)
+        model_version_register(model_dir=tmp_path, source=ModelVersion.Source.TRAINED)
     assert not ModelVersion.objects.exists()
 
 
 def test_it_refuses_a_second_version_with_the_same_name(db) -> None:
-    services.model_version_register_default()
+    model_version_register_shipped()
     with pytest.raises(ValueError, match="already registered"):
-        services.model_version_register(runtime.DEFAULT_MODEL_DIR, source=ModelVersion.Source.TRAINED)
+        model_version_register(model_dir=runtime.DEFAULT_MODEL_DIR, source=ModelVersion.Source.TRAINED)
 
 
 def test_it_uses_a_newly_activated_model_without_a_restart(
     settings, alice, second_model_dir: Path, car_png: bytes
 ) -> None:
-    before = services.reconstruction_create(alice, upload(car_png))
-    other = services.model_version_register(second_model_dir, source=ModelVersion.Source.TRAINED)
-    services.model_version_activate(other, alice)
-    after = services.reconstruction_create(alice, upload(car_png))
+    before = reconstruction_create(user=alice, upload=upload(car_png))
+    other = model_version_register(model_dir=second_model_dir, source=ModelVersion.Source.TRAINED)
+    model_version_activate(version=other, user=alice)
+    after = reconstruction_create(user=alice, upload=upload(car_png))
     assert before.model_version.source == ModelVersion.Source.SHIPPED
     assert after.model_version == other
-    version, model = services.model_version_load_active()
+    version, model = model_version_load_active()
     assert (version, model.version) == (other, "second-test-version")
     # Loaded from the process's local copy of the files in storage, not from ml/weights.
     assert Path(model.model_dir).parent == Path(settings.MODEL_CACHE_DIR)
 
 
 def test_it_loads_each_version_once_per_process(db) -> None:
-    version = services.model_version_get_active()
-    assert services.model_version_load(version) is services.model_version_load(version)
+    version = model_version_ensure_active()
+    assert model_version_load(version) is model_version_load(version)
+
+
+def test_it_registers_the_shipped_model_without_activating_it(db) -> None:
+    version = model_version_register_shipped()
+    assert model_version_register_shipped() == version
+    assert version.source == ModelVersion.Source.SHIPPED
+    assert not version.is_active
+    assert model_version_active() is None  # reading never registers or activates anything
+    assert not ModelActivation.objects.exists()
+    assert model_version_ensure_active() == version
+    assert model_version_active() == version

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from reconstruct import services
 from reconstruct.models import Reconstruction
-from tests.conftest import upload
+from reconstruct.services.reconstructions import reconstruction_create
+from reconstruct.services.tokens import api_token_regenerate
+from reconstruct.services.uploads import UploadRateLimited
+from tests.support import upload
 
 LIST_URL = "/api/reconstructions/"
 
@@ -27,7 +29,7 @@ def stored_files(settings) -> list[Path]:
 
 
 def test_the_api_answers_429_with_retry_after_and_stores_nothing(client, two_per_hour, alice, car_png) -> None:
-    auth = {"HTTP_AUTHORIZATION": f"Token {services.api_token_regenerate(alice)}"}
+    auth = {"HTTP_AUTHORIZATION": f"Token {api_token_regenerate(alice)}"}
     for _ in range(2):
         assert client.post(LIST_URL, {"image": upload(car_png)}, **auth).status_code == 201
     files_before = stored_files(two_per_hour)
@@ -41,28 +43,28 @@ def test_the_api_answers_429_with_retry_after_and_stores_nothing(client, two_per
 
 
 def test_the_limit_is_a_sliding_hour(two_per_hour, alice, car_png) -> None:
-    first = services.reconstruction_create(alice, upload(car_png))
-    services.reconstruction_create(alice, upload(car_png))
+    first = reconstruction_create(user=alice, upload=upload(car_png))
+    reconstruction_create(user=alice, upload=upload(car_png))
     Reconstruction.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(minutes=58))
-    with pytest.raises(services.UploadRateLimited) as refused:
-        services.reconstruction_create(alice, upload(car_png))
+    with pytest.raises(UploadRateLimited) as refused:
+        reconstruction_create(user=alice, upload=upload(car_png))
     assert 60 < refused.value.retry_after <= 121 and "try again in 2 minutes" in refused.value.messages[0]
     Reconstruction.objects.filter(pk=first.pk).update(created_at=timezone.now() - timedelta(minutes=61))
-    services.reconstruction_create(alice, upload(car_png))  # the oldest left the window
+    reconstruction_create(user=alice, upload=upload(car_png))  # the oldest left the window
     assert Reconstruction.objects.filter(owner=alice).count() == 3
 
 
 def test_each_account_has_its_own_limit_and_staff_none(two_per_hour, alice, bob, car_png) -> None:
     for _ in range(2):
-        services.reconstruction_create(alice, upload(car_png))
-    services.reconstruction_create(bob, upload(car_png))
+        reconstruction_create(user=alice, upload=upload(car_png))
+    reconstruction_create(user=bob, upload=upload(car_png))
     alice.is_staff = True
     alice.save()
-    services.reconstruction_create(alice, upload(car_png))
+    reconstruction_create(user=alice, upload=upload(car_png))
     two_per_hour.RECONSTRUCT_UPLOADS_PER_HOUR = 0  # no limit
     bob.refresh_from_db()
     for _ in range(3):
-        services.reconstruction_create(bob, upload(car_png))
+        reconstruction_create(user=bob, upload=upload(car_png))
 
 
 def test_the_upload_page_says_when_to_come_back(client, two_per_hour, alice, car_png) -> None:

@@ -7,15 +7,20 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from reconstruct import services
 from reconstruct.models import Reconstruction
-from tests.conftest import free_port, upload
+from reconstruct.services.reconstructions import (
+    reconstruction_create,
+    reconstruction_delete,
+    reconstruction_retry,
+    reconstruction_run,
+)
+from tests.support import refused_port, upload
 
 Status = Reconstruction.Status
 
 
 def test_it_reconstructs_an_upload_in_sync_mode(alice, car_png: bytes) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png, "red.png"))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png, "red.png"))
     assert reconstruction.status == Status.DONE, reconstruction.error
     prefix = f"reconstructions/{alice.pk}/{reconstruction.uuid}/"
     assert reconstruction.original.name == prefix + "original.png"
@@ -32,27 +37,27 @@ def test_it_reconstructs_an_upload_in_sync_mode(alice, car_png: bytes) -> None:
 def test_it_queues_after_commit_in_celery_mode(settings, alice, car_png: bytes, django_capture_on_commit_callbacks):
     settings.RECONSTRUCT_MODE = "celery"
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        reconstruction = services.reconstruction_create(alice, upload(car_png))
+        reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     assert reconstruction.status == Status.PENDING
     assert len(callbacks) == 1  # the task is sent only once the row is committed
 
 
 def test_it_leaves_nothing_behind_for_a_bad_upload(alice, not_an_image: bytes, media_root) -> None:
     with pytest.raises(ValidationError):
-        services.reconstruction_create(alice, upload(not_an_image))
+        reconstruction_create(user=alice, upload=upload(not_an_image))
     assert not Reconstruction.objects.exists()
     assert not any(path.is_file() for path in media_root.rglob("*"))
 
 
 def _pending(alice, car_png: bytes, settings) -> Reconstruction:
     settings.RECONSTRUCT_MODE = "celery"
-    return services.reconstruction_create(alice, upload(car_png))  # on_commit never runs inside the test
+    return reconstruction_create(user=alice, upload=upload(car_png))  # on_commit never runs inside the test
 
 
 def test_it_runs_a_job_only_once(settings, alice, car_png: bytes) -> None:
     reconstruction = _pending(alice, car_png, settings)
-    first = services.reconstruction_run(reconstruction.pk)
-    second = services.reconstruction_run(reconstruction.pk)
+    first = reconstruction_run(reconstruction.pk)
+    second = reconstruction_run(reconstruction.pk)
     assert first.status == second.status == Status.DONE
     assert (
         (first.reconstruction.name, first.attempts)
@@ -70,14 +75,14 @@ def test_it_picks_up_a_job_whose_worker_died(settings, alice, car_png: bytes) ->
     reconstruction = _pending(alice, car_png, settings)
     # What a worker killed mid-job leaves: the row claimed, no result.
     Reconstruction.objects.filter(pk=reconstruction.pk).update(status=Status.RUNNING, attempts=1)
-    result = services.reconstruction_run(reconstruction.pk)
+    result = reconstruction_run(reconstruction.pk)
     assert (result.status, result.attempts) == (Status.DONE, 2)
 
 
 def test_it_gives_up_after_the_attempt_limit(settings, alice, car_png: bytes) -> None:
     reconstruction = _pending(alice, car_png, settings)
     Reconstruction.objects.filter(pk=reconstruction.pk).update(status=Status.RUNNING, attempts=3)
-    result = services.reconstruction_run(reconstruction.pk)
+    result = reconstruction_run(reconstruction.pk)
     assert result.status == Status.FAILED
     assert "interrupted 3 times" in result.error
     assert not result.reconstruction
@@ -87,7 +92,7 @@ def test_it_fails_with_a_readable_reason_when_the_stored_photo_is_unreadable(set
     reconstruction = _pending(alice, car_png, settings)
     default_storage.delete(reconstruction.original.name)
     default_storage.save(reconstruction.original.name, ContentFile(b"garbage, not a PNG"))
-    result = services.reconstruction_run(reconstruction.pk)
+    result = reconstruction_run(reconstruction.pk)
     assert result.status == Status.FAILED
     assert "not an image format we can read" in result.error
     assert not result.model_input and not result.reconstruction
@@ -97,35 +102,35 @@ def test_it_ignores_a_job_for_a_deleted_row(settings, alice, car_png: bytes) -> 
     reconstruction = _pending(alice, car_png, settings)
     pk = reconstruction.pk
     reconstruction.delete()
-    assert services.reconstruction_run(pk) is None
+    assert reconstruction_run(pk) is None
 
 
 def test_it_retries_a_failed_reconstruction(alice, car_png: bytes) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     Reconstruction.objects.filter(pk=reconstruction.pk).update(status=Status.FAILED, error="boom")
     reconstruction.refresh_from_db()
-    retried = services.reconstruction_retry(reconstruction)
+    retried = reconstruction_retry(reconstruction)
     assert (retried.status, retried.error, retried.attempts) == (Status.DONE, "", 1)
 
 
 def test_it_refuses_to_retry_a_finished_reconstruction(alice, car_png: bytes) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     with pytest.raises(ValidationError):
-        services.reconstruction_retry(reconstruction)
+        reconstruction_retry(reconstruction)
 
 
 def test_it_deletes_the_files_with_the_row(alice, car_png: bytes, django_capture_on_commit_callbacks) -> None:
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     keys = reconstruction.file_keys()
     assert len(keys) == 4
     with django_capture_on_commit_callbacks(execute=True):
-        services.reconstruction_delete(reconstruction)
+        reconstruction_delete(reconstruction)
     assert not Reconstruction.objects.exists()
     assert not any(default_storage.exists(key) for key in keys)
 
 
 def test_it_deletes_the_files_of_a_deleted_user(alice, car_png: bytes, django_capture_on_commit_callbacks) -> None:
-    keys = services.reconstruction_create(alice, upload(car_png)).file_keys()
+    keys = reconstruction_create(user=alice, upload=upload(car_png)).file_keys()
     with django_capture_on_commit_callbacks(execute=True):
         alice.delete()
     assert not any(default_storage.exists(key) for key in keys)
@@ -136,14 +141,15 @@ def test_it_fails_readably_when_the_queue_is_down(settings, alice, car_png: byte
 
     settings.RECONSTRUCT_MODE = "celery"
     saved = app.conf.broker_url
-    app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    app._pool = app.amqp._producer_pool = None
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            reconstruction = services.reconstruction_create(alice, upload(car_png))
-    finally:
-        app.conf.broker_url = saved
+    with refused_port() as port:
+        app.conf.broker_url = f"redis://127.0.0.1:{port}/0"  # nothing listens there
         app._pool = app.amqp._producer_pool = None
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+        finally:
+            app.conf.broker_url = saved
+            app._pool = app.amqp._producer_pool = None
     reconstruction.refresh_from_db()
     assert reconstruction.status == Status.FAILED
     assert "job queue is not reachable" in reconstruction.error

@@ -16,22 +16,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, draw_car, encode, free_port
+from tests.support import ROOT, PortTaken, draw_car, encode, on_some_port
 
 pytestmark = pytest.mark.integration
 
+# runlocal's own words when a port it wants is taken (its check, gunicorn's bind, redis-server's bind).
+PORT_TAKEN = ("is in use", "Connection in use", "Address already in use")
 
-def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")},
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "MEDIA_ROOT": str(tmp_path / "media"),
-        "MODEL_CACHE_DIR": str(tmp_path / "models"),
-        "CARSITE_RUN_DIR": str(tmp_path / "run"),
-        "WORKER_CONCURRENCY": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+
+def start_runlocal(port: int, env: dict[str, str]) -> tuple[subprocess.Popen, list[str], int]:
+    """`manage.py runlocal` serving on ``port``, once its banner is out and gunicorn listens there. runlocal
+    cannot bind port 0 and report the port it got; PortTaken when another process took ``port`` first."""
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runlocal", "--port", str(port), "--no-training-worker"],
         cwd=ROOT,
@@ -41,18 +36,46 @@ def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> N
         text=True,
     )
     output: list[str] = []
-    ready = threading.Event()
 
     def pump() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             output.append(line)
-            if "Press Ctrl-C to stop" in line:
-                ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    listening = f"Listening at: http://127.0.0.1:{port} "  # gunicorn's own line: it is this process serving
+    deadline = time.monotonic() + 120
+    while not ("Press Ctrl-C to stop" in (log := "".join(output)) and listening in log):
+        taken = any(words in log for words in PORT_TAKEN)
+        if taken or process.poll() is not None or time.monotonic() > deadline:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            reader.join(5)
+            log = "".join(output)
+            if any(words in log for words in PORT_TAKEN):
+                raise PortTaken(log)
+            raise AssertionError(log)
+        time.sleep(0.2)
+    return process, output, port
+
+
+def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")},
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "MODEL_CACHE_DIR": str(tmp_path / "models"),
+        "CARSITE_RUN_DIR": str(tmp_path / "run"),
+        "WORKER_CONCURRENCY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process, output, port = on_some_port(lambda port: start_runlocal(port, env))
     try:
-        assert ready.wait(120), "".join(output)
         log = "".join(output)
         login = re.search(r"Demo account: username (\S+), password (\S+) ", log)
         assert login, log

@@ -11,7 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from carsite import settings as project_settings
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 PRINT = "import json; from django.conf import settings as s; print(json.dumps({n: str(getattr(s, n)) for n in %r}))"
 

@@ -1,4 +1,4 @@
-"""services.upload_prepare: the real decode, limits, EXIF orientation and metadata, transparency."""
+"""upload_prepare: the real decode, limits, EXIF orientation and metadata, transparency."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
 
-from reconstruct import services
-from tests.conftest import draw_car, encode, upload
+from reconstruct.services.uploads import UploadTooLarge, upload_prepare
+from tests.support import draw_car, encode, upload
 
 
 def test_it_accepts_a_png_car(car_png: bytes) -> None:
-    prepared = services.upload_prepare(upload(car_png, "my car.png"))
+    prepared = upload_prepare(upload(car_png, "my car.png"))
     assert (prepared.format, prepared.extension, prepared.width, prepared.height) == ("PNG", "png", 240, 120)
     assert prepared.name == "my car.png"
     assert Image.open(io.BytesIO(prepared.thumbnail)).format == "JPEG"
@@ -21,7 +21,7 @@ def test_it_accepts_a_png_car(car_png: bytes) -> None:
 
 def test_it_stores_a_phone_jpeg_upright_without_its_metadata(exif_rotated_jpeg: bytes) -> None:
     assert Image.open(io.BytesIO(exif_rotated_jpeg)).size == (120, 240)
-    prepared = services.upload_prepare(upload(exif_rotated_jpeg, "IMG_0001.JPG"))
+    prepared = upload_prepare(upload(exif_rotated_jpeg, "IMG_0001.JPG"))
     stored = Image.open(io.BytesIO(prepared.content))
     assert stored.size == (240, 120) == (prepared.width, prepared.height)
     assert stored.format == "JPEG"
@@ -29,57 +29,57 @@ def test_it_stores_a_phone_jpeg_upright_without_its_metadata(exif_rotated_jpeg: 
 
 
 def test_it_keeps_transparency_in_a_png(transparent_png: bytes) -> None:
-    prepared = services.upload_prepare(upload(transparent_png))
+    prepared = upload_prepare(upload(transparent_png))
     stored = Image.open(io.BytesIO(prepared.content))
     assert stored.mode == "RGBA"
     assert stored.getpixel((0, 0))[3] == 0
 
 
 def test_it_converts_formats_browsers_cannot_show_to_png() -> None:
-    prepared = services.upload_prepare(upload(encode(draw_car(), "TIFF"), "car.tiff"))
+    prepared = upload_prepare(upload(encode(draw_car(), "TIFF"), "car.tiff"))
     assert (prepared.format, prepared.extension) == ("TIFF", "png")
     assert Image.open(io.BytesIO(prepared.content)).format == "PNG"
 
 
 def test_it_refuses_a_file_that_is_not_an_image(not_an_image: bytes) -> None:
     with pytest.raises(ValidationError, match="not an image we can read") as error:
-        services.upload_prepare(upload(not_an_image, "car.jpg"))
+        upload_prepare(upload(not_an_image, "car.jpg"))
     assert error.value.code == "not_an_image"
 
 
 def test_it_refuses_a_truncated_jpeg(car_jpeg: bytes) -> None:
     with pytest.raises(ValidationError, match="could not be decoded"):
-        services.upload_prepare(upload(car_jpeg[: len(car_jpeg) // 2], "cut.jpg"))
+        upload_prepare(upload(car_jpeg[: len(car_jpeg) // 2], "cut.jpg"))
 
 
 def test_it_refuses_an_empty_file() -> None:
     with pytest.raises(ValidationError, match="empty"):
-        services.upload_prepare(upload(b"", "empty.jpg"))
+        upload_prepare(upload(b"", "empty.jpg"))
 
 
 def test_it_refuses_too_many_pixels_before_decoding_them(settings, car_png: bytes) -> None:
     settings.RECONSTRUCT_MAX_IMAGE_PIXELS = 10_000
     with pytest.raises(ValidationError, match=r"240x120 pixels .* the limit is 0 megapixels") as error:
-        services.upload_prepare(upload(car_png))
+        upload_prepare(upload(car_png))
     assert error.value.code == "too_many_pixels"
 
 
 def test_it_refuses_a_file_over_the_byte_limit(settings, car_png: bytes) -> None:
     settings.RECONSTRUCT_MAX_UPLOAD_BYTES = 200
-    with pytest.raises(services.UploadTooLarge, match="the limit is 200 bytes"):
-        services.upload_prepare(upload(car_png))
+    with pytest.raises(UploadTooLarge, match="the limit is 200 bytes"):
+        upload_prepare(upload(car_png))
 
 
 def test_it_refuses_a_tiny_image() -> None:
     with pytest.raises(ValidationError, match="at least 16 pixels"):
-        services.upload_prepare(upload(encode(draw_car((40, 8)), "PNG")))
+        upload_prepare(upload(encode(draw_car((40, 8)), "PNG")))
 
 
 def test_it_keeps_an_upright_jpeg_s_quality_and_drops_its_metadata() -> None:
     exif = Image.Exif()
     exif[0x8825] = {2: (52.0, 31.0, 0.0)}  # GPS latitude: where the photo was taken
     photo = encode(draw_car((800, 400)), "JPEG", quality=80, exif=exif)
-    prepared = services.upload_prepare(upload(photo, "phone.jpg"))
+    prepared = upload_prepare(upload(photo, "phone.jpg"))
     stored = Image.open(io.BytesIO(prepared.content))
     assert dict(stored.getexif()) == {}
     # Re-saved with the photo's own quantisation tables: no second round of compression.

@@ -8,14 +8,15 @@ import pytest
 from django.core import mail
 from django.urls import reverse
 
-from reconstruct import services
 from reconstruct.models import ApiToken, Reconstruction
-from tests.conftest import PASSWORD, upload
+from reconstruct.services.reconstructions import reconstruction_create
+from reconstruct.services.tokens import api_token_authenticate, api_token_regenerate
+from tests.support import PASSWORD, upload
 
 
 @pytest.fixture
 def alices(alice, car_png: bytes) -> Reconstruction:
-    return services.reconstruction_create(alice, upload(car_png, "alices-car.png"))
+    return reconstruction_create(user=alice, upload=upload(car_png, "alices-car.png"))
 
 
 def test_it_invites_anonymous_visitors_to_sign_up(client, db) -> None:
@@ -128,7 +129,7 @@ def test_it_refuses_a_file_over_the_limit_with_413(client, alice, settings, car_
 
 def test_it_shows_progress_while_the_job_waits(client, alice, settings, car_png: bytes) -> None:
     settings.RECONSTRUCT_MODE = "celery"
-    reconstruction = services.reconstruction_create(alice, upload(car_png))
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     client.force_login(alice)
     body = client.get(reverse("reconstruct:detail", args=[reconstruction.uuid])).content.decode()
     assert "Waiting for a worker" in body
@@ -176,7 +177,7 @@ def test_it_does_not_let_bob_delete_or_retry_alices_car(client, alices, bob) -> 
 
 def test_it_lists_the_gallery_newest_first_in_pages(client, alice, car_png: bytes) -> None:
     for number in range(26):
-        services.reconstruction_create(alice, upload(car_png, f"car-{number:02}.png"))
+        reconstruction_create(user=alice, upload=upload(car_png, f"car-{number:02}.png"))
     client.force_login(alice)
     first = client.get(reverse("reconstruct:gallery")).content.decode()
     assert first.index("car-25") < first.index("car-24")
@@ -207,17 +208,17 @@ def test_it_shows_a_new_api_token_once(client, alice) -> None:
     assert response.status_code == 302
     first_view = client.get(reverse("account")).content.decode()
     key = re.search(r'<code class="token" id="token">(cs_[\w-]+)</code>', first_view).group(1)
-    assert services.api_token_authenticate(key) == alice
+    assert api_token_authenticate(key) == alice
     assert ApiToken.objects.get().key_hash != key  # only a hash is stored
     second_view = client.get(reverse("account")).content.decode()
     assert key not in second_view and key[:8] in second_view
 
 
 def test_it_revokes_the_api_token(client, alice) -> None:
-    key = services.api_token_regenerate(alice)
+    key = api_token_regenerate(alice)
     client.force_login(alice)
     client.post(reverse("account"), {"action": "revoke"})
-    assert services.api_token_authenticate(key) is None
+    assert api_token_authenticate(key) is None
 
 
 def test_it_answers_unknown_pages_with_a_404_page(client, db) -> None:

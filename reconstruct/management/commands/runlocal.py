@@ -29,7 +29,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reconstruct import services
+from reconstruct.registry.services import model_version_ensure_active
 
 DEMO_USERNAME = "demo"
 STOP_TIMEOUT = 20.0
@@ -149,7 +149,7 @@ class Command(BaseCommand):
 
         self.stdout.write("Preparing the database…")
         call_command("migrate", interactive=False, verbosity=0)
-        version = services.model_version_get_active()
+        version = model_version_ensure_active()
         self.stdout.write(f"Active model: {version.name}")
         login = self._demo_account(run_dir)
 

@@ -15,8 +15,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reconstruct.curation import services
 from reconstruct.curation.models import DatasetImage
+from reconstruct.curation.services.arrival import AddResult, dataset_image_add_many, folder_arrivals
 
 
 class ProgressBar:
@@ -31,7 +31,7 @@ class ProgressBar:
         self._tty = hasattr(stream, "isatty") and stream.isatty()
         self._last_tenth = -1
 
-    def update(self, result: services.AddResult) -> None:
+    def update(self, result: AddResult) -> None:
         self.done += 1
         self.counts["added" if result.added else "skipped"] += 1
         if result.flags():
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             if added_by is None:
                 raise CommandError(f"no user named {user!r}")
         try:
-            arrivals = services.folder_arrivals(folder, recursive=recursive)
+            arrivals = folder_arrivals(folder, recursive=recursive)
         except FileNotFoundError as error:
             raise CommandError(str(error)) from None
         if limit is not None:
@@ -86,8 +86,8 @@ class Command(BaseCommand):
             raise CommandError(f"no JPEG, PNG or WebP photos in {folder}")
         self.stderr.write(f"Importing {len(arrivals)} photos from {folder} ...")
         bar = ProgressBar(len(arrivals), stream=self.stderr._out)
-        report = services.dataset_image_add_many(
-            arrivals, source=DatasetImage.Source.IMPORT, added_by=added_by, progress=bar.update
+        report = dataset_image_add_many(
+            arrivals=arrivals, source=DatasetImage.Source.IMPORT, added_by=added_by, progress=bar.update
         )
         bar.close()
         elapsed = time.monotonic() - bar.started

@@ -1,0 +1,5 @@
+"""`python -m deploy ...`: see deploy.cli."""
+
+from deploy.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""HTTP helpers shared by the pages, the JSON API and the middleware: nothing here knows a URL of its own.
+
+Views (reconstruct/views.py) and API handlers (reconstruct/api.py) import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+
+from reconstruct import presenters
+from reconstruct.auth import TokenError, authenticate_token
+from reconstruct.models import Reconstruction
+from reconstruct.services.uploads import UploadRateLimited
+
+# Multipart framing and the other form fields (CSRF token) come on top of the photo's own bytes.
+MULTIPART_OVERHEAD = 64 * 1024
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+View = Callable[..., HttpResponse]
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """Whether the answer should be JSON: an API path, or a client that asks for it (Accept)."""
+    # path_info: behind API Gateway's stage prefix (FORCE_SCRIPT_NAME=/dev) request.path is /dev/api/...
+    return request.path_info.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
+
+
+def declared_length(request: HttpRequest) -> int:
+    """The body's size in bytes as the client declares it (Content-Length), 0 when absent or malformed."""
+    try:
+        return max(0, int(request.META.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return 0
+
+
+def body_too_large(request: HttpRequest, limit: int | None = None) -> bool:
+    """Whether the request announces more bytes than any valid upload of ``limit`` bytes (default
+    RECONSTRUCT_MAX_UPLOAD_BYTES) plus multipart framing; checked before a byte of the body is read."""
+    limit = settings.RECONSTRUCT_MAX_UPLOAD_BYTES if limit is None else limit
+    return declared_length(request) > limit + MULTIPART_OVERHEAD
+
+
+def json_error(message: str, status: int, **extra: object) -> JsonResponse:
+    """``{"error": message, **extra}`` with HTTP ``status``: every API error has this shape."""
+    return JsonResponse({"error": message, **extra}, status=status)
+
+
+def rate_limited_response(problem: UploadRateLimited) -> JsonResponse:
+    """429 with ``Retry-After`` (s) and the same number in the body."""
+    response = json_error(problem.messages[0], 429, code="rate_limited", retry_after=problem.retry_after)
+    response["Retry-After"] = str(problem.retry_after)
+    return response
+
+
+def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
+    """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
+    status = 201 if reconstruction.is_finished else 202
+    response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
+    response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))
+    return response
+
+
+def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
+    """Run Django's CSRF check on a session-authenticated request (what the middleware skipped)."""
+    check = CsrfViewMiddleware(lambda _request: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, None, (), {})
+
+
+def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
+    """Decorate a JSON API handler: allowed ``methods`` (405 otherwise), authentication by
+    ``Authorization: Token <key>`` or the session (401 otherwise), and Django's CSRF check for a
+    session-authenticated request that changes something (a token request is exempt: no browser
+    attaches it by itself)."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+            if request.method not in methods:
+                response = json_error(f"Method {request.method} is not allowed here; use {', '.join(methods)}.", 405)
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                token_user = authenticate_token(request)
+            except TokenError as problem:
+                return json_error(str(problem), 401)
+            if token_user is not None:
+                request.user = token_user
+            elif request.user.is_authenticated:
+                if request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
+                    return json_error(
+                        "CSRF check failed. Scripts should authenticate with 'Authorization: Token <key>' "
+                        "(see your account page) instead of a session cookie.",
+                        403,
+                    )
+            else:
+                return json_error(
+                    "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
+                    f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
+                    401,
+                )
+            return view(request, *args, **kwargs)
+
+        # Exempt from the middleware's check only because the wrapper does it for session requests.
+        return csrf_exempt(wrapper)
+
+    return decorator

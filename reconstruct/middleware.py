@@ -1,0 +1,41 @@
+"""Middleware of the site (settings.MIDDLEWARE)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+
+from reconstruct.http import body_too_large, declared_length, wants_json
+from reconstruct.services.direct_uploads import inline_upload_limited, inline_upload_size_error
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse, with a message that says what to do, a body larger than one request through Lambda may carry.
+
+    Only active where requests are capped below the upload limit (RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES, 4 MB on
+    Lambda; reconstruct/services/direct_uploads.py explains why). It reads the declared length only, never the body.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if (
+            request.method == "POST"
+            and inline_upload_limited()
+            and body_too_large(request, settings.RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES)
+        ):
+            return self._too_large(request, declared_length(request))
+        return self.get_response(request)
+
+    def _too_large(self, request: HttpRequest, length: int) -> HttpResponse:
+        message = inline_upload_size_error(length)
+        if wants_json(request):
+            return JsonResponse({"error": message, "code": "too_large_for_lambda"}, status=413)
+        if request.path == reverse("reconstruct:upload") and request.user.is_authenticated:
+            return render(request, "reconstruct/upload.html", {"errors": [message]}, status=413)
+        return HttpResponse(message, content_type="text/plain; charset=utf-8", status=413)

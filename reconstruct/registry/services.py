@@ -1,0 +1,225 @@
+"""The model registry: every exported VAE the site knows, which one is active, and the loaded model.
+
+A version's files live in the default storage under models/<name>/ (ModelVersion.files records
+their keys, sizes and SHA-256); ModelActivation is the audit trail of activations. Web processes
+and workers find the active version with one small query per reconstruction and keep its ONNX
+sessions loaded, so an activation in the admin reaches every process without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import File
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from ml import runtime
+from reconstruct.models import ModelActivation, ModelVersion
+from reconstruct.storage import storage_delete_keys
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+MODEL_REQUIRED_FILES = (runtime.ENCODER_FILE, runtime.DECODER_FILE, runtime.METADATA_FILE)
+_VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_version_register(
+    *,
+    model_dir: str | Path,
+    source: str,
+    created_by: AbstractBaseUser | None = None,
+    name: str | None = None,
+    metrics: dict | None = None,
+    notes: str = "",
+) -> ModelVersion:
+    """Copy an exported model directory into storage (models/<name>/...) and add it to the registry.
+
+    This is where a training run's model becomes a version (reconstruct/curation/runner.py calls it).
+    The model is loaded once first, so a broken export never gets registered. The version is not
+    activated (see model_version_activate). ``name`` defaults to metadata.json's ``version``.
+    Raises ValueError for a folder that is not a loadable export, a bad name or a name taken.
+    """
+    model_dir = Path(model_dir)
+    missing = [f for f in MODEL_REQUIRED_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise ValueError(f"{model_dir} is not an exported model: missing {', '.join(missing)}")
+    runtime.load_model(model_dir)  # raises if the ONNX files or the metadata are unusable
+    metadata = json.loads((model_dir / runtime.METADATA_FILE).read_text())
+    name = name or str(metadata.get("version", ""))
+    if not _VERSION_NAME.match(name):
+        raise ValueError(f"invalid model version name {name!r}: use letters, digits, '.', '_' and '-'")
+    if ModelVersion.objects.filter(name=name).exists():
+        raise ValueError(f"model version {name!r} is already registered")
+
+    files: dict[str, dict] = {}
+    try:
+        for path in sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+            with path.open("rb") as handle:
+                key = default_storage.save(f"models/{name}/{path.name}", File(handle, name=path.name))
+            files[path.name] = {"key": key, "size": path.stat().st_size, "sha256": _sha256_file(path)}
+        return ModelVersion.objects.create(
+            name=name,
+            source=source,
+            files=files,
+            metadata=metadata,
+            metrics=metrics if metrics is not None else metadata.get("metrics", {}),
+            notes=notes,
+            created_by=created_by,
+        )
+    except BaseException:
+        # Also when another process registered the same name first (IntegrityError).
+        storage_delete_keys([entry["key"] for entry in files.values()])
+        raise
+
+
+def model_version_register_shipped() -> ModelVersion:
+    """The version of the model shipped in ml/weights/default, registered on first use (idempotent).
+
+    Raises FileNotFoundError (with what to do) when the shipped files are missing from the checkout.
+    """
+    metadata_path = runtime.DEFAULT_MODEL_DIR / runtime.METADATA_FILE
+    if not metadata_path.is_file():
+        raise FileNotFoundError(
+            f"The shipped model is missing ({metadata_path}). Restore it with `git checkout ml/weights/default` "
+            "or build it with `make train`."
+        )
+    name = str(json.loads(metadata_path.read_text())["version"])
+    version = ModelVersion.objects.filter(name=name).first()
+    if version is None:
+        try:
+            version = model_version_register(
+                model_dir=runtime.DEFAULT_MODEL_DIR,
+                source=ModelVersion.Source.SHIPPED,
+                notes="The default model shipped in ml/weights/default.",
+            )
+        except IntegrityError:
+            version = ModelVersion.objects.get(name=name)  # another process registered it first
+    return version
+
+
+def model_version_ensure_active() -> ModelVersion:
+    """The active version; on a fresh database this registers and activates the shipped one first.
+
+    Safe when several processes start at once: the partial unique constraint lets one activation win.
+    """
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is not None:
+        return version
+    shipped = model_version_register_shipped()
+    try:
+        model_version_activate(version=shipped, user=None, note="The shipped default model, activated on first start.")
+    except IntegrityError:
+        pass  # another process activated one at the same moment
+    return ModelVersion.objects.get(is_active=True)
+
+
+def model_version_activate(*, version: ModelVersion, user: AbstractBaseUser | None, note: str = "") -> ModelActivation:
+    """Make ``version`` the one model every process uses; records who did it in ModelActivation.
+
+    Every web and worker process notices on its next reconstruction (model_version_load_active).
+    Activating the active version again returns its latest activation and records nothing.
+    """
+    with transaction.atomic():
+        previous = ModelVersion.objects.select_for_update().filter(is_active=True).first()
+        if previous is not None and previous.pk == version.pk:
+            latest = version.activations.first()
+            if latest is not None:
+                return latest
+        if previous is not None:
+            # Deactivate first: the partial unique constraint allows one active row at any moment.
+            ModelVersion.objects.filter(pk=previous.pk).update(is_active=False)
+        ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+        version.is_active = True
+        return ModelActivation.objects.create(version=version, previous=previous, activated_by=user, note=note)
+
+
+def model_version_rollback(*, user: AbstractBaseUser | None, note: str = "") -> ModelActivation:
+    """Activate the version that the latest activation replaced.
+
+    Raises ValidationError when there is none (only one version was ever activated).
+    """
+    latest = ModelActivation.objects.select_related("previous", "version").first()
+    if latest is None or latest.previous is None:
+        raise ValidationError("There is no earlier model version to roll back to.")
+    return model_version_activate(
+        version=latest.previous, user=user, note=note or f"Rolled back from {latest.version.name}."
+    )
+
+
+def _model_version_digest(version: ModelVersion) -> str:
+    combined = "".join(f"{name}:{entry['sha256']};" for name, entry in sorted(version.files.items()))
+    return hashlib.sha256(combined.encode()).hexdigest()[:16]
+
+
+def model_version_local_dir(version: ModelVersion) -> Path:
+    """A local directory with the version's files, downloaded from storage once per machine.
+
+    Named by the files' hashes, so it can never hold another version's files; filled in a
+    temporary directory and renamed into place, so a crash or a concurrent process never sees it
+    half written.
+    """
+    root = Path(settings.MODEL_CACHE_DIR)
+    target = root / f"{version.name}-{_model_version_digest(version)}"
+    if (target / runtime.METADATA_FILE).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        for name, entry in version.files.items():
+            digest = hashlib.sha256()
+            with default_storage.open(entry["key"], "rb") as source, (staging / name).open("wb") as target_file:
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(chunk)
+                    target_file.write(chunk)
+            if digest.hexdigest() != entry["sha256"]:
+                raise ValueError(f"model version {version.name}: {name} in storage does not match its recorded hash")
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / runtime.METADATA_FILE).is_file():
+                raise  # not "another process got there first": a real error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+_loaded_lock = threading.Lock()
+_loaded: dict[str, runtime.Model] = {}
+
+
+def model_version_load(version: ModelVersion) -> runtime.Model:
+    """The version's ONNX model, loaded once per process (and dropped when another one is loaded)."""
+    digest = _model_version_digest(version)
+    with _loaded_lock:
+        model = _loaded.get(digest)
+        if model is None:
+            model = runtime.load_model(model_version_local_dir(version))
+            _loaded.clear()
+            _loaded[digest] = model
+        return model
+
+
+def model_version_load_active() -> tuple[ModelVersion, runtime.Model]:
+    """The active version and its model. One small query per call: an activation in the admin
+    reaches every process at its next reconstruction, without a restart and without reloading."""
+    version = model_version_ensure_active()
+    return version, model_version_load(version)

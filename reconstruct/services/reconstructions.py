@@ -1,0 +1,230 @@
+"""The life of one reconstruction: create (store the upload, queue it), run (the model), retry, delete.
+
+``reconstruction_run`` is what a Celery worker (or, on Lambda, the request itself) executes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile, File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu.exceptions import OperationalError as QueueError
+from PIL import Image
+
+from ml import runtime
+from reconstruct.models import Reconstruction
+from reconstruct.registry.services import model_version_load_active
+from reconstruct.services.uploads import PreparedUpload, reconstruction_rate_check, upload_prepare
+from reconstruct.storage import storage_delete_keys
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
+
+Status = Reconstruction.Status
+
+
+def _reconstruction_prefix(owner_id: int, public_id: uuid.UUID) -> str:
+    return f"reconstructions/{owner_id}/{public_id}"
+
+
+def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUpload) -> Reconstruction:
+    """Store an upload and queue its reconstruction; returns the new row (pending, or finished in sync mode).
+
+    Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over the
+    hourly limit). The files are written before the row exists, so a row never points at a missing file;
+    the job is queued only once the row is committed, so a worker never looks for a row that is not there yet.
+    """
+    reconstruction_rate_check(user)
+    prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
+    public_id = uuid.uuid4()
+    prefix = _reconstruction_prefix(user.pk, public_id)
+    written: list[str] = []
+    try:
+        written.append(default_storage.save(f"{prefix}/original.{prepared.extension}", ContentFile(prepared.content)))
+        written.append(default_storage.save(f"{prefix}/thumbnail.jpg", ContentFile(prepared.thumbnail)))
+        reconstruction = Reconstruction.objects.create(
+            uuid=public_id,
+            owner=user,
+            status=Status.PENDING,
+            original=written[0],
+            thumbnail=written[1],
+            original_name=prepared.name,
+            original_format=prepared.format[:10],
+            width=prepared.width,
+            height=prepared.height,
+        )
+    except BaseException:
+        storage_delete_keys(written)
+        raise
+    pk = reconstruction.pk
+    if settings.RECONSTRUCT_MODE == "sync":
+        # In this process and on this database connection: the row is visible, commit or not.
+        reconstruction_run(pk)
+        reconstruction.refresh_from_db()
+    else:
+        # Runs at once outside a transaction, or after the caller's transaction commits.
+        transaction.on_commit(lambda: reconstruction_dispatch(pk))
+    return reconstruction
+
+
+def reconstruction_dispatch(reconstruction_id: int) -> None:
+    """Run the reconstruction now (sync mode) or queue it for a Celery worker."""
+    if settings.RECONSTRUCT_MODE == "sync":
+        reconstruction_run(reconstruction_id)
+        return
+    from reconstruct.tasks import reconstruction_run_task
+
+    try:
+        reconstruction_run_task.delay(reconstruction_id)
+    except (QueueError, OSError) as error:
+        logger.error("could not queue reconstruction %s: %s", reconstruction_id, error)
+        Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(
+            status=Status.FAILED,
+            error="The job queue is not reachable, so the reconstruction could not start. "
+            "Please press “Try again” in a minute; if it keeps failing, the site's Redis server is down.",
+            finished_at=timezone.now(),
+        )
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> None:
+    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
+        status=Status.FAILED, error=message, finished_at=timezone.now()
+    )
+
+
+def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
+    """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
+
+    A finished row (done or failed) is left alone. Each run claims the row by incrementing
+    ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
+    only if the row is still this attempt's: a crash leaves at most unreferenced files, never a
+    half result, and of two overlapping runs only the later one's files stay referenced.
+    Returns the row, or None if it was deleted meanwhile.
+    """
+    with transaction.atomic():
+        reconstruction = Reconstruction.objects.select_for_update().filter(pk=reconstruction_id).first()
+        if reconstruction is None:
+            logger.info("reconstruction %s was deleted before it ran", reconstruction_id)
+            return None
+        if reconstruction.is_finished:
+            return reconstruction
+        if reconstruction.attempts >= settings.RECONSTRUCT_MAX_ATTEMPTS:
+            # Each earlier attempt died with its worker (acks_late redelivered the job): stop here
+            # rather than let one poisonous image kill workers forever.
+            reconstruction.status = Status.FAILED
+            reconstruction.error = (
+                f"The reconstruction was interrupted {reconstruction.attempts} times (its worker stopped), "
+                "so we gave up. Please try again, or try a smaller photo."
+            )
+            reconstruction.finished_at = timezone.now()
+            reconstruction.save(update_fields=["status", "error", "finished_at"])
+            return reconstruction
+        reconstruction.status = Status.RUNNING
+        reconstruction.attempts = F("attempts") + 1
+        reconstruction.started_at = timezone.now()
+        reconstruction.save(update_fields=["status", "attempts", "started_at"])
+        reconstruction.refresh_from_db(fields=["attempts"])
+        attempt = reconstruction.attempts
+
+    written: list[str] = []
+    try:
+        version, model = model_version_load_active()
+        with default_storage.open(reconstruction.original.name, "rb") as handle:
+            data = handle.read()
+        result = model.reconstruct(io.BytesIO(data))
+        prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
+        written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
+        written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
+    except runtime.ImageError as error:
+        storage_delete_keys(written)
+        _reconstruction_fail(reconstruction_id, attempt, f"{error} Please try another photo.")
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
+    except SoftTimeLimitExceeded:
+        storage_delete_keys(written)
+        _reconstruction_fail(
+            reconstruction_id, attempt, "The reconstruction took too long and was stopped. Please try again later."
+        )
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
+    except Exception:
+        logger.exception("reconstruction %s failed", reconstruction_id)
+        storage_delete_keys(written)
+        _reconstruction_fail(
+            reconstruction_id,
+            attempt,
+            "Something went wrong on our side while reconstructing this photo. Please press “Try again”; "
+            f"if it keeps failing, tell the site's staff (reference {reconstruction.uuid}).",
+        )
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
+
+    scores = result.scores
+    updated = Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
+        status=Status.DONE,
+        error="",
+        model_input=written[0],
+        reconstruction=written[1],
+        mse=scores.mse,
+        psnr=scores.psnr,
+        ssim=scores.ssim,
+        kl=scores.kl,
+        car_likeness=scores.car_likeness,
+        model_version=version,
+        finished_at=timezone.now(),
+    )
+    if not updated:
+        # Deleted meanwhile, or a later attempt took over: our files are nobody's.
+        storage_delete_keys(written)
+    return Reconstruction.objects.filter(pk=reconstruction_id).first()
+
+
+def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:
+    """Pending or running for longer than any job may take: its queue message was lost (Redis wiped)."""
+    if reconstruction.is_finished:
+        return False
+    since = reconstruction.started_at or reconstruction.created_at
+    return timezone.now() - since > timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+
+
+def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
+    """Queue a failed (or stuck) reconstruction again."""
+    if not (reconstruction.status == Status.FAILED or reconstruction_is_stuck(reconstruction)):
+        raise ValidationError("Only a failed reconstruction can be tried again.")
+    pk = reconstruction.pk
+    Reconstruction.objects.filter(pk=pk).update(
+        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None
+    )
+    if settings.RECONSTRUCT_MODE == "sync":
+        reconstruction_run(pk)
+    else:
+        transaction.on_commit(lambda: reconstruction_dispatch(pk))
+    reconstruction.refresh_from_db()
+    return reconstruction
+
+
+def reconstruction_delete(reconstruction: Reconstruction) -> None:
+    """Delete the row, then (once that is committed) its files; see reconstruct/signals.py."""
+    with transaction.atomic():
+        reconstruction.delete()
+
+
+def reconstruction_delete_files(reconstruction: Reconstruction) -> None:
+    keys = reconstruction.file_keys()
+    transaction.on_commit(lambda: storage_delete_keys(keys))
