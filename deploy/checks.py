@@ -92,6 +92,8 @@ SECRET_ENV_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|CREDENTIAL|PRI
 
 @dataclass
 class BundleReport:
+    """What the check found in one bundle: sizes (bytes), the glibc versions its ELF files need, problems."""
+
     zip_path: str
     zipped_bytes: int
     unzipped_bytes: int

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 @dataclass
 class ElfNeeds:
+    """What one ELF file needs at load time: its DT_NEEDED libraries and the symbol versions it references."""
+
     libraries: list[str]  # DT_NEEDED sonames
     versions: list[str]  # e.g. GLIBC_2.17, GLIBCXX_3.4.19
 

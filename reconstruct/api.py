@@ -28,6 +28,7 @@ PAGE_SIZE = 50
 
 @api_view(("GET", "POST"))
 def reconstructions(request: HttpRequest) -> HttpResponse:
+    """GET: the caller's reconstructions, 50 a page, newest first. POST: a new one from a multipart ``image``."""
     if request.method == "POST":
         return _create(request)
     paginator = Paginator(selectors.reconstruction_list(request.user), PAGE_SIZE)
@@ -84,6 +85,7 @@ def _create(request: HttpRequest) -> HttpResponse:
 
 @api_view(("GET", "DELETE"))
 def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """GET: one of the caller's reconstructions (``Retry-After: 1`` while it runs). DELETE: it and its files."""
     item = selectors.reconstruction_get(request.user, public_id)
     if item is None:
         return json_error("No such reconstruction.", 404)
@@ -97,6 +99,7 @@ def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """A JSON 404 for any other path under /api/."""
     return json_error("Not found. The API lives at /api/reconstructions/.", 404)
 
 

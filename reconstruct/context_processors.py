@@ -9,6 +9,7 @@ from reconstruct.services.direct_uploads import direct_uploads_enabled
 
 
 def site(request: HttpRequest) -> dict[str, object]:
+    """The site's name and upload limits, for every template."""
     return {
         "SITE_NAME": settings.SITE_NAME,
         "MAX_UPLOAD_BYTES": settings.RECONSTRUCT_MAX_UPLOAD_BYTES,

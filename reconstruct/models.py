@@ -13,6 +13,8 @@ FILE_KINDS = ("original", "thumbnail", "model_input", "reconstruction")
 
 
 class Reconstruction(models.Model):
+    """One uploaded photo and its reconstruction: files in storage, status, scores, the model version used."""
+
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting for a worker"
         RUNNING = "running", "Reconstructing"

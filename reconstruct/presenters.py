@@ -17,6 +17,7 @@ def img_tag(url: str, height: int = 48, alt: str = "") -> str:
 
 
 def file_url(reconstruction: Reconstruction, kind: str, download: bool = False) -> str | None:
+    """The site URL of one stored file of a reconstruction (``kind`` one of FILE_KINDS), or None before it exists."""
     if not getattr(reconstruction, kind):
         return None
     url = reverse("reconstruct:file", args=[reconstruction.uuid, kind])
@@ -24,6 +25,8 @@ def file_url(reconstruction: Reconstruction, kind: str, download: bool = False) 
 
 
 def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) -> dict[str, object]:
+    """A reconstruction as the JSON API returns it, with absolute URLs."""
+
     def absolute(url: str | None) -> str | None:
         return request.build_absolute_uri(url) if url else None
 
@@ -46,6 +49,8 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
 
 @dataclass(frozen=True)
 class ScoreExplanation:
+    """One score for people: its name, its value with units, a verdict, and what it measures."""
+
     name: str
     value: str
     verdict: str

@@ -9,4 +9,5 @@ from reconstruct.services.reconstructions import reconstruction_run
 
 @shared_task(name="reconstruct.tasks.reconstruction_run_task")
 def reconstruction_run_task(reconstruction_id: int) -> None:
+    """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue."""
     reconstruction_run(reconstruction_id)

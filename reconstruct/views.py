@@ -48,6 +48,7 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
 
 
 def home(request: HttpRequest) -> HttpResponse:
+    """The home page: drawn example cars reconstructed by the active model, and the caller's latest results."""
     recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
     return render(
         request,
@@ -80,6 +81,7 @@ def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
 
 
 def signup(request: HttpRequest) -> HttpResponse:
+    """Create an account and log in."""
     if request.user.is_authenticated:
         return redirect("reconstruct:upload")
     form = SignupForm(request.POST or None)
@@ -94,6 +96,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def account(request: HttpRequest) -> HttpResponse:
+    """The account page: API token (regenerate, revoke) and how to use the API."""
     if request.method == "POST":
         action = request.POST.get("action")
         if action == "regenerate":
@@ -122,6 +125,7 @@ def _upload_page(request: HttpRequest, errors: list[str] | None = None, status: 
 @login_required
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
+    """The upload form; a valid photo becomes a reconstruction and the browser goes to its page."""
     if request.method == "GET":
         return _upload_page(request)
     try:
@@ -154,6 +158,7 @@ def _rate_limited_page(request: HttpRequest, problem: UploadRateLimited) -> Http
 @login_required
 @require_GET
 def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """One of the caller's reconstructions: the photo, what the model saw, the reconstruction, the scores."""
     reconstruction = _get_reconstruction_for_user(request, public_id)
     return render(
         request,
@@ -173,6 +178,7 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
+    """The caller's reconstructions, 24 a page, newest first."""
     paginator = Paginator(selectors.reconstruction_list(request.user), GALLERY_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     return render(request, "reconstruct/gallery.html", {"page": page})
@@ -181,6 +187,7 @@ def gallery(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def delete(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """Confirm (GET), then delete (POST) one of the caller's reconstructions and its files."""
     reconstruction = _get_reconstruction_for_user(request, public_id)
     if request.method == "POST":
         reconstruction_delete(reconstruction)
@@ -196,6 +203,7 @@ def delete(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_POST
 def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """POST: queue a failed (or stuck) reconstruction again."""
     reconstruction = _get_reconstruction_for_user(request, public_id)
     try:
         reconstruction_retry(reconstruction)
@@ -238,12 +246,14 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404: JSON for the API and clients that ask for it, the site's page otherwise."""
     if wants_json(request):
         return json_error("Not found.", 404)
     return default_page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    """500: JSON for the API and clients that ask for it, the site's page otherwise."""
     if wants_json(request):
         return json_error("Something went wrong on our side. Please try again later.", 500)
     return default_server_error(request)

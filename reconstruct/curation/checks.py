@@ -73,6 +73,7 @@ def phash(image: Image.Image) -> int:
 
 
 def hash_to_hex(value: int) -> str:
+    """A 64-bit hash as the 16 hex digits stored in the database."""
     return f"{value:016x}"
 
 

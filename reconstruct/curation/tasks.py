@@ -19,6 +19,7 @@ from django.conf import settings
 )
 def training_run_execute_task(run_id: int) -> None:
     # Imported here: the runner imports the training code, which only the training worker runs.
+    """Execute training run ``run_id`` (a primary key) in the training worker."""
     from reconstruct.curation.runner import training_run_execute
 
     training_run_execute(run_id)

@@ -18,6 +18,7 @@ from reconstruct.curation.services.arrival import dataset_image_donate
 @login_required
 @require_POST
 def reconstruction_donate(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """POST: offer the photo of one of the caller's reconstructions to the training set (404 for someone else's)."""
     reconstruction = site_selectors.reconstruction_get(request.user, public_id)
     if reconstruction is None:
         raise Http404("No such reconstruction.")  # someone else's is as absent as a missing one

@@ -24,6 +24,8 @@ from reconstruct.registry.services import model_version_activate, model_version_
 
 
 class ModelActivationInline(admin.TabularInline):
+    """The activations of one version, on its page."""
+
     model = ModelActivation
     fk_name = "version"
     fields = ["activated_at", "activated_by", "previous", "note"]
@@ -38,6 +40,8 @@ class ModelActivationInline(admin.TabularInline):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
+    """The registry's list and pages: metrics, Activate, Compare, Roll back (read-only otherwise)."""
+
     change_list_template = "admin/curation/modelversion/change_list.html"
     change_form_template = "admin/curation/modelversion/change_form.html"
     list_display = [

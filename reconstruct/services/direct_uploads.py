@@ -45,6 +45,7 @@ class DirectUploadsUnavailable(Exception):
 
 
 def direct_uploads_enabled() -> bool:
+    """Whether browsers may send photos straight to S3 (RECONSTRUCT_DIRECT_UPLOADS, and the media are in S3)."""
     return settings.RECONSTRUCT_DIRECT_UPLOADS and storage_is_s3()
 
 
@@ -54,6 +55,7 @@ def inline_upload_limited() -> bool:
 
 
 def inline_upload_size_error(size: int) -> str:
+    """Why a request of ``size`` bytes is refused on Lambda, and what to do instead."""
     limit = settings.RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES
     message = (
         f"This upload is {size_text(size)}, more than the {size_text(limit)} one request to this server may carry "

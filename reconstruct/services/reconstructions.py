@@ -226,5 +226,6 @@ def reconstruction_delete(reconstruction: Reconstruction) -> None:
 
 
 def reconstruction_delete_files(reconstruction: Reconstruction) -> None:
+    """Delete a deleted row's files once the deletion is committed (the post_delete signal calls this)."""
     keys = reconstruction.file_keys()
     transaction.on_commit(lambda: storage_delete_keys(keys))

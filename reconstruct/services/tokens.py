@@ -31,6 +31,7 @@ def api_token_regenerate(user: AbstractBaseUser) -> str:
 
 
 def api_token_revoke(user: AbstractBaseUser) -> None:
+    """Delete the user's API token: requests that use it are refused from now on."""
     ApiToken.objects.filter(user=user).delete()
 
 

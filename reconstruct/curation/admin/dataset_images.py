@@ -65,6 +65,8 @@ class BulkUploadForm(forms.Form):
 
 @admin.register(DatasetImage)
 class DatasetImageAdmin(admin.ModelAdmin):
+    """The training set: list with checks and filters, review actions, a photo's page, bulk upload, export."""
+
     change_list_template = "admin/curation/datasetimage/change_list.html"
     change_form_template = "admin/curation/datasetimage/change_form.html"
     list_display = ["thumb", "id", "status", "check_flags", "likeness", "orientation", "source", "original_name"]

@@ -12,6 +12,8 @@ from reconstruct.curation.models import DatasetSnapshot
 
 @admin.register(DatasetSnapshot)
 class DatasetSnapshotAdmin(admin.ModelAdmin):
+    """Snapshots of the approved set: read-only, each with its zip and the runs trained on it."""
+
     list_display = ["__str__", "created_at", "created_by", "note", "image_count", "download"]
     readonly_fields = ["created_at", "created_by", "note", "image_count", "manifest_sha256", "download", "runs"]
     fields = readonly_fields

@@ -21,6 +21,8 @@ from reconstruct.storage import storage_serve
 
 
 class TrainingRunStartForm(forms.Form):
+    """Choose a config (ml/configs/<name>.json), optionally fewer or more epochs, and a note."""
+
     config = forms.ChoiceField(help_text="ml/configs/<name>.json: the model's size and the training recipe.")
     epochs = forms.IntegerField(
         min_value=1, max_value=5000, required=False, help_text="Leave empty for the config's own number."
@@ -38,6 +40,8 @@ class TrainingRunStartForm(forms.Form):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
+    """Training runs: the start form, a run's live progress page (polled as JSON), cancel, its pictures."""
+
     change_form_template = "admin/curation/trainingrun/change_form.html"
     list_display = ["__str__", "status", "config_name", "progress", "snapshot", "created_by", "created_at", "version"]
     list_filter = ["status", "config_name"]

@@ -155,6 +155,8 @@ class AddResult:
 
 @dataclass
 class AddReport:
+    """What happened to every file of one batch, in order; the upload page and import command show it."""
+
     results: list[AddResult] = field(default_factory=list)
 
     @property
