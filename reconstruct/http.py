@@ -67,6 +67,19 @@ def created_response(request: HttpRequest, reconstruction: Reconstruction) -> Js
     return response
 
 
+def token_login(request: HttpRequest) -> JsonResponse | None:
+    """Authenticate by ``Authorization: Token <key>`` when the request carries one: ``request.user`` becomes the
+    token's owner. Returns a 401 JSON response for a malformed or unknown token, None otherwise (also when
+    there is no header: the session, if any, stays in charge)."""
+    try:
+        token_user = authenticate_token(request)
+    except TokenError as problem:
+        return json_error(str(problem), 401)
+    if token_user is not None:
+        request.user = token_user
+    return None
+
+
 def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
     """Run Django's CSRF check on a session-authenticated request (what the middleware skipped)."""
     check = CsrfViewMiddleware(lambda _request: HttpResponse())
@@ -87,24 +100,21 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 response = json_error(f"Method {request.method} is not allowed here; use {', '.join(methods)}.", 405)
                 response["Allow"] = ", ".join(methods)
                 return response
-            try:
-                token_user = authenticate_token(request)
-            except TokenError as problem:
-                return json_error(str(problem), 401)
-            if token_user is not None:
-                request.user = token_user
-            elif request.user.is_authenticated:
-                if request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
-                    return json_error(
-                        "CSRF check failed. Scripts should authenticate with 'Authorization: Token <key>' "
-                        "(see your account page) instead of a session cookie.",
-                        403,
-                    )
-            else:
+            refused = token_login(request)
+            if refused is not None:
+                return refused
+            if not request.user.is_authenticated:
                 return json_error(
                     "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
                     f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
                     401,
+                )
+            by_session = not request.headers.get("Authorization", "").strip()
+            if by_session and request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
+                return json_error(
+                    "CSRF check failed. Scripts should authenticate with 'Authorization: Token <key>' "
+                    "(see your account page) instead of a session cookie.",
+                    403,
                 )
             return view(request, *args, **kwargs)
 

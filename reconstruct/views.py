@@ -21,9 +21,8 @@ from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
-from reconstruct.auth import TokenError, authenticate_token
 from reconstruct.forms import SignupForm, UploadForm
-from reconstruct.http import body_too_large, declared_length, json_error, wants_json
+from reconstruct.http import body_too_large, declared_length, json_error, token_login, wants_json
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
 from reconstruct.services.reconstructions import (
@@ -227,12 +226,9 @@ def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> Ht
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
     """A stored file of one of the caller's reconstructions (session or API token), or 404."""
-    try:
-        token_user = authenticate_token(request)
-    except TokenError as error:
-        return json_error(str(error), 401)
-    if token_user is not None:
-        request.user = token_user
+    refused = token_login(request)
+    if refused is not None:
+        return refused
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
