@@ -321,9 +321,30 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 30
 if CELERY_TASK_TIME_LIMIT >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("RECONSTRUCT_SOFT_TIME_LIMIT + 30 must stay below CELERY_VISIBILITY_TIMEOUT")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Publishing from a web request must not hang when Redis is down: fail fast and tell the user.
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
-CELERY_BROKER_CONNECTION_TIMEOUT = 4
+# Publishing from a web request must not hang when Redis is down (connection refused) or hung (accepts, never
+# answers: SIGSTOP, a full disk): every connect and every command times out after RECONSTRUCT_BROKER_TIMEOUT s,
+# one retry, then the upload is kept pending and the sweep below queues it once Redis answers again.
+RECONSTRUCT_BROKER_TIMEOUT = envfloat("RECONSTRUCT_BROKER_TIMEOUT", 3.0, minimum=0.1)
+CELERY_BROKER_TRANSPORT_OPTIONS |= {
+    "socket_timeout": RECONSTRUCT_BROKER_TIMEOUT,
+    "socket_connect_timeout": RECONSTRUCT_BROKER_TIMEOUT,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
+CELERY_BROKER_CONNECTION_TIMEOUT = RECONSTRUCT_BROKER_TIMEOUT
+# The sweep (reconstruct/services/recovery.py), run by Celery beat (`make run` starts it): a job running longer
+# than RECONSTRUCT_STUCK_AFTER s (the hard time limit plus a margin) lost its worker, and is queued again (or
+# failed after RECONSTRUCT_MAX_ATTEMPTS); a pending one the broker did not take is queued.
+RECONSTRUCT_SWEEP_INTERVAL = envint("RECONSTRUCT_SWEEP_INTERVAL", 60, minimum=1)
+RECONSTRUCT_STUCK_AFTER = envint("RECONSTRUCT_STUCK_AFTER", CELERY_TASK_TIME_LIMIT + 30, minimum=1)
+RECONSTRUCT_REQUEUE_AFTER = envint("RECONSTRUCT_REQUEUE_AFTER", 30, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "reconstruction-sweep": {
+        "task": "reconstruct.tasks.reconstruction_sweep_task",
+        "schedule": float(RECONSTRUCT_SWEEP_INTERVAL),
+        # A sweep nobody ran in time is dropped: the next one does the same work.
+        "options": {"expires": float(RECONSTRUCT_SWEEP_INTERVAL)},
+    }
+}
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

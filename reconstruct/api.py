@@ -20,7 +20,7 @@ from django.urls import reverse
 from reconstruct import presenters, selectors
 from reconstruct.http import api_view, body_too_large, created_response, json_error, rate_limited_response
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
-from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete
+from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete, reconstruction_retry
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
 
 PAGE_SIZE = 50
@@ -96,6 +96,20 @@ def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     if not item.is_finished:
         response["Retry-After"] = "1"
     return response
+
+
+@api_view(("POST",))
+def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """POST: queue a failed (or stuck) reconstruction again, as the page's button does -> 202 and its new state;
+    409 when it is neither (its ``retry_url`` is null)."""
+    item = selectors.reconstruction_get(request.user, public_id)
+    if item is None:
+        return json_error("No such reconstruction.", 404)
+    try:
+        item = reconstruction_retry(item)
+    except ValidationError as problem:
+        return json_error(problem.messages[0], 409, code="not_retryable")
+    return created_response(request, item)
 
 
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:

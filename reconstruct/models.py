@@ -49,6 +49,9 @@ class Reconstruction(models.Model):
 
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When its job was last handed to the queue; null while pending means the broker did not take it
+    # (down or hung): reconstruct/services/recovery.py queues it once the broker is back.
+    queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from reconstruct.models import FILE_KINDS, ModelVersion, Reconstruction
+from reconstruct.services.reconstructions import reconstruction_is_stuck
 
 
 def img_tag(url: str, height: int = 48, alt: str = "") -> str:
@@ -30,6 +31,9 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
     def absolute(url: str | None) -> str | None:
         return request.build_absolute_uri(url) if url else None
 
+    stuck = reconstruction_is_stuck(reconstruction)
+    can_retry = stuck or reconstruction.status == Reconstruction.Status.FAILED
+
     return {
         "id": str(reconstruction.uuid),
         "status": reconstruction.status,
@@ -44,6 +48,9 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
         "images": {kind: absolute(file_url(reconstruction, kind)) for kind in FILE_KINDS},
         "url": absolute(reverse("reconstruct:detail", args=[reconstruction.uuid])),
         "status_url": absolute(reverse("api:reconstruction", args=[reconstruction.uuid])),
+        # The page's "Try again" / "Queue it again": POST here when failed, or stuck (its job was lost).
+        "stuck": stuck,
+        "retry_url": absolute(reverse("api:retry", args=[reconstruction.uuid])) if can_retry else None,
     }
 
 

@@ -5,7 +5,6 @@ The helpers behind them, for tests to import, are in tests/support.py."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.support import (
     redis_server,
     start_worker,
     stop_worker,
+    worker_environment,
 )
 
 # --- Settings for every test ------------------------------------------------------------------------
@@ -172,15 +172,7 @@ def s3_worker(
     test_database_url: str, redis_url: str, s3_server: S3Server, model_cache_dir: Path, celery_app_on_test_redis: Any
 ) -> Iterator[WorkerProcess]:
     """A Celery worker process on the `reconstruct` queue: the test database, the test Redis, S3 on moto."""
-    env = {
-        **os.environ,
-        **s3_server.environment(),
-        "DATABASE_URL": test_database_url,
-        "CELERY_BROKER_URL": redis_url,
-        "MODEL_CACHE_DIR": str(model_cache_dir / "worker"),
-        "RECONSTRUCT_MODE": "celery",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = worker_environment(s3_server, test_database_url, redis_url, model_cache_dir / "worker")
     worker = start_worker("reconstruct", env, name="test-reconstruct")
     yield worker
     stop_worker(worker)

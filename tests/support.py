@@ -363,5 +363,19 @@ def start_worker(queues: str, env: dict[str, str], name: str, timeout: float = 6
         raise RuntimeError(f"the Celery worker did not start:\n{error}") from None
 
 
+def worker_environment(s3: S3Server, database_url: str, broker_url: str, model_cache: Path) -> dict[str, str]:
+    """The environment of a worker process that shares the test database, stores on ``s3`` and consumes from
+    ``broker_url``, with its model cache in ``model_cache``."""
+    return {
+        **os.environ,
+        **s3.environment(),
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "MODEL_CACHE_DIR": str(model_cache),
+        "RECONSTRUCT_MODE": "celery",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def stop_worker(worker: WorkerProcess) -> None:
     worker.stop(timeout=20)

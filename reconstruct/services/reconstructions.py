@@ -90,13 +90,11 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
     try:
         reconstruction_run_task.delay(reconstruction_id)
     except (QueueError, OSError) as error:
-        logger.error("could not queue reconstruction %s: %s", reconstruction_id, error)
-        Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(
-            status=Status.FAILED,
-            error="The job queue is not reachable, so the reconstruction could not start. "
-            "Please press “Try again” in a minute; if it keeps failing, the site's Redis server is down.",
-            finished_at=timezone.now(),
-        )
+        # The row stays pending with no queued_at: the sweep (reconstruct/services/recovery.py) queues it
+        # once the broker answers again, so the upload is kept and its 202 "pending" stays true.
+        logger.error("could not queue reconstruction %s (the sweep will queue it later): %s", reconstruction_id, error)
+        return
+    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=timezone.now())
 
 
 def _png(image: Image.Image) -> bytes:
@@ -109,6 +107,19 @@ def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> 
     Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
         status=Status.FAILED, error=message, finished_at=timezone.now()
     )
+
+
+def _reconstruction_discard_leftovers(reconstruction: Reconstruction) -> None:
+    """Delete what an earlier attempt, killed between storing its PNGs and its UPDATE, left in the row's folder:
+    every file there but the ones the row references (the original and its thumbnail)."""
+    prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
+    keep = set(reconstruction.file_keys())
+    try:
+        _, names = default_storage.listdir(prefix)
+    except Exception:  # storage down: the attempt itself will say so; a leftover file is harmless
+        logger.warning("could not list %s for leftovers of an earlier attempt", prefix, exc_info=True)
+        return
+    storage_delete_keys(key for name in names if (key := f"{prefix}/{name}") not in keep)
 
 
 def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
@@ -145,6 +156,8 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
         reconstruction.refresh_from_db(fields=["attempts"])
         attempt = reconstruction.attempts
 
+    if attempt > 1:
+        _reconstruction_discard_leftovers(reconstruction)
     written: list[str] = []
     try:
         version, model = model_version_load_active()
@@ -196,11 +209,13 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
 
 
 def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:
-    """Pending or running for longer than any job may take: its queue message was lost (Redis wiped)."""
+    """Pending or running for longer than any job may take (RECONSTRUCT_STUCK_AFTER s): its worker died or its
+    queue message was lost. The sweep (reconstruct/services/recovery.py) queues such jobs again by itself; the
+    page and the API offer the same retry meanwhile."""
     if reconstruction.is_finished:
         return False
     since = reconstruction.started_at or reconstruction.created_at
-    return timezone.now() - since > timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    return timezone.now() - since > timedelta(seconds=settings.RECONSTRUCT_STUCK_AFTER)
 
 
 def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
@@ -209,7 +224,7 @@ def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
         raise ValidationError("Only a failed reconstruction can be tried again.")
     pk = reconstruction.pk
     Reconstruction.objects.filter(pk=pk).update(
-        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None
+        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None, queued_at=None
     )
     if settings.RECONSTRUCT_MODE == "sync":
         reconstruction_run(pk)

@@ -3,10 +3,11 @@
 Migrates the database, registers the shipped model, makes sure a demo account exists, then starts
 and supervises a Redis server on loopback (own data folder under .run/redis), a Celery worker for
 the `reconstruct` queue (plus one for `training` when a task is routed there and torch is
-installed) and the web server. A process that dies is started again after a back-off (1 s, doubling
-up to 60 s; back to 1 s once it has run for a minute), and the log says so: one dead worker does not
-take the site down. Ctrl-C stops everything, web server first and Redis last, so a worker can finish
-its job and nothing queued is lost (Redis keeps an append-only file).
+installed), Celery beat (the periodic sweep of orphaned jobs) and the web server. A process that
+dies is started again after a back-off (1 s, doubling up to 60 s; back to 1 s once it has run for a
+minute), and the log says so: one dead worker does not take the site down. Ctrl-C stops everything,
+web server first and Redis last, so a worker can finish its job and nothing queued is lost (Redis
+keeps an append-only file).
 """
 
 from __future__ import annotations
@@ -188,6 +189,9 @@ class Command(BaseCommand):
         worker += ["--without-gossip", "--without-mingle"]
         concurrency = str(options["concurrency"])
         children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
+        # Celery beat sends the sweep (reconstruct/services/recovery.py) every RECONSTRUCT_SWEEP_INTERVAL s.
+        beat = [sys.executable, "-m", "celery", "-A", "carsite", "beat", "--loglevel", "INFO"]
+        children.append(Child("beat", [*beat, "--schedule", str(run_dir / "celerybeat-schedule")], env))
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
             children.append(Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], env))

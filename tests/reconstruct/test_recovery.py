@@ -1,0 +1,202 @@
+"""No job lost, none stuck, none done twice: a worker killed mid-job, a broker that is down or hung, the sweep
+(reconstruct/services/recovery.py), and the same retry on the page and in the API. Real Redis servers and real
+Celery worker processes; files on S3 over HTTP (moto)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.test import Client
+from django.utils import timezone
+
+from reconstruct.models import Reconstruction
+from reconstruct.services.reconstructions import reconstruction_create, reconstruction_run
+from reconstruct.services.recovery import reconstruction_sweep
+from reconstruct.services.tokens import api_token_regenerate
+from tests.support import S3Server, redis_server, start_worker, stop_worker, upload, worker_environment
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+API = "/api/reconstructions/"
+QUEUE = "reconstruct"  # the Redis list that holds the reconstruct queue's messages
+
+
+@contextlib.contextmanager
+def broker(app: Any, url: str) -> Iterator[None]:
+    """The Celery app publishes to ``url`` inside the block (fresh connections), and to its old broker after."""
+    previous = app.conf.broker_url
+
+    def point(to: str) -> None:
+        with contextlib.suppress(Exception):
+            app.pool.force_close_all()
+        app.conf.broker_url = to
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    point(url)
+    try:
+        yield
+    finally:
+        point(previous)
+
+
+def queued_ids(url: str) -> list[int]:
+    """The reconstruction ids waiting in the reconstruct queue of the Redis at ``url`` (Celery's message
+    protocol 2: a JSON envelope whose base64 body is ``[args, kwargs, embed]``)."""
+    messages = redis.Redis.from_url(url).lrange(QUEUE, 0, -1)
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
+
+
+def kill_worker(pid: int) -> None:
+    """SIGKILL a Celery worker and its pool processes at once, as the kernel's OOM killer or a crash would."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for process in [*map(int, children), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
+
+
+def post(client: Client, token: str, content: bytes) -> Any:
+    return client.post(API, {"image": upload(content, "car.png")}, HTTP_AUTHORIZATION=f"Token {token}")
+
+
+@pytest.fixture
+def queued_on_s3(settings: Any, on_s3: S3Server, celery_app_on_test_redis: Any) -> S3Server:
+    settings.RECONSTRUCT_MODE = "celery"
+    return on_s3
+
+
+def test_it_runs_a_job_once_after_its_worker_was_killed_mid_job(
+    queued_on_s3: S3Server, settings: Any, test_database_url: str, redis_url: str, tmp_path: Path, alice, car_png
+):
+    # An empty model cache: the first job downloads the model, so it is surely mid-job when killed.
+    env = worker_environment(queued_on_s3, test_database_url, redis_url, tmp_path / "models")
+    doomed = start_worker("reconstruct", env, name="doomed")
+    try:
+        reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+        deadline = time.monotonic() + 60
+        while Reconstruction.objects.get(pk=reconstruction.pk).status != "running":
+            assert time.monotonic() < deadline, doomed.log()
+            time.sleep(0.01)
+        kill_worker(doomed.process.pid)
+        doomed.process.wait(10)
+    finally:
+        stop_worker(doomed)
+    row = Reconstruction.objects.get(pk=reconstruction.pk)
+    assert (row.status, row.attempts) == ("running", 1), "the worker finished before it was killed"
+
+    # A minute later the sweep finds a job running longer than any job may, and queues it again.
+    settings.RECONSTRUCT_STUCK_AFTER = 1
+    Reconstruction.objects.filter(pk=row.pk).update(started_at=timezone.now() - timedelta(seconds=5))
+    assert reconstruction_sweep().requeued == [row.pk]
+    assert reconstruction_sweep().requeued == []  # pending again, queued: nothing more to do
+
+    survivor = start_worker("reconstruct", {**env, "MODEL_CACHE_DIR": str(tmp_path / "models-2")}, name="survivor")
+    try:
+        deadline = time.monotonic() + 90
+        while not (row := Reconstruction.objects.get(pk=row.pk)).is_finished:
+            assert time.monotonic() < deadline, survivor.log()
+            time.sleep(0.2)
+    finally:
+        stop_worker(survivor)
+    assert (row.status, row.attempts, row.error) == ("done", 2, "")
+    prefix = f"reconstructions/{alice.pk}/{row.uuid}/"
+    # One result: nothing left of the killed attempt, every stored file referenced by the row.
+    assert queued_on_s3.keys(prefix) == sorted(row.file_keys())
+    assert {row.model_input.name, row.reconstruction.name} == {
+        prefix + "model_input.png",
+        prefix + "reconstruction.png",
+    }
+    # Its old message, if Redis ever hands it back, finds the job done and changes nothing.
+    finished_at = row.finished_at
+    reconstruction_run(row.pk)
+    assert Reconstruction.objects.get(pk=row.pk).finished_at == finished_at
+
+
+def test_it_fails_a_job_with_a_reason_after_its_last_interrupted_attempt(settings: Any, alice, car_png):
+    settings.RECONSTRUCT_STUCK_AFTER = 1
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Reconstruction.objects.filter(pk=reconstruction.pk).update(
+        status="running", attempts=settings.RECONSTRUCT_MAX_ATTEMPTS, started_at=long_ago
+    )
+    assert reconstruction_sweep().failed == [reconstruction.pk]
+    row = Reconstruction.objects.get(pk=reconstruction.pk)
+    assert row.status == "failed" and "interrupted 3 times" in row.error
+
+    # The API offers the page's "Try again".
+    client = Client()
+    token = api_token_regenerate(alice)
+    data = client.get(f"{API}{row.uuid}/", HTTP_AUTHORIZATION=f"Token {token}").json()
+    assert data["retry_url"] == f"http://testserver{API}{row.uuid}/retry/"
+    retried = client.post(data["retry_url"], HTTP_AUTHORIZATION=f"Token {token}")
+    assert retried.status_code == 201 and retried.json()["status"] == "done"  # sync mode: run in the request
+    again = client.post(data["retry_url"], HTTP_AUTHORIZATION=f"Token {token}")
+    assert again.status_code == 409 and again.json()["code"] == "not_retryable"
+
+
+def test_the_api_offers_the_pages_retry_for_a_stuck_job(settings: Any, alice, car_png):
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    Reconstruction.objects.filter(pk=reconstruction.pk).update(
+        status="running", started_at=timezone.now() - timedelta(seconds=settings.RECONSTRUCT_STUCK_AFTER + 5)
+    )
+    client = Client()
+    token = api_token_regenerate(alice)
+    data = client.get(f"{API}{reconstruction.uuid}/", HTTP_AUTHORIZATION=f"Token {token}").json()
+    assert data["stuck"] is True and data["retry_url"]
+    client.force_login(alice)
+    page = client.get(f"/r/{reconstruction.uuid}/")
+    assert b"Queue it again" in page.content
+
+
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+def test_it_keeps_an_upload_while_the_broker_is_out_and_queues_it_when_back(
+    outage: str, settings: Any, celery_app_on_test_redis: Any, tmp_path: Path, alice, car_png
+):
+    settings.RECONSTRUCT_MODE = "celery"
+    settings.RECONSTRUCT_REQUEUE_AFTER = 0
+    client = Client()
+    token = api_token_regenerate(alice)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with redis_server(tmp_path / "first") as url, broker(celery_app_on_test_redis, url):
+        server_pid = int(redis.Redis.from_url(url).info("server")["process_id"])
+        if outage == "paused":
+            os.kill(server_pid, signal.SIGSTOP)  # accepts connections, never answers
+        else:
+            redis.Redis.from_url(url).shutdown(nosave=True)
+        try:
+            started = time.monotonic()
+            response = post(client, token, car_png)
+            waited = time.monotonic() - started
+        finally:
+            if outage == "paused":
+                os.kill(server_pid, signal.SIGCONT)
+        # Not a hang: the connect and publish timeouts (3 s, one retry) ended the wait.
+        assert waited < 30
+        assert response.status_code == 202, response.content
+        assert response.json()["status"] == "pending"
+        row = Reconstruction.objects.get(uuid=response.json()["id"])
+        assert (row.status, row.queued_at, row.error) == ("pending", None, "")
+
+        if outage == "paused":
+            back = url
+            assert reconstruction_sweep().requeued == [row.pk]
+            assert queued_ids(back) == [row.pk]
+        else:
+            with redis_server(tmp_path / "second") as back, broker(celery_app_on_test_redis, back):
+                assert reconstruction_sweep().requeued == [row.pk]
+                assert queued_ids(back) == [row.pk]
+    row.refresh_from_db()
+    assert row.status == "pending" and row.queued_at is not None
+    assert reconstruction_sweep().requeued == []
