@@ -89,6 +89,7 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         "MODEL_CACHE_DIR": str(tmp_path / "models"),
         "CARSITE_RUN_DIR": str(tmp_path / "run"),
         "WORKER_CONCURRENCY": "1",
+        "RECONSTRUCT_SWEEP_INTERVAL": "2",
         "PYTHONUNBUFFERED": "1",
     }
     process, output, port = on_some_port(lambda port: start_runlocal(port, env))
@@ -120,6 +121,8 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         assert process.poll() is None
         status = reconstruct_once(session, base)
         assert status["status"] == "done", status["error"]
+        # Celery beat sends the sweep of orphaned jobs, and the worker runs it.
+        assert re.search(r"Task reconstruct\.tasks\.reconstruction_sweep_task\[\S+\] succeeded", "".join(output))
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
