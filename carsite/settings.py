@@ -225,7 +225,13 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# S3 calls time out and retry with boto's exponential back-off ("standard" mode) rather than hang a request or a job
+# for boto's default 60 s; a job whose storage stays unreachable is retried later (RECONSTRUCT_STORAGE_RETRIES).
+AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 10.0, minimum=0.1)
+AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 3, minimum=1)
 if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as BotoConfig
+
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -242,6 +248,14 @@ if AWS_STORAGE_BUCKET_NAME:
             "addressing_style": envchoice("AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
         },
     }
+    # With a client_config django-storages ignores its own addressing_style and signature_version: repeated here.
+    STORAGES["default"]["OPTIONS"]["client_config"] = BotoConfig(
+        s3={"addressing_style": STORAGES["default"]["OPTIONS"]["addressing_style"]},
+        signature_version="s3v4",
+        connect_timeout=AWS_S3_TIMEOUT,
+        read_timeout=AWS_S3_TIMEOUT,
+        retries={"max_attempts": AWS_S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
 
 # Uploads. Phones write 3-12 MB JPEGs; the byte limit is checked before the body is read, the pixel
 # limit before the pixels are decoded (a small file can hold a huge "decompression bomb").
@@ -267,10 +281,20 @@ RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STOR
 RECONSTRUCT_MODE = envchoice("RECONSTRUCT_MODE", "sync" if ON_LAMBDA else "celery", ("celery", "sync"))
 # A reconstruction is retried this many times after its worker died; then it is failed.
 RECONSTRUCT_MAX_ATTEMPTS = envint("RECONSTRUCT_MAX_ATTEMPTS", 3, minimum=1)
+# A job whose storage does not answer is retried this many times, RECONSTRUCT_STORAGE_RETRY_DELAY s later and
+# three times longer each time (5, 15, 45 s: about a minute), then failed with a reason; "Try again" works once the
+# storage is back.
+RECONSTRUCT_STORAGE_RETRIES = envint("RECONSTRUCT_STORAGE_RETRIES", 3, minimum=0)
+RECONSTRUCT_STORAGE_RETRY_DELAY = envfloat("RECONSTRUCT_STORAGE_RETRY_DELAY", 5.0, minimum=0)
 # Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
 RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
-# Where each process keeps its copy of the active model's files (downloaded once per version).
-MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "carsite-models")
+# Where each process keeps its copy of the active model's files (downloaded once per version, each file checked
+# against its SHA-256 before use): this site's own folder (.run/model-cache), never one shared by every site on the
+# host; on Lambda, whose code folder is read-only, the function's own /tmp.
+MODEL_CACHE_DIR = Path(
+    envstr("MODEL_CACHE_DIR")
+    or (Path(tempfile.gettempdir()) / "carsite-models" if ON_LAMBDA else RUN_DIR / "model-cache")
+)
 
 # Curation (reconstruct/curation; README "Admin: curating photos and training models"). Photos are
 # flagged, not refused, by these checks: a perceptual-hash distance at most this is a near duplicate

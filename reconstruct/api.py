@@ -18,10 +18,18 @@ from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
 from reconstruct import presenters, selectors
-from reconstruct.http import api_view, body_too_large, created_response, json_error, rate_limited_response
+from reconstruct.http import (
+    api_view,
+    body_too_large,
+    created_response,
+    json_error,
+    rate_limited_response,
+    storage_unavailable_response,
+)
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete, reconstruction_retry
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
+from reconstruct.storage import StorageUnavailable
 
 PAGE_SIZE = 50
 
@@ -76,6 +84,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         reconstruction = reconstruction_create(user=request.user, upload=upload)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    except StorageUnavailable:
+        return storage_unavailable_response()
     except UploadTooLarge as problem:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
@@ -152,6 +162,8 @@ def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
         reconstruction = direct_upload_complete(user=request.user, upload_id=upload_id, filename=filename)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    except StorageUnavailable:
+        return storage_unavailable_response()
     except DirectUploadsUnavailable:
         return json_error("Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME).", 404)
     except UploadTooLarge as problem:

@@ -59,6 +59,18 @@ def rate_limited_response(problem: UploadRateLimited) -> JsonResponse:
     return response
 
 
+STORAGE_DOWN_MESSAGE = (
+    "The site's file storage is not answering right now, so your photo was not saved. Please try again in a minute."
+)
+
+
+def storage_unavailable_response() -> JsonResponse:
+    """503 with ``Retry-After: 60``: the storage did not answer and nothing was stored."""
+    response = json_error(STORAGE_DOWN_MESSAGE, 503, code="storage_unavailable")
+    response["Retry-After"] = "60"
+    return response
+
+
 def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
     """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
     status = 201 if reconstruction.is_finished else 202

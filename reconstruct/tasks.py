@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 
 from reconstruct.services.reconstructions import reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
+from reconstruct.storage import StorageUnavailable
 
 
-@shared_task(name="reconstruct.tasks.reconstruction_run_task")
-def reconstruction_run_task(reconstruction_id: int) -> None:
-    """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue."""
-    reconstruction_run(reconstruction_id)
+@shared_task(bind=True, name="reconstruct.tasks.reconstruction_run_task", max_retries=None)
+def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
+    """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue.
+
+    While the storage does not answer it is tried again RECONSTRUCT_STORAGE_RETRIES times, after
+    RECONSTRUCT_STORAGE_RETRY_DELAY s and three times longer each time; the last try fails the row with the reason.
+    """
+    retries = self.request.retries
+    try:
+        reconstruction_run(reconstruction_id, storage_retry=retries < settings.RECONSTRUCT_STORAGE_RETRIES)
+    except StorageUnavailable as error:
+        raise self.retry(exc=error, countdown=settings.RECONSTRUCT_STORAGE_RETRY_DELAY * 3**retries) from error
 
 
 @shared_task(name="reconstruct.tasks.reconstruction_sweep_task")

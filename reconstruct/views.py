@@ -22,7 +22,7 @@ from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
 from reconstruct.forms import SignupForm, UploadForm
-from reconstruct.http import body_too_large, declared_length, json_error, token_login, wants_json
+from reconstruct.http import STORAGE_DOWN_MESSAGE, body_too_large, declared_length, json_error, token_login, wants_json
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
 from reconstruct.services.reconstructions import (
@@ -33,7 +33,7 @@ from reconstruct.services.reconstructions import (
 )
 from reconstruct.services.tokens import api_token_regenerate, api_token_revoke
 from reconstruct.services.uploads import UploadRateLimited, reconstruction_rate_check, upload_size_error
-from reconstruct.storage import storage_serve
+from reconstruct.storage import StorageUnavailable, storage_serve
 
 GALLERY_PAGE_SIZE = 24
 
@@ -145,6 +145,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         reconstruction = reconstruction_create(user=request.user, upload=form.cleaned_data["image"])
     except UploadRateLimited as problem:  # another tab got the last upload of the hour meanwhile
         return _rate_limited_page(request, problem)
+    except StorageUnavailable:
+        return _upload_page(request, [STORAGE_DOWN_MESSAGE], status=503)
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 

@@ -237,12 +237,13 @@ S3_BUCKET = "carsite-test-media"
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's standalone server (S3 and the rest of AWS) over HTTP on 127.0.0.1, on the port the system gives
-    it; yields its endpoint URL. Other processes reach it too."""
+def moto_server(port: int = 0) -> Iterator[str]:
+    """moto's standalone server (S3 and the rest of AWS) over HTTP on 127.0.0.1, on ``port`` or the port the
+    system gives it; yields its endpoint URL. Other processes reach it too. Every moto server of this process
+    shares one state: a server started again on the same port finds the buckets and objects of the last."""
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -284,6 +285,8 @@ class S3Server:
 
     def storages(self) -> dict[str, Any]:
         """The STORAGES setting settings.py builds from environment()."""
+        from botocore.config import Config
+
         return {
             "default": {
                 "BACKEND": "storages.backends.s3.S3Storage",
@@ -297,6 +300,13 @@ class S3Server:
                     "file_overwrite": False,
                     "signature_version": "s3v4",
                     "addressing_style": "path",
+                    "client_config": Config(
+                        s3={"addressing_style": "path"},
+                        signature_version="s3v4",
+                        connect_timeout=5,
+                        read_timeout=10,
+                        retries={"max_attempts": 2, "mode": "standard"},
+                    ),
                 },
             },
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -26,7 +28,7 @@ from ml import runtime
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import PreparedUpload, reconstruction_rate_check, upload_prepare
-from reconstruct.storage import storage_delete_keys
+from reconstruct.storage import StorageUnavailable, storage_delete_keys, storage_error_is_transient
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -44,8 +46,9 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     """Store an upload and queue its reconstruction; returns the new row (pending, or finished in sync mode).
 
     Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over the
-    hourly limit). The files are written before the row exists, so a row never points at a missing file;
-    the job is queued only once the row is committed, so a worker never looks for a row that is not there yet.
+    hourly limit), StorageUnavailable when the storage does not answer (nothing is kept then). The files are
+    written before the row exists, so a row never points at a missing file; the job is queued only once the row
+    is committed, so a worker never looks for a row that is not there yet.
     """
     reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
@@ -66,8 +69,10 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
             width=prepared.width,
             height=prepared.height,
         )
-    except BaseException:
+    except BaseException as error:
         storage_delete_keys(written)
+        if storage_error_is_transient(error):
+            raise StorageUnavailable(str(error)) from error
         raise
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
@@ -97,6 +102,16 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
     Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=timezone.now())
 
 
+class NonFiniteResult(ValueError):
+    """The model's latent or scores hold NaN or infinity (damaged weights): never shown as a result."""
+
+
+def _result_is_finite(result: runtime.Result) -> bool:
+    """Whether the posterior mean and every score are finite numbers (car-likeness may be None: uncalibrated)."""
+    scores = [value for value in result.scores.to_dict().values() if value is not None]
+    return bool(np.isfinite(result.latent).all()) and all(math.isfinite(value) for value in scores)
+
+
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
@@ -106,6 +121,15 @@ def _png(image: Image.Image) -> bytes:
 def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> None:
     Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
         status=Status.FAILED, error=message, finished_at=timezone.now()
+    )
+
+
+def _reconstruction_release(reconstruction_id: int, attempt: int) -> bool:
+    """Hand a running attempt back (pending, the attempt not counted) for a retry; False if it is no longer ours."""
+    return bool(
+        Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
+            status=Status.PENDING, attempts=attempt - 1, queued_at=timezone.now()
+        )
     )
 
 
@@ -122,7 +146,7 @@ def _reconstruction_discard_leftovers(reconstruction: Reconstruction) -> None:
     storage_delete_keys(key for name in names if (key := f"{prefix}/{name}") not in keep)
 
 
-def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
+def reconstruction_run(reconstruction_id: int, *, storage_retry: bool = False) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
@@ -130,6 +154,10 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
     only if the row is still this attempt's: a crash leaves at most unreferenced files, never a
     half result, and of two overlapping runs only the later one's files stay referenced.
     Returns the row, or None if it was deleted meanwhile.
+
+    When the storage does not answer (reconstruct/storage.py: storage_error_is_transient) and ``storage_retry``
+    is set, the row goes back to pending without counting the attempt and StorageUnavailable is raised for the
+    caller to try again later (the Celery task, with a back-off); otherwise the row fails with that reason.
     """
     with transaction.atomic():
         reconstruction = Reconstruction.objects.select_for_update().filter(pk=reconstruction_id).first()
@@ -164,6 +192,8 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
         with default_storage.open(reconstruction.original.name, "rb") as handle:
             data = handle.read()
         result = model.reconstruct(io.BytesIO(data))
+        if not _result_is_finite(result):
+            raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
@@ -171,15 +201,35 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
         storage_delete_keys(written)
         _reconstruction_fail(reconstruction_id, attempt, f"{error} Please try another photo.")
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
+    except NonFiniteResult as error:
+        logger.error("reconstruction %s: %s", reconstruction_id, error)
+        _reconstruction_fail(
+            reconstruction_id,
+            attempt,
+            "The model gave invalid numbers for this photo (not finite), so there is no result to show. This is "
+            f"a fault on our side, not in your photo; please tell the site's staff (reference {reconstruction.uuid}).",
+        )
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
     except SoftTimeLimitExceeded:
         storage_delete_keys(written)
         _reconstruction_fail(
             reconstruction_id, attempt, "The reconstruction took too long and was stopped. Please try again later."
         )
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
-    except Exception:
-        logger.exception("reconstruction %s failed", reconstruction_id)
+    except Exception as error:
         storage_delete_keys(written)
+        if storage_error_is_transient(error):
+            logger.warning("reconstruction %s: the storage did not answer: %r", reconstruction_id, error)
+            if storage_retry and _reconstruction_release(reconstruction_id, attempt):
+                raise StorageUnavailable(str(error)) from error
+            _reconstruction_fail(
+                reconstruction_id,
+                attempt,
+                "The site's file storage did not answer, so the reconstruction could not finish (your photo is "
+                "kept). Please press “Try again” in a few minutes.",
+            )
+            return Reconstruction.objects.filter(pk=reconstruction_id).first()
+        logger.exception("reconstruction %s failed", reconstruction_id)
         _reconstruction_fail(
             reconstruction_id,
             attempt,

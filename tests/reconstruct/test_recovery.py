@@ -21,10 +21,20 @@ from django.test import Client
 from django.utils import timezone
 
 from reconstruct.models import Reconstruction
+from reconstruct.registry.services import model_version_ensure_active
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
 from reconstruct.services.tokens import api_token_regenerate
-from tests.support import S3Server, redis_server, start_worker, stop_worker, upload, worker_environment
+from tests.support import (
+    S3Server,
+    WorkerProcess,
+    moto_server,
+    redis_server,
+    start_worker,
+    stop_worker,
+    upload,
+    worker_environment,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -58,6 +68,14 @@ def queued_ids(url: str) -> list[int]:
     return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
 
 
+def wait_until_finished(pk: int, worker: WorkerProcess, timeout: float = 90) -> Reconstruction:
+    deadline = time.monotonic() + timeout
+    while not (row := Reconstruction.objects.get(pk=pk)).is_finished:
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+    return row
+
+
 def kill_worker(pid: int) -> None:
     """SIGKILL a Celery worker and its pool processes at once, as the kernel's OOM killer or a crash would."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -71,16 +89,19 @@ def post(client: Client, token: str, content: bytes) -> Any:
 
 
 @pytest.fixture
-def queued_on_s3(settings: Any, on_s3: S3Server, celery_app_on_test_redis: Any) -> S3Server:
+def own_broker(settings: Any, celery_app_on_test_redis: Any, tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own (no session worker consumes from it), where reconstructions are queued."""
     settings.RECONSTRUCT_MODE = "celery"
-    return on_s3
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as url, broker(celery_app_on_test_redis, url):
+        yield url
 
 
 def test_it_runs_a_job_once_after_its_worker_was_killed_mid_job(
-    queued_on_s3: S3Server, settings: Any, test_database_url: str, redis_url: str, tmp_path: Path, alice, car_png
+    own_broker: str, on_s3: S3Server, settings: Any, test_database_url: str, tmp_path: Path, alice, car_png
 ):
     # An empty model cache: the first job downloads the model, so it is surely mid-job when killed.
-    env = worker_environment(queued_on_s3, test_database_url, redis_url, tmp_path / "models")
+    env = worker_environment(on_s3, test_database_url, own_broker, tmp_path / "models")
     doomed = start_worker("reconstruct", env, name="doomed")
     try:
         reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
@@ -103,16 +124,13 @@ def test_it_runs_a_job_once_after_its_worker_was_killed_mid_job(
 
     survivor = start_worker("reconstruct", {**env, "MODEL_CACHE_DIR": str(tmp_path / "models-2")}, name="survivor")
     try:
-        deadline = time.monotonic() + 90
-        while not (row := Reconstruction.objects.get(pk=row.pk)).is_finished:
-            assert time.monotonic() < deadline, survivor.log()
-            time.sleep(0.2)
+        row = wait_until_finished(row.pk, survivor)
     finally:
         stop_worker(survivor)
     assert (row.status, row.attempts, row.error) == ("done", 2, "")
     prefix = f"reconstructions/{alice.pk}/{row.uuid}/"
     # One result: nothing left of the killed attempt, every stored file referenced by the row.
-    assert queued_on_s3.keys(prefix) == sorted(row.file_keys())
+    assert on_s3.keys(prefix) == sorted(row.file_keys())
     assert {row.model_input.name, row.reconstruction.name} == {
         prefix + "model_input.png",
         prefix + "reconstruction.png",
@@ -200,3 +218,47 @@ def test_it_keeps_an_upload_while_the_broker_is_out_and_queues_it_when_back(
     row.refresh_from_db()
     assert row.status == "pending" and row.queued_at is not None
     assert reconstruction_sweep().requeued == []
+
+
+def test_it_retries_a_job_while_the_storage_is_down_then_fails_it_readably_and_retries_once_back(
+    own_broker: str, settings: Any, test_database_url: str, tmp_path: Path, alice, car_png
+):
+    with moto_server() as endpoint:
+        s3 = S3Server(endpoint, bucket="carsite-outage")
+        s3.client().create_bucket(Bucket=s3.bucket)
+        settings.STORAGES = s3.storages()
+        model_version_ensure_active()  # registered while the storage answers
+        reconstruction = reconstruction_create(user=alice, upload=upload(car_png))  # queued; no worker yet
+    # The S3 server is stopped now. The worker retries (0.5 s, then 1.5 s later), then fails the job with a reason.
+    env = worker_environment(s3, test_database_url, own_broker, tmp_path / "models")
+    env |= {"RECONSTRUCT_STORAGE_RETRIES": "2", "RECONSTRUCT_STORAGE_RETRY_DELAY": "0.5", "AWS_S3_TIMEOUT": "2"}
+    worker = start_worker("reconstruct", env, name="storage-outage")
+    try:
+        row = wait_until_finished(reconstruction.pk, worker)
+        assert row.status == "failed" and "file storage did not answer" in row.error, row.error
+        assert row.attempts == 1  # the retries while the storage was down do not count as attempts
+        assert worker.log().count("Retry in") == 2, worker.log()
+
+        with moto_server(port=int(endpoint.rsplit(":", 1)[1])):  # the storage is back, with its objects
+            client = Client()
+            token = api_token_regenerate(alice)
+            retried = client.post(f"{API}{row.uuid}/retry/", HTTP_AUTHORIZATION=f"Token {token}")
+            assert retried.status_code == 202 and retried.json()["status"] == "pending"
+            row = wait_until_finished(row.pk, worker)
+            assert (row.status, row.error) == ("done", "")
+            assert s3.keys(f"reconstructions/{alice.pk}/{row.uuid}/") == sorted(row.file_keys())
+    finally:
+        stop_worker(worker)
+
+
+def test_it_answers_503_and_keeps_nothing_when_the_storage_is_down_at_upload(settings: Any, alice, car_png):
+    with moto_server() as endpoint:
+        s3 = S3Server(endpoint, bucket="carsite-outage")
+        s3.client().create_bucket(Bucket=s3.bucket)
+        settings.STORAGES = s3.storages()
+    client = Client()
+    token = api_token_regenerate(alice)
+    response = post(client, token, car_png)
+    assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
+    assert response["Retry-After"] == "60"
+    assert not Reconstruction.objects.exists()
