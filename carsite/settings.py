@@ -12,6 +12,7 @@ import os
 import secrets
 import tempfile
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -125,6 +126,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
+    "csp",
     "reconstruct",
 ]
 if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():
@@ -141,6 +144,10 @@ MIDDLEWARE = [
     # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/middleware.py).
     "reconstruct.middleware.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+    # Last: turns a throttled login into its 429 page (reconstruct/throttle.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "carsite.urls"
@@ -383,14 +390,62 @@ EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "carsite <noreply@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
-# HTTPS hardening, for a site behind TLS (on by SECURE_COOKIES=1; Lambda sits behind API Gateway's TLS).
-SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA)
+# HTTPS hardening, for a site behind TLS: on by default in production (Lambda, which sits behind API Gateway's TLS,
+# or any site with a public host name in ALLOWED_HOSTS), off for a local site; SECURE_COOKIES=0/1 decides otherwise.
+# With it: secure cookies, HTTP redirected to HTTPS, and HSTS (browsers use HTTPS only, for SECURE_HSTS_SECONDS).
+SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA or not _LOCAL_ONLY)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 if envbool("SECURE_PROXY_SSL_HEADER", ON_LAMBDA):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", SECURE_COOKIES)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if SECURE_COOKIES else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the whole domain to HTTPS in browsers' built-in lists: the owner's decision, off unless asked.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]  # "SECURE_HSTS_PRELOAD is not True": decided above
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): scripts only from the site's own static files, never inline; pictures and
+# direct uploads may also reach the S3 endpoint (presigned URLs). Inline styles stay allowed (Django's admin uses them).
+CSP_S3_DIRECTIVES = ("img-src", "connect-src", "form-action")
+_S3_ORIGINS = []
+if AWS_STORAGE_BUCKET_NAME:
+    from urllib.parse import urlsplit
+
+    _endpoint = urlsplit(envstr("AWS_S3_ENDPOINT_URL"))
+    _S3_ORIGINS = [f"{_endpoint.scheme}://{_endpoint.netloc}"] if _endpoint.netloc else ["https://*.amazonaws.com"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:", *_S3_ORIGINS],  # blob: the upload page's preview
+        "connect-src": ["'self'", *_S3_ORIGINS],
+        "form-action": ["'self'", *_S3_ORIGINS],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Permissions-Policy (django-permissions-policy): no page here needs these browser features.
+PERMISSIONS_POLICY = {
+    feature: []
+    for feature in ("accelerometer", "camera", "geolocation", "gyroscope", "microphone", "payment", "usb")
+}
+
+# Guessing is throttled (django-axes): after AXES_FAILURE_LIMIT failures within AXES_COOLOFF_MINUTES, from one address
+# or against one account, further tries are refused (429) until the cool-off has passed. This covers the login page,
+# the admin's login, API tokens and password resets (reconstruct/throttle.py); a success resets the count.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = "reconstruct.throttle.lockout_parameters"
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "reconstruct.throttle.lockout_response"
+AXES_VERBOSE = False
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
 LOGGING = {

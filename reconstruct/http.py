@@ -18,6 +18,7 @@ from reconstruct import presenters
 from reconstruct.auth import TokenError, authenticate_token
 from reconstruct.models import Reconstruction
 from reconstruct.services.uploads import UploadRateLimited
+from reconstruct.throttle import throttle_failure, throttle_refusal
 
 # Multipart framing and the other form fields (CSRF token) come on top of the photo's own bytes.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -79,13 +80,19 @@ def created_response(request: HttpRequest, reconstruction: Reconstruction) -> Js
     return response
 
 
-def token_login(request: HttpRequest) -> JsonResponse | None:
+def token_login(request: HttpRequest) -> HttpResponse | None:
     """Authenticate by ``Authorization: Token <key>`` when the request carries one: ``request.user`` becomes the
-    token's owner. Returns a 401 JSON response for a malformed or unknown token, None otherwise (also when
-    there is no header: the session, if any, stays in charge)."""
+    token's owner. Returns a 401 JSON response for a malformed or unknown token (429 once a client has sent
+    too many), None otherwise (also when there is no header: the session, if any, stays in charge)."""
+    if request.headers.get("Authorization", "").strip():
+        # Guessing tokens is throttled per client address like passwords (reconstruct/throttle.py).
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
     try:
         token_user = authenticate_token(request)
     except TokenError as problem:
+        throttle_failure(request)
         return json_error(str(problem), 401)
     if token_user is not None:
         request.user = token_user

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from reconstruct.models import FILE_KINDS, ModelVersion, Reconstruction
 from reconstruct.services.reconstructions import reconstruction_is_stuck
+from reconstruct.storage import storage_serve
 
 
 def img_tag(url: str, height: int = 48, alt: str = "") -> str:
@@ -23,6 +24,21 @@ def file_url(reconstruction: Reconstruction, kind: str, download: bool = False) 
         return None
     url = reverse("reconstruct:file", args=[reconstruction.uuid, kind])
     return url + "?download=1" if download else url
+
+
+def file_response(reconstruction: Reconstruction, kind: str, download: bool = False) -> HttpResponse:
+    """One stored file of a reconstruction (``kind`` one of FILE_KINDS) as a response, saved by the browser as
+    "<photo name>-<kind>.<ext>"; raises Http404 for an unknown kind or a file that does not exist (yet).
+    Whoever calls it has checked that the caller may see it."""
+    if kind not in FILE_KINDS:
+        raise Http404("No such file.")
+    field = getattr(reconstruction, kind)
+    if not field:
+        raise Http404("This file does not exist yet.")
+    extension = field.name.rsplit(".", 1)[-1]
+    stem = (reconstruction.original_name.rsplit(".", 1)[0] or "car")[:80]
+    filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
+    return storage_serve(key=field.name, filename=filename, download=download, max_age=300)
 
 
 def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) -> dict[str, object]:

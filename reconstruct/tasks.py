@@ -7,6 +7,7 @@ from django.conf import settings
 
 from reconstruct.services.reconstructions import reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
+from reconstruct.services.uploads import upload_records_prune
 from reconstruct.storage import StorageUnavailable
 
 
@@ -26,6 +27,8 @@ def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
 
 @shared_task(name="reconstruct.tasks.reconstruction_sweep_task")
 def reconstruction_sweep_task() -> dict[str, list[int]]:
-    """Queue again (or fail) the reconstructions nobody is running; Celery beat sends it every minute."""
+    """Queue again (or fail) the reconstructions nobody is running, and forget uploads older than the hourly
+    limit's hour; Celery beat sends it every RECONSTRUCT_SWEEP_INTERVAL s."""
     report = reconstruction_sweep()
+    upload_records_prune()
     return {"requeued": report.requeued, "failed": report.failed}

@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
@@ -15,7 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.cache import cache_control
+from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
@@ -25,6 +26,7 @@ from reconstruct.forms import SignupForm, UploadForm
 from reconstruct.http import STORAGE_DOWN_MESSAGE, body_too_large, declared_length, json_error, token_login, wants_json
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
+from reconstruct.services.accounts import account_signup_notify
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -33,7 +35,8 @@ from reconstruct.services.reconstructions import (
 )
 from reconstruct.services.tokens import api_token_regenerate, api_token_revoke
 from reconstruct.services.uploads import UploadRateLimited, reconstruction_rate_check, upload_size_error
-from reconstruct.storage import StorageUnavailable, storage_serve
+from reconstruct.storage import StorageUnavailable
+from reconstruct.throttle import lockout_response, throttle_failure, throttle_refusal
 
 GALLERY_PAGE_SIZE = 24
 
@@ -79,6 +82,35 @@ def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
     return response
 
 
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset request, throttled (reconstruct/throttle.py): each request sends an email, so each counts
+    as an attempt from the client's address and against the address asked for."""
+
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        email = str(request.POST.get("email", "")).strip().lower()
+        account = f"password-reset:{email}" if email else None
+        refused = throttle_refusal(request, account)
+        if refused is not None:
+            return refused
+        throttle_failure(request, account)
+        if getattr(request, "axes_locked_out", False):  # that was one too many: no email
+            return lockout_response(request)
+        return super().post(request, *args, **kwargs)
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """Django's "choose a new password" link, throttled: a link that does not verify counts as a failed attempt."""
+
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
+        response = super().dispatch(request, *args, **kwargs)
+        if not self.validlink:
+            throttle_failure(request)
+        return response
+
+
 def signup(request: HttpRequest) -> HttpResponse:
     """Create an account and log in."""
     if request.user.is_authenticated:
@@ -86,6 +118,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
+        account_signup_notify(user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, f"Welcome, {user.username}! Upload a photo of a car to begin.")
         return redirect("reconstruct:upload")
@@ -94,6 +127,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@never_cache  # Cache-Control: no-store: it shows a new API token once; no cache may keep it
 def account(request: HttpRequest) -> HttpResponse:
     """The account page: API token (regenerate, revoke) and how to use the API."""
     if request.method == "POST":
@@ -213,34 +247,17 @@ def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
-def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> HttpResponse:
-    if kind not in FILE_KINDS:
-        raise Http404("No such file.")
-    field = getattr(reconstruction, kind)
-    if not field:
-        raise Http404("This file does not exist yet.")
-    extension = field.name.rsplit(".", 1)[-1]
-    stem = (reconstruction.original_name.rsplit(".", 1)[0] or "car")[:80]
-    filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
-    return storage_serve(key=field.name, filename=filename, download=download, max_age=300)
-
-
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    """A stored file of one of the caller's reconstructions (session or API token), or 404."""
+    """A stored file of one of the caller's reconstructions (session or API token), or 404 (also for staff)."""
     refused = token_login(request)
     if refused is not None:
         return refused
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
-    if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
-        # Staff see thumbnails in the admin's list of reconstructions.
-        reconstruction = Reconstruction.objects.filter(uuid=public_id).first()
-        if reconstruction is None:
-            raise Http404("No such reconstruction.")
-    else:
-        reconstruction = _get_reconstruction_for_user(request, public_id)
-    return _serve_file(reconstruction, kind, download="download" in request.GET)
+    # The owner's alone, like the result page: staff see other people's files in the admin (reconstruct/admin.py).
+    reconstruction = _get_reconstruction_for_user(request, public_id)
+    return presenters.file_response(reconstruction, kind, download="download" in request.GET)
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

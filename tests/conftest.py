@@ -180,6 +180,11 @@ def s3_worker(
 
 @pytest.fixture
 def on_s3(settings: Any, s3_server: S3Server) -> S3Server:
-    """This test stores through S3 (moto over HTTP), like the worker."""
+    """This test stores through S3 (moto over HTTP), like the worker; pages may reach it (what settings.py
+    adds to the Content-Security-Policy for AWS_S3_ENDPOINT_URL)."""
     settings.STORAGES = s3_server.storages()
+    directives = settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]
+    for name in settings.CSP_S3_DIRECTIVES:
+        directives = {**directives, name: [*directives[name], s3_server.endpoint_url]}
+    settings.CONTENT_SECURITY_POLICY = {**settings.CONTENT_SECURITY_POLICY, "DIRECTIVES": directives}
     return s3_server

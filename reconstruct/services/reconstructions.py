@@ -27,7 +27,12 @@ from PIL import Image
 from ml import runtime
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
-from reconstruct.services.uploads import PreparedUpload, reconstruction_rate_check, upload_prepare
+from reconstruct.services.uploads import (
+    PreparedUpload,
+    reconstruction_rate_check,
+    reconstruction_rate_consume,
+    upload_prepare,
+)
 from reconstruct.storage import StorageUnavailable, storage_delete_keys, storage_error_is_transient
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     """
     reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
+    counted = reconstruction_rate_consume(user)  # the limit's own check, safe under concurrency
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
@@ -71,6 +77,8 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
         )
     except BaseException as error:
         storage_delete_keys(written)
+        if counted is not None:
+            counted.delete()  # nothing was kept: not an upload
         if storage_error_is_transient(error):
             raise StorageUnavailable(str(error)) from error
         raise

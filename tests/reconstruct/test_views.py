@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 
 from reconstruct.models import ApiToken, Reconstruction
@@ -44,12 +46,25 @@ def test_it_signs_up_and_logs_in(client, db) -> None:
     assert client.get(reverse("reconstruct:upload")).status_code == 200
 
 
-def test_it_explains_a_bad_sign_up(client, alice) -> None:
+def test_it_explains_a_bad_sign_up(client, db) -> None:
     response = client.post(
-        reverse("signup"), {"username": "x", "email": "alice@example.com", "password1": "a", "password2": "b"}
+        reverse("signup"), {"username": "x", "email": "x@example.com", "password1": "a", "password2": "b"}
     )
     assert response.status_code == 200
-    assert "An account with this email address exists already" in response.content.decode()
+    assert "password fields didn" in response.content.decode()
+
+
+def test_sign_up_does_not_tell_whether_an_address_has_an_account(alice) -> None:
+    def sign_up(username: str, email: str) -> Any:
+        return Client().post(
+            reverse("signup"), {"username": username, "email": email, "password1": PASSWORD, "password2": PASSWORD}
+        )
+
+    taken, free = sign_up("carol", "ALICE@example.com"), sign_up("dave", "dave@example.com")
+    assert taken.status_code == free.status_code == 302 and taken["Location"] == free["Location"]
+    # The address's owner learns of the new account; the new account's owner learns nothing from the page.
+    assert [m.to for m in mail.outbox] == [["ALICE@example.com"]]
+    assert "“carol”" in mail.outbox[0].body and "“alice”" in mail.outbox[0].body
 
 
 def test_it_logs_in_and_out(client, alice) -> None:
@@ -66,7 +81,8 @@ def test_it_emails_a_password_reset_link_that_works(client, alice) -> None:
     form_url = client.get(link, follow=True).redirect_chain[-1][0]
     response = client.post(form_url, {"new_password1": "another-pass-4567", "new_password2": "another-pass-4567"})
     assert response.status_code == 302
-    assert client.login(username="alice", password="another-pass-4567")
+    logged_in = client.post(reverse("login"), {"username": "alice", "password": "another-pass-4567"})
+    assert logged_in.status_code == 302 and logged_in["Location"] == reverse("reconstruct:upload")
 
 
 def test_it_changes_a_password(client, alice) -> None:
