@@ -5,6 +5,7 @@ The helpers behind them, for tests to import, are in tests/support.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,25 @@ from tests.support import (
     stop_worker,
     worker_environment,
 )
+
+# --- Which tests run -------------------------------------------------------------------------------
+
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL run (tests/on_postgres.py) only the tests that touch the database: those marked
+    django_db or using a database fixture, directly or through another fixture (alice, live_server, ...)."""
+    if not os.environ.get("CARSITE_DATABASE_TESTS_ONLY"):
+        return
+    keep, drop = [], []
+    for item in items:
+        uses_database = item.get_closest_marker("django_db") or DATABASE_FIXTURES.intersection(item.fixturenames)
+        (keep if uses_database else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 # --- Settings for every test ------------------------------------------------------------------------
 
