@@ -234,8 +234,10 @@ STORAGES = {
 }
 # S3 calls time out and retry with boto's exponential back-off ("standard" mode) rather than hang a request or a job
 # for boto's default 60 s; a job whose storage stays unreachable is retried later (RECONSTRUCT_STORAGE_RETRIES).
-AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 10.0, minimum=0.1)
-AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 3, minimum=1)
+# An upload makes four S3 calls (an existence check and a write, for the photo and its thumbnail): with a hung
+# server it waits at most 4 x AWS_S3_MAX_ATTEMPTS x AWS_S3_TIMEOUT s (40 s), within gunicorn's 60 s, then answers 503.
+AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 5.0, minimum=0.1)
+AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 2, minimum=1)
 if AWS_STORAGE_BUCKET_NAME:
     from botocore.config import Config as BotoConfig
 
@@ -432,8 +434,7 @@ CONTENT_SECURITY_POLICY = {
 }
 # Permissions-Policy (django-permissions-policy): no page here needs these browser features.
 PERMISSIONS_POLICY = {
-    feature: []
-    for feature in ("accelerometer", "camera", "geolocation", "gyroscope", "microphone", "payment", "usb")
+    feature: [] for feature in ("accelerometer", "camera", "geolocation", "gyroscope", "microphone", "payment", "usb")
 }
 
 # Guessing is throttled (django-axes): after AXES_FAILURE_LIMIT failures within AXES_COOLOFF_MINUTES, from one address
@@ -445,6 +446,12 @@ AXES_LOCKOUT_PARAMETERS = "reconstruct.throttle.lockout_parameters"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "reconstruct.throttle.lockout_response"
 AXES_VERBOSE = False
+# Behind this many reverse proxies (nginx, a load balancer), each appending to X-Forwarded-For, the client's
+# address is the one they were given (reconstruct/throttle.py: client_address); 0: the connection's own address
+# (right locally, and on Lambda, where zappa sets it from API Gateway's sourceIp). A wrong value either lets one
+# client pass for many or makes every visitor one address.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "reconstruct.throttle.client_address"
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

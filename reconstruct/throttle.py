@@ -18,6 +18,19 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 
+def client_address(request: HttpRequest) -> str | None:
+    """The client's IP address (AXES_CLIENT_IP_CALLABLE): REMOTE_ADDR, or behind TRUSTED_PROXY_COUNT proxies the
+    address the outermost of them saw, counted from the right of X-Forwarded-For (what a client sends itself
+    stands to the left, and is never trusted)."""
+    from django.conf import settings
+
+    proxies = settings.TRUSTED_PROXY_COUNT
+    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+    if proxies and len(forwarded) >= proxies:
+        return forwarded[-proxies]
+    return request.META.get("REMOTE_ADDR")
+
+
 def lockout_parameters(request_or_attempt: Any, credentials: dict[str, Any] | None) -> list[str]:
     """What failures are counted by (AXES_LOCKOUT_PARAMETERS): the client address, and the account when the
     attempt names one. A wrong API token names none, so it never locks out an account (or every anonymous try)."""

@@ -173,3 +173,21 @@ def test_other_peoples_reconstructions_are_404_on_the_site_for_everyone_staff_in
     owner.force_login(alice)
     assert owner.get(f"{page}files/thumbnail").status_code == 200
     assert owner.get(admin_file).status_code == 302  # not staff: to the admin's login
+
+
+def test_behind_a_proxy_it_counts_the_address_the_proxy_saw(throttled, settings, alice) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = Client(REMOTE_ADDR="10.0.0.1")
+    for attempt in range(LIMIT - 1):
+        # A guesser cannot escape by inventing addresses on the left: the proxy appends the one it saw.
+        headers = {"HTTP_X_FORWARDED_FOR": f"1.2.3.{attempt}, 203.0.113.20"}
+        assert (
+            proxy.post("/accounts/login/", {"username": f"x{attempt}", "password": "p"}, **headers).status_code == 200
+        )
+    blocked = proxy.post("/accounts/login/", {"username": "y", "password": "p"}, HTTP_X_FORWARDED_FOR="203.0.113.20")
+    assert blocked.status_code == 429
+    # Another visitor behind the same proxy is not.
+    other = proxy.post(
+        "/accounts/login/", {"username": "alice", "password": PASSWORD}, HTTP_X_FORWARDED_FOR="203.0.113.21"
+    )
+    assert other.status_code == 302
