@@ -220,7 +220,17 @@ def model_version_local_dir(version: ModelVersion) -> Path:
                     digest.update(chunk)
                     target_file.write(chunk)
             if digest.hexdigest() != entry["sha256"]:
-                raise ValueError(f"model version {version.name}: {name} in storage does not match its recorded hash")
+                shipped = runtime.DEFAULT_MODEL_DIR / name
+                if (
+                    version.source != ModelVersion.Source.SHIPPED
+                    or _model_files_problem(runtime.DEFAULT_MODEL_DIR, {name: entry["sha256"]}) is not None
+                ):
+                    raise ValueError(
+                        f"model version {version.name}: {name} in storage does not match its recorded hash"
+                    )
+                # The shipped model's copy in storage was damaged: the checkout still has the right file.
+                logger.error("model version %s: %s in storage is damaged; using the shipped copy", version.name, name)
+                shutil.copyfile(shipped, staging / name)
         try:
             staging.rename(target)
         except OSError:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from ml import runtime
@@ -131,6 +132,17 @@ def test_it_fetches_a_damaged_cached_file_again(db, damage: str) -> None:
         flipped = bytearray(good)
         flipped[len(good) // 2] ^= 0x40
         cached.write_bytes(bytes(flipped))
+    assert model_version_local_dir(version) == cached.parent
+    assert cached.read_bytes() == good
+
+
+def test_it_falls_back_on_the_checkouts_copy_when_the_shipped_models_stored_copy_is_damaged(db) -> None:
+    version = model_version_ensure_active()
+    cached = model_version_local_dir(version) / runtime.ENCODER_FILE
+    good = cached.read_bytes()
+    stored = Path(default_storage.path(version.files[runtime.ENCODER_FILE]["key"]))
+    stored.write_bytes(good[:1000])
+    cached.write_bytes(good[:1000])
     assert model_version_local_dir(version) == cached.parent
     assert cached.read_bytes() == good
 
