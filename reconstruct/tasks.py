@@ -32,3 +32,10 @@ def reconstruction_sweep_task() -> dict[str, list[int]]:
     report = reconstruction_sweep()
     upload_records_prune()
     return {"requeued": report.requeued, "failed": report.failed}
+
+
+def reconstruction_sweep_event(event: dict, context: object) -> dict[str, list[int]]:
+    """The sweep on AWS Lambda, where no Celery beat runs: zappa calls this on a schedule (zappa_settings.json
+    "events"). In sync mode the jobs it finds run again right here (a request killed by Lambda's time limit
+    leaves its row running)."""
+    return reconstruction_sweep_task()

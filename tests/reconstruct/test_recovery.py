@@ -25,6 +25,7 @@ from reconstruct.registry.services import model_version_ensure_active
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
 from reconstruct.services.tokens import api_token_regenerate
+from reconstruct.tasks import reconstruction_sweep_event
 from tests.support import (
     S3Server,
     WorkerProcess,
@@ -161,6 +162,20 @@ def test_it_fails_a_job_with_a_reason_after_its_last_interrupted_attempt(setting
     assert retried.status_code == 201 and retried.json()["status"] == "done"  # sync mode: run in the request
     again = client.post(data["retry_url"], HTTP_AUTHORIZATION=f"Token {token}")
     assert again.status_code == 409 and again.json()["code"] == "not_retryable"
+
+
+def test_on_lambda_the_scheduled_sweep_runs_a_job_its_request_left_running(settings: Any, alice, car_png):
+    settings.RECONSTRUCT_STUCK_AFTER = 1
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))  # sync mode, as on Lambda
+    Reconstruction.objects.filter(pk=reconstruction.pk).update(
+        status="running", attempts=1, started_at=timezone.now() - timedelta(minutes=1), finished_at=None
+    )
+    assert reconstruction_sweep_event({"detail-type": "Scheduled Event"}, None) == {
+        "requeued": [reconstruction.pk],
+        "failed": [],
+    }
+    row = Reconstruction.objects.get(pk=reconstruction.pk)
+    assert (row.status, row.attempts) == ("done", 2)
 
 
 def test_the_api_offers_the_pages_retry_for_a_stuck_job(settings: Any, alice, car_png):
