@@ -398,7 +398,9 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA or not _LOCAL_ONLY)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
-if envbool("SECURE_PROXY_SSL_HEADER", ON_LAMBDA):
+# In production the site sits behind TLS terminated by a proxy (API Gateway, nginx) that must set X-Forwarded-Proto
+# (and drop a client's own): without it the HTTPS redirect below would loop.
+if envbool("SECURE_PROXY_SSL_HEADER", SECURE_COOKIES):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", SECURE_COOKIES)
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if SECURE_COOKIES else 0, minimum=0)
