@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench bench-explore train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -63,6 +63,10 @@ train: $(VENV)/.installed-train
 MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
+
+# The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files.
+bench-explore: $(VENV)/.installed-dev chromium
+	@$(BIN)/python -m reconstruct.explore.bench
 
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.

@@ -1,0 +1,224 @@
+"""How fast the latent-space features answer, measured end to end on loopback (``make bench-explore``).
+
+    python -m reconstruct.explore.bench [--moves 60] [--requests 200]
+
+Sets up a throwaway site (SQLite and media in a temporary folder, sync mode, the shipped model), starts
+the web server as ``make run`` does (gunicorn, gthread, one process of 4 threads) on a free loopback port,
+and measures:
+
+- the slider round trip in Chromium: from a slider's ``input`` event to the new picture's ``load``
+  event (static/js/sliders.js records it), ``--moves`` moves, one at a time;
+- the same request without a browser (``GET /r/<id>/edit.png?offsets=...``, one keep-alive connection);
+- the morph: strip (8 frames), animated WebP and GIF over HTTP, and the frames' decoding in-process;
+- the decoder alone (one latent) for reference.
+
+Prints the machine's load average before and after, and the numbers as one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "bench-password-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _summary(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+        "mean_ms": round(statistics.fmean(ordered), 2),
+        "min_ms": round(ordered[0], 2),
+    }
+
+
+def _timed_get(connection: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    connection.request("GET", path, headers=headers)
+    response = connection.getresponse()
+    body = response.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status != 200:
+        raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+    return elapsed, body
+
+
+def _wait_for_server(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the web server did not listen on port {port} within {timeout:.0f} s")
+
+
+def _setup(folder: Path) -> dict[str, str]:
+    """Migrate a fresh database, create a user with one finished reconstruction; returns ids and keys."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from django.contrib.auth import get_user_model
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from reconstruct import examples
+    from reconstruct.services.reconstructions import reconstruction_create
+    from reconstruct.services.tokens import api_token_regenerate
+
+    user = get_user_model().objects.create_user("bench", "bench@example.com", PASSWORD)
+    made = []
+    for i, drawing in enumerate(examples.EXAMPLES[:2]):
+        png = io.BytesIO()
+        examples.draw_car(drawing).save(png, "PNG")
+        made.append(reconstruction_create(user=user, upload=SimpleUploadedFile(f"car{i}.png", png.getvalue())))
+    first, second = made
+    if first.status != "done" or second.status != "done":
+        raise RuntimeError(f"the reconstructions failed: {first.error or second.error}")
+    return {"first": str(first.uuid), "second": str(second.uuid), "token": api_token_regenerate(user)}
+
+
+def _in_process(ids: dict[str, str], repeats: int) -> dict[str, Any]:
+    """Decoding and the morph's frames without HTTP (the same services the views call)."""
+    import numpy as np
+
+    from reconstruct.explore import services
+    from reconstruct.models import Reconstruction
+
+    first = Reconstruction.objects.get(uuid=ids["first"])
+    second = Reconstruction.objects.get(uuid=ids["second"])
+    space = services.latent_space_active()
+    z = np.asarray(first.latent, np.float32)
+    decode, edit, morph = [], [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        space.model.decode_array(z[None])
+        decode.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        services.image_png(services.reconstruction_edit_image(first, [0.1 * (i % 30), -1.0, 0.5]))
+        edit.append((time.perf_counter() - started) * 1000)
+    for _ in range(max(5, repeats // 10)):
+        started = time.perf_counter()
+        services.morph_frames(first, second, services.MORPH_STEPS, "slerp")
+        morph.append((time.perf_counter() - started) * 1000)
+    return {
+        "decode_one_latent": _summary(decode),
+        "slider_service_with_png": _summary(edit),
+        "morph_frames_8": _summary(morph),
+    }
+
+
+def _over_http(port: int, ids: dict[str, str], requests: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Token {ids['token']}"}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    edit = []
+    for i in range(requests):
+        offsets = f"{(i % 40) / 10 - 2:.1f},{(i % 7) / 3:.1f},-1.0"
+        edit.append(_timed_get(connection, f"/r/{ids['first']}/edit.png?offsets={offsets}", headers)[0])
+    base = f"/morph/{ids['first']}/{ids['second']}/"
+    morph: dict[str, Any] = {}
+    for name in ("strip.png", "morph.webp", "morph.gif"):
+        times = [_timed_get(connection, f"{base}{name}?steps=8&method=slerp", headers)[0] for _ in range(20)]
+        morph[name] = _summary(times)
+    connection.close()
+    return {"slider_request": _summary(edit), "morph_files_8_frames": morph}
+
+
+def _in_browser(port: int, ids: dict[str, str], moves: int) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{port}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page()
+        page.goto(f"{base}/accounts/login/")
+        page.fill("#id_username", "bench")
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        page.goto(f"{base}/r/{ids['first']}/")
+        page.wait_for_selector("#sliders")
+        samples = []
+        for i in range(moves):
+            value = f"{((i * 7) % 80) / 10 - 4 + 0.05:.1f}"
+            page.evaluate(
+                """([value]) => { const s = document.querySelector('input[name=direction-1]');
+                   s.value = value; s.dispatchEvent(new Event('input', {bubbles: true})); }""",
+                [value],
+            )
+            page.wait_for_function(f"document.getElementById('sliders').dataset.updates === '{i + 1}'")
+            samples.append(float(page.get_attribute("#sliders", "data-last-ms")))
+        browser.close()
+    return {"slider_round_trip_browser": _summary(samples)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reconstruct.explore.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--moves", type=int, default=60, help="slider moves in Chromium")
+    parser.add_argument("--requests", type=int, default=200, help="slider requests without a browser")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-explore-") as tmp:
+        folder = Path(tmp)
+        env = {
+            "DJANGO_SETTINGS_MODULE": "carsite.settings",
+            "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+            "MEDIA_ROOT": str(folder / "media"),
+            "MODEL_CACHE_DIR": str(folder / "models"),
+            "RECONSTRUCT_MODE": "sync",
+            "CARSITE_ORT_THREADS": "1",
+        }
+        os.environ.update(env)
+        sys.path.insert(0, str(ROOT))
+        ids = _setup(folder)
+        results: dict[str, Any] = {"in_process": _in_process(ids, args.requests)}
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "carsite.wsgi:application", "--bind", f"127.0.0.1:{port}"),
+                *("--workers", "1", "--threads", "4", "--worker-class", "gthread", "--log-level", "warning"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+        try:
+            _wait_for_server(port)
+            results["http"] = _over_http(port, ids, args.requests)
+            results["browser"] = _in_browser(port, ids, args.moves)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    results["load_average"] = {"before": [round(v, 2) for v in load_before], "after": list(os.getloadavg())}
+    results["cpus"] = os.cpu_count()
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
