@@ -4,12 +4,17 @@ latent-space entries that ml.export and the committed default model's metadata c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from ml import latent, runtime
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cloud(n: int = 400, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +23,12 @@ def _cloud(n: int = 400, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.nd
     basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
     scales = np.array([5.0, 3.0, 1.0] + [0.5] * (dim - 3))
     return rng.normal(size=(n, dim)) * scales @ basis.T + 2.0, basis.T
+
+
+def test_it_imports_without_torch_or_django() -> None:
+    code = "import ml.latent, sys; assert not {'torch', 'django'} & set(sys.modules), 'torch or django was imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 # --- Interpolation ------------------------------------------------------------------------------------
