@@ -11,7 +11,9 @@ photo; sampled and edited results, which have no photo, are then unavailable (``
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import math
 import secrets
 import uuid
@@ -81,9 +83,27 @@ class LatentSpace:
 
 
 def latent_space_active() -> LatentSpace:
-    """The active model and its latent-space metadata."""
+    """The active model and its latent-space metadata.
+
+    A database that registered the shipped model before its metadata carried the latent space keeps the
+    older metadata.json in storage; the entries are then read from the checkout's copy, which describes the
+    same ONNX files whenever the version names match (the name includes a hash of those files).
+    """
     version, model = model_version_load_active()
-    return LatentSpace(version, model, model.metadata.get(latent.PCA_KEY), model.metadata.get(latent.MAP_KEY))
+    metadata = model.metadata
+    if latent.PCA_KEY not in metadata and version.source == ModelVersion.Source.SHIPPED:
+        metadata = _shipped_metadata(version.name) or metadata
+    return LatentSpace(version, model, metadata.get(latent.PCA_KEY), metadata.get(latent.MAP_KEY))
+
+
+@functools.lru_cache(maxsize=4)
+def _shipped_metadata(version_name: str) -> dict[str, Any] | None:
+    """ml/weights/default/metadata.json when it describes ``version_name``, else None."""
+    try:
+        metadata = json.loads((runtime.DEFAULT_MODEL_DIR / runtime.METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata if metadata.get("version") == version_name else None
 
 
 def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) -> np.ndarray:

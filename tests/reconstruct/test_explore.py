@@ -74,6 +74,23 @@ def test_it_encodes_an_older_result_again_and_keeps_its_latent(cars) -> None:
     assert red.latent is not None
 
 
+def test_it_reads_the_latent_space_of_a_shipped_model_registered_before_it_had_one(alice_client, cars) -> None:
+    red, _ = cars
+    model = services.latent_space_active().model
+    kept = model.metadata
+    # What a database that registered the shipped model before this change holds in storage.
+    model.metadata = {k: v for k, v in kept.items() if k not in (latent.PCA_KEY, latent.MAP_KEY)}
+    try:
+        space = services.latent_space_active()
+        assert space.pca == kept[latent.PCA_KEY] and space.projection == kept[latent.MAP_KEY]
+        assert alice_client.get(f"/r/{red.uuid}/").content.decode().count('type="range"') == services.SLIDERS
+        ModelVersion.objects.filter(pk=space.version.pk).update(source="trained")  # not the shipped files
+        assert services.latent_space_active().pca is None
+        assert "without principal directions" in alice_client.get(f"/r/{red.uuid}/").content.decode()
+    finally:
+        model.metadata = kept
+
+
 def test_it_explains_when_a_decoded_car_of_another_model_has_no_latent(alice_client, alice) -> None:
     kept = services.sample_keep(user=alice, seed=3, temperature=1.0, index=0)
     other = ModelVersion.objects.create(name="older-model", source="trained", files={}, metadata={})
