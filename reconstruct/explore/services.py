@@ -16,7 +16,9 @@ import io
 import json
 import math
 import secrets
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -169,32 +171,64 @@ def morph_options(steps: object = None, method: object = None) -> tuple[int, str
     return count, name
 
 
+_morph_cache: OrderedDict[tuple[Any, ...], list[Image.Image]] = OrderedDict()
+_morph_cache_lock = threading.Lock()
+MORPH_CACHE_SIZE = 8  # a morph page fetches its strip and its animation at once: decode the frames once
+
+
 def morph_frames(first: Reconstruction, second: Reconstruction, steps: int, method: str) -> list[Image.Image]:
     """``steps`` decoded frames (full model frames, RGB) walking from ``first``'s latent mean to ``second``'s
-    by ``method`` (``ml.latent.interpolate``). Raises LatentUnavailable as ``reconstruction_latent``."""
+    by ``method`` (``ml.latent.interpolate``). Raises LatentUnavailable as ``reconstruction_latent``.
+
+    The last few morphs are kept per process (a result's latent under one model version never changes)."""
     space = latent_space_active()
+    key = (space.version.name, first.uuid, second.uuid, steps, method)  # never reused, unlike a pk
+    with _morph_cache_lock:
+        if key in _morph_cache:
+            _morph_cache.move_to_end(key)
+            return list(_morph_cache[key])
     path = latent.interpolate(reconstruction_latent(first, space), reconstruction_latent(second, space), steps, method)
-    return [to_image(frame) for frame in space.model.decode_array(path)]
+    frames = [to_image(frame) for frame in space.model.decode_array(path)]
+    with _morph_cache_lock:
+        _morph_cache[key] = frames
+        while len(_morph_cache) > MORPH_CACHE_SIZE:
+            _morph_cache.popitem(last=False)
+    return list(frames)
 
 
 def morph_strip_png(frames: list[Image.Image]) -> bytes:
     """The frames side by side, left to right, as one PNG."""
+    return image_png(_strip(frames))
+
+
+def _strip(frames: list[Image.Image]) -> Image.Image:
     width, height = frames[0].size
     strip = Image.new("RGB", (width * len(frames), height))
     for i, frame in enumerate(frames):
         strip.paste(frame, (i * width, 0))
-    return image_png(strip)
+    return strip
 
 
 def morph_animation(frames: list[Image.Image], fmt: str) -> bytes:
-    """An endlessly looping animation (``fmt`` "webp", lossless, or "gif") that walks there and back,
-    enlarged to 256 pixels wide, MORPH_FRAME_MS per frame."""
+    """An endlessly looping animation (``fmt`` "webp" or "gif") that walks there and back, enlarged to 256
+    pixels wide, MORPH_FRAME_MS per frame.
+
+    WebP is lossy at quality 90 (the frames are smooth; measured on 14 frames: 27 KB in ~0.2 s against
+    237 KB in ~1.6 s lossless); the GIF frames share one 256-colour palette made from all of them (fast
+    octree), which avoids per-frame palettes flickering and costs a quarter of Pillow's default.
+    """
     if fmt not in ANIMATION_FORMATS:
         raise ValueError(f"unknown animation format {fmt!r}")
     big = [enlarge(frame, 256) for frame in frames]
     loop = big + big[-2:0:-1]
+    options: dict[str, Any]
+    if fmt == "webp":
+        options = {"quality": 90, "method": 2}
+    else:
+        palette = _strip(big).quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        loop = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in loop]
+        options = {}
     buffer = io.BytesIO()
-    options: dict[str, Any] = {"lossless": True, "method": 1} if fmt == "webp" else {"optimize": False}
     loop[0].save(buffer, fmt.upper(), save_all=True, append_images=loop[1:], duration=MORPH_FRAME_MS, loop=0, **options)
     return buffer.getvalue()
 
