@@ -78,8 +78,8 @@ class Reconstruction(models.Model):
         return self.status in (self.Status.DONE, self.Status.FAILED)
 
     def scores(self) -> dict[str, float | None] | None:
-        if self.status != self.Status.DONE:
-            return None
+        if self.status != self.Status.DONE or self.origin != self.Origin.UPLOAD:
+            return None  # unfinished, or decoded from a latent: no photo to score against
         return {
             "mse": self.mse,
             "psnr": self.psnr,

@@ -368,7 +368,7 @@ def test_its_api_morphs_samples_decodes_and_moves(client, alice, cars) -> None:
     assert saved.status_code == 201 and saved.json()["origin"] == "edited"
 
     kept = client.post("/api/samples/", {"seed": 42, "index": 2}, content_type="application/json", **headers)
-    assert kept.status_code == 201 and kept.json()["origin"] == "sampled"
+    assert kept.status_code == 201 and kept.json()["origin"] == "sampled" and kept.json()["scores"] is None
     position = client.get(f"/api/reconstructions/{red.uuid}/latent/", **headers).json()
     space = services.latent_space_active()
     np.testing.assert_allclose(
