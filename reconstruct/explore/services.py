@@ -146,9 +146,10 @@ def _frame_box(reconstruction: Reconstruction, space: LatentSpace) -> tuple[int,
 
 
 def image_png(image: Image.Image) -> bytes:
-    """A picture as PNG bytes."""
+    """A picture as PNG bytes, at zlib level 1: for a 128x64 frame ~2 ms and 10.5 KB against ~9 ms and
+    9.2 KB at Pillow's default 6 (measured on the loaded 2-core machine), a fifth of a slider move's time."""
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
