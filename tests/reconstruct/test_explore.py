@@ -260,6 +260,18 @@ def test_it_shares_a_result_without_the_owner_and_unshares_it(alice_client, alic
     assert red.share_token != token  # a new link: the old one stays dead
 
 
+def test_it_streams_public_pictures_from_s3_only_while_shared(alice_client, alice, on_s3) -> None:
+    red = reconstruction_create(user=alice, upload=upload(encode(draw_car(), "PNG"), "red.png"))
+    token = services.reconstruction_share(red)
+    stranger = Client()
+    response = stranger.get(f"/s/{token}/reconstruction")
+    # Through the site, not a redirect to a presigned URL that would keep working after unsharing.
+    assert response.status_code == 200 and "Location" not in response
+    assert picture(response).size == picture(alice_client.get(f"/r/{red.uuid}/edit.png")).size
+    services.reconstruction_unshare(red)
+    assert stranger.get(f"/s/{token}/reconstruction").status_code == 404
+
+
 def test_it_shows_the_public_link_to_its_owner(alice_client, cars) -> None:
     red, _ = cars
     html = alice_client.get(f"/r/{red.uuid}/").content.decode()
