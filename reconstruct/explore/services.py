@@ -17,6 +17,7 @@ import json
 import math
 import secrets
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ MAX_OFFSET = 4.0  # standard deviations along one direction
 ANIMATION_FORMATS = {"webp": "image/webp", "gif": "image/gif"}
 # 32 random bytes: the unguessable part of a public link.
 SHARE_TOKEN_BYTES = 32
+# Seconds one map request may spend encoding photos of results that have no usable latent yet.
+MAP_ENCODE_BUDGET_S = 5.0
 
 
 class LatentUnavailable(Exception):
@@ -108,23 +111,54 @@ def _shipped_metadata(version_name: str) -> dict[str, Any] | None:
     return metadata if metadata.get("version") == version_name else None
 
 
+# Latents of uploads made by another model version, encoded again from their photo: kept per process
+# (they cannot go into the row, whose latent belongs to its own model_version).
+_reencoded: OrderedDict[tuple[str, uuid.UUID], np.ndarray] = OrderedDict()
+_reencoded_lock = threading.Lock()
+REENCODED_CACHE_SIZE = 4096  # 128 float32 each: 2 MB
+
+
+def reconstruction_latent_needs_encoding(reconstruction: Reconstruction, space: LatentSpace) -> bool:
+    """Whether ``reconstruction_latent`` would have to encode the stored photo (it has no usable latent)."""
+    if reconstruction.latent is not None and reconstruction.model_version_id == space.version.pk:
+        return False
+    with _reencoded_lock:
+        return (space.version.name, reconstruction.uuid) not in _reencoded
+
+
+def reconstruction_latent_problem(reconstruction: Reconstruction, space: LatentSpace) -> str | None:
+    """Why ``reconstruction_latent`` would fail, in words, without encoding anything; None if it works."""
+    if reconstruction.status != Status.DONE:
+        return "This reconstruction is not finished yet."
+    if reconstruction.model_version_id == space.version.pk and reconstruction.latent is not None:
+        return None
+    if not reconstruction.original:
+        return (
+            f"“{reconstruction.original_name}” was decoded by an earlier model; the active model "
+            f"({space.version.name}) cannot read its code."
+        )
+    return None
+
+
 def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) -> np.ndarray:
     """The result's posterior mean ``[latent_dim]`` under the active model (``space``).
 
     Kept from the run when the same model made it; otherwise the stored photo is encoded again (and the
-    latent kept when the row simply predates latents). Raises LatentUnavailable for an unfinished result,
-    a sampled or edited one made by another model, or a photo that can no longer be read.
+    latent kept in the row when it simply predates latents, in a per-process cache when another model
+    made the row). Raises LatentUnavailable for an unfinished result, a sampled or edited one made by
+    another model, or a photo that can no longer be read.
     """
-    if reconstruction.status != Status.DONE:
-        raise LatentUnavailable("This reconstruction is not finished yet.")
+    problem = reconstruction_latent_problem(reconstruction, space)
+    if problem:
+        raise LatentUnavailable(problem)
     same_model = reconstruction.model_version_id == space.version.pk
     if reconstruction.latent is not None and same_model:
         return np.asarray(reconstruction.latent, np.float32)
-    if not reconstruction.original:
-        raise LatentUnavailable(
-            f"“{reconstruction.original_name}” was decoded by an earlier model; the active model "
-            f"({space.version.name}) cannot read its code."
-        )
+    key = (space.version.name, reconstruction.uuid)
+    with _reencoded_lock:
+        if key in _reencoded:
+            _reencoded.move_to_end(key)
+            return _reencoded[key]
     try:
         with default_storage.open(reconstruction.original.name, "rb") as handle:
             mu = space.model.encode(io.BytesIO(handle.read()))
@@ -134,6 +168,11 @@ def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) ->
         values = [float(v) for v in mu]
         Reconstruction.objects.filter(pk=reconstruction.pk, latent__isnull=True).update(latent=values)
         reconstruction.latent = values
+    else:
+        with _reencoded_lock:
+            _reencoded[key] = mu
+            while len(_reencoded) > REENCODED_CACHE_SIZE:
+                _reencoded.popitem(last=False)
     return mu
 
 
@@ -463,9 +502,15 @@ class CarMap:
     left_out: list[str]  # why some results are not on it, one line each
 
 
-def reconstruction_map(user: AbstractBaseUser, limit: int = 500) -> CarMap:
+def reconstruction_map(
+    user: AbstractBaseUser, limit: int = 500, encode_budget_s: float = MAP_ENCODE_BUDGET_S
+) -> CarMap:
     """The user's finished results (the newest ``limit``) placed by their latents with the active
-    model's fixed projection. Raises LatentUnavailable when the model has none."""
+    model's fixed projection. Raises LatentUnavailable when the model has none.
+
+    Results without a usable latent are encoded from their photo until ``encode_budget_s`` seconds have
+    gone into that (a request on Lambda has 29 s); the rest are left out with a note to reload, which
+    places more each time (the encoded latents are kept)."""
     space = latent_space_active()
     if not space.projection:
         raise LatentUnavailable(
@@ -477,12 +522,24 @@ def reconstruction_map(user: AbstractBaseUser, limit: int = 500) -> CarMap:
         .order_by("-created_at", "-id")[:limit]
     )
     points, left_out = [], []
+    encoding_s = 0.0
+    postponed = 0
     for result in results:
+        needs_encoding = reconstruction_latent_needs_encoding(result, space)
+        if needs_encoding and encoding_s > encode_budget_s:
+            postponed += 1
+            continue
+        started = time.monotonic()
         try:
             z = reconstruction_latent(result, space)
         except LatentUnavailable as problem:
             left_out.append(str(problem))
             continue
+        finally:
+            if needs_encoding:
+                encoding_s += time.monotonic() - started
         x, y = latent.map_position(z, space.projection)
         points.append(MapPoint(result, min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)))
+    if postponed:
+        left_out.append(f"{postponed} older cars are still being placed: reload the page to see more of them.")
     return CarMap(points, left_out)

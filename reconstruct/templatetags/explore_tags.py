@@ -22,13 +22,12 @@ def latent_tools(context: dict[str, Any], reconstruction: Reconstruction) -> dic
     problem = None
     if reconstruction.status == Reconstruction.Status.DONE:
         space = services.latent_space_active()
-        try:
-            services.reconstruction_latent(reconstruction, space)
+        # Without encoding anything: a photo that needs it is encoded by the first slider move.
+        problem = services.reconstruction_latent_problem(reconstruction, space)
+        if problem is None:
             directions = space.directions()
             if not directions:
                 problem = "The active model was exported without principal directions, so it has no sliders."
-        except services.LatentUnavailable as error:
-            problem = str(error)
     token = reconstruction.share_token
     return {
         "r": reconstruction,

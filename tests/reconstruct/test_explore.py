@@ -91,6 +91,29 @@ def test_it_reads_the_latent_space_of_a_shipped_model_registered_before_it_had_o
         model.metadata = kept
 
 
+def test_it_encodes_an_upload_of_another_model_again_without_touching_its_row(cars) -> None:
+    red, _ = cars
+    other = ModelVersion.objects.create(name="older-model", source="trained", files={}, metadata={})
+    Reconstruction.objects.filter(pk=red.pk).update(model_version=other, latent=[0.0] * 128)
+    red.refresh_from_db()
+    space = services.latent_space_active()
+    assert services.reconstruction_latent_needs_encoding(red, space)
+    with red.original.open("rb") as handle:
+        expected = space.model.encode(handle.read())
+    np.testing.assert_allclose(services.reconstruction_latent(red, space), expected, atol=1e-5)
+    red.refresh_from_db()
+    assert red.latent == [0.0] * 128  # the row's latent belongs to its own model
+    assert not services.reconstruction_latent_needs_encoding(red, space)  # kept in the process
+
+
+def test_it_places_older_cars_a_few_at_a_time_within_its_encoding_budget(alice, cars) -> None:
+    Reconstruction.objects.filter(owner=alice).update(latent=None)
+    first = services.reconstruction_map(alice, encode_budget_s=0.0)
+    assert len(first.points) == 1 and "reload the page" in first.left_out[0]
+    second = services.reconstruction_map(alice, encode_budget_s=0.0)
+    assert len(second.points) == 2 and second.left_out == []
+
+
 def test_it_explains_when_a_decoded_car_of_another_model_has_no_latent(alice_client, alice) -> None:
     kept = services.sample_keep(user=alice, seed=3, temperature=1.0, index=0)
     other = ModelVersion.objects.create(name="older-model", source="trained", files={}, metadata={})
