@@ -32,7 +32,7 @@ from django.utils import timezone
 from PIL import Image
 
 from ml import latent, runtime
-from ml.preprocess import enlarge, fit_box, to_image
+from ml.preprocess import enlarge, to_image
 from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import reconstruction_rate_check
@@ -174,14 +174,6 @@ def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) ->
             while len(_reencoded) > REENCODED_CACHE_SIZE:
                 _reencoded.popitem(last=False)
     return mu
-
-
-def _frame_box(reconstruction: Reconstruction, space: LatentSpace) -> tuple[int, int, int, int] | None:
-    """Where the photo sat in the model's frame (the stored reconstruction, and an edit of it, is cut to
-    it); None for a sampled car, which fills the frame."""
-    if not reconstruction.width or not reconstruction.height:
-        return None
-    return fit_box((reconstruction.width, reconstruction.height), space.model.config.height, space.model.config.width)
 
 
 def image_png(image: Image.Image) -> bytes:
@@ -369,12 +361,12 @@ def reconstruction_edit_latent(reconstruction: Reconstruction, offsets: object) 
 
 
 def reconstruction_edit_image(reconstruction: Reconstruction, offsets: object) -> Image.Image:
-    """The result decoded after a slider move, cut to the photo's place in the frame like the stored
-    reconstruction. Raises ValidationError for bad offsets, LatentUnavailable."""
+    """The result decoded after a slider move: the model's whole frame (for a 2:1 photo the same pixels as
+    the stored reconstruction; for others the decoder's picture of the letterbox bars too, so that every
+    slider picture, the first included, comes from the same decoding). Raises ValidationError for bad
+    offsets, LatentUnavailable."""
     space, z = reconstruction_edit_latent(reconstruction, offsets)
-    image = space.model.decode(z)
-    box = _frame_box(reconstruction, space)
-    return image.crop(box) if box else image
+    return space.model.decode(z)
 
 
 def reconstruction_edit_save(
@@ -391,8 +383,6 @@ def reconstruction_edit_save(
         origin=Origin.EDITED,
         detail={"source": str(reconstruction.uuid), "offsets": steps},
         name=f"{stem} (edited)",
-        box=_frame_box(reconstruction, space),
-        size=(reconstruction.width, reconstruction.height),
     )
 
 
@@ -420,14 +410,10 @@ def _reconstruction_from_latent(
     origin: str,
     detail: dict[str, Any],
     name: str,
-    box: tuple[int, int, int, int] | None = None,
-    size: tuple[int | None, int | None] = (None, None),
 ) -> Reconstruction:
     """A finished result decoded from ``z``: reconstruction.png and a thumbnail written first, then the row."""
     reconstruction_rate_check(user)
     picture = space.model.decode(z)
-    if box:
-        picture = picture.crop(box)
     thumbnail = io.BytesIO()
     enlarge(picture, 480).save(thumbnail, "JPEG", quality=88)
     public_id = uuid.uuid4()
@@ -445,8 +431,6 @@ def _reconstruction_from_latent(
             thumbnail=written[1],
             original_name=name,
             original_format="PNG",
-            width=size[0],
-            height=size[1],
             model_version=space.version,
             latent=[float(v) for v in np.asarray(z, np.float32)],
             origin=origin,

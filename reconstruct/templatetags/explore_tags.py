@@ -7,7 +7,6 @@ from typing import Any
 from django import template
 from django.urls import reverse
 
-from reconstruct import presenters
 from reconstruct.explore import services
 from reconstruct.models import Reconstruction
 
@@ -35,6 +34,7 @@ def latent_tools(context: dict[str, Any], reconstruction: Reconstruction) -> dic
         "directions": [{**d, "share": f"{d['explained_variance_ratio']:.1%}"} for d in directions],
         "max_offset": services.MAX_OFFSET,
         "problem": problem,
-        "image_url": presenters.file_url(reconstruction, "reconstruction"),
+        # The first picture is decoded like the ones that follow it (the whole frame).
+        "image_url": reverse("explore:edit_image", args=[reconstruction.uuid]) + "?offsets=",
         "public_url": request.build_absolute_uri(reverse("explore:public", args=[token])) if token else None,
     }

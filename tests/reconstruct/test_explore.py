@@ -226,17 +226,23 @@ def test_it_shows_sliders_with_the_share_of_variance_on_a_result_page(alice_clie
     assert "<script>" not in html  # no inline script: the CSP allows none
 
 
-def test_it_decodes_a_slider_move_cut_like_the_stored_reconstruction(alice_client, cars) -> None:
+def test_it_decodes_a_slider_move_into_the_whole_frame(alice_client, alice, cars) -> None:
     red, _ = cars
     still = picture(alice_client.get(f"/r/{red.uuid}/edit.png?offsets="))
     stored = picture(alice_client.get(f"/r/{red.uuid}/files/reconstruction"))
-    assert still.size == stored.size
+    assert still.size == stored.size == (128, 64)  # a 2:1 photo fills the frame: the very same pixels
     np.testing.assert_array_equal(np.asarray(still), np.asarray(stored))
     moved = picture(alice_client.get(f"/r/{red.uuid}/edit.png?offsets=3,0,-2"))
-    assert moved.size == stored.size
+    assert moved.size == (128, 64)
     assert np.abs(np.asarray(moved, np.float32) - np.asarray(stored, np.float32)).mean() > 1.0
     for bad in ("9", "a,b", ",".join(["0"] * 9), "nan"):
         assert alice_client.get(f"/r/{red.uuid}/edit.png?offsets={bad}").status_code == 400
+    # A 4:1 photo sits in a band of the frame: the stored reconstruction is that band of the same decoding.
+    wide = reconstruction_create(user=alice, upload=upload(encode(draw_car((480, 120)), "PNG"), "wide.png"))
+    whole = np.asarray(picture(alice_client.get(f"/r/{wide.uuid}/edit.png?offsets=")))
+    band = np.asarray(picture(alice_client.get(f"/r/{wide.uuid}/files/reconstruction")))
+    assert whole.shape == (64, 128, 3) and band.shape == (32, 128, 3)
+    np.testing.assert_array_equal(whole[16:48], band)
 
 
 def test_it_saves_a_slider_result_to_the_gallery(alice_client, alice, cars) -> None:
