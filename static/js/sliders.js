@@ -1,7 +1,8 @@
 // The latent sliders under a result: each move asks the site to decode the moved latent
 // (GET <edit.png>?offsets=...) and swaps the picture. At most one request is in flight; moves made
 // meanwhile are coalesced into one request with the latest values, so a fast drag never queues up.
-// The time from a move to the new picture being shown is written under it (and in data-last-ms).
+// The time from a move to the picture that answers it is written under it (and in data-last-ms); for
+// moves coalesced while a request was in flight, it counts from the first of them.
 (function () {
   "use strict";
   const box = document.getElementById("sliders");
@@ -14,7 +15,8 @@
   const url = box.dataset.editUrl;
   let busy = false;
   let pending = false;
-  let movedAt = 0;
+  let movedAt = 0; // the earliest move the request in flight answers
+  let pendingSince = 0; // the earliest move made while a request was in flight
   let shownOffsets = "";
 
   function offsets() {
@@ -24,7 +26,11 @@
   function update() {
     const wanted = offsets();
     hidden.value = wanted;
-    if (busy) { pending = true; return; }
+    if (busy) {
+      if (!pending) pendingSince = performance.now();
+      pending = true;
+      return;
+    }
     if (wanted === shownOffsets) return;
     busy = true;
     pending = false;
@@ -44,21 +50,23 @@
       timing.textContent = "The picture could not be updated; try again.";
       shownOffsets = "";
     }
-    if (pending) update();
+    if (pending) {
+      movedAt = pendingSince; // its picture answers moves made while the last one was on its way
+      update();
+    }
   }
 
   picture.addEventListener("load", function () { if (busy) done(true); });
   picture.addEventListener("error", function () { if (busy) done(false); });
-  inputs.forEach(function (input) {
-    input.addEventListener("input", function () {
-      if (!busy) movedAt = performance.now();
-      update();
-    });
-  });
+  function moved() {
+    if (!busy) movedAt = performance.now();
+    update();
+  }
+
+  inputs.forEach(function (input) { input.addEventListener("input", moved); });
   reset.addEventListener("click", function () {
     inputs.forEach(function (input) { input.value = "0"; });
-    movedAt = performance.now();
-    update();
+    moved();
   });
   hidden.value = offsets();
   shownOffsets = hidden.value;
