@@ -10,7 +10,8 @@ and measures:
   event (static/js/sliders.js records it), ``--moves`` moves, one at a time;
 - the same request without a browser (``GET /r/<id>/edit.png?offsets=...``, one keep-alive connection);
 - the morph: strip (8 frames), animated WebP and GIF over HTTP, and the frames' decoding in-process;
-- the decoder alone (one latent) for reference.
+- the decoder alone (one latent) for reference, and the CPU time the web server spends per slider
+  request (the machine's load stretches wall-clock times far more than CPU times).
 
 Prints the machine's load average before and after, and the numbers as one JSON line last.
 """
@@ -118,6 +119,7 @@ def _in_process(ids: dict[str, Any], repeats: int) -> dict[str, Any]:
     space = services.latent_space_active()
     z = np.asarray(first.latent, np.float32)
     decode, edit, morph = [], [], []
+    cpu_started = time.process_time()
     for i in range(repeats):
         started = time.perf_counter()
         space.model.decode_array(z[None])
@@ -125,6 +127,7 @@ def _in_process(ids: dict[str, Any], repeats: int) -> dict[str, Any]:
         started = time.perf_counter()
         services.image_png(services.reconstruction_edit_image(first, [0.1 * (i % 30), -1.0, 0.5]))
         edit.append((time.perf_counter() - started) * 1000)
+    cpu_per_pair_ms = (time.process_time() - cpu_started) * 1000 / repeats
     for a, b in permutations(ids["ids"], 2):
         services._morph_cache.clear()  # a first view: decode every frame
         started = time.perf_counter()
@@ -134,16 +137,32 @@ def _in_process(ids: dict[str, Any], repeats: int) -> dict[str, Any]:
         "decode_one_latent": _summary(decode),
         "slider_service_with_png": _summary(edit),
         "morph_frames_8_uncached": _summary(morph),
+        # CPU time, which the machine's load stretches far less than the wall clock.
+        "cpu_ms_decode_plus_slider_service": round(cpu_per_pair_ms, 2),
     }
 
 
-def _over_http(port: int, ids: dict[str, Any], requests: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants so far (Linux /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        for child in (task / "children").read_text().split():
+            total += _cpu_seconds(int(child))
+    return total
+
+
+def _over_http(port: int, ids: dict[str, Any], requests: int, server_pid: int) -> dict[str, Any]:
     headers = {"Authorization": f"Token {ids['token']}"}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     edit = []
+    cpu_before = _cpu_seconds(server_pid)
     for i in range(requests):
         offsets = f"{(i % 40) / 10 - 2:.1f},{(i % 7) / 3:.1f},-1.0"
         edit.append(_timed_get(connection, f"/r/{ids['first']}/edit.png?offsets={offsets}", headers)[0])
+    server_cpu_ms = (_cpu_seconds(server_pid) - cpu_before) * 1000 / requests
     # A first view of a morph page: its strip (decodes the 8 frames) then its animation (frames cached), for
     # each ordered pair of cars once; then the GIF download of the same pair.
     strip, webp, gif, page = [], [], [], []
@@ -160,7 +179,11 @@ def _over_http(port: int, ids: dict[str, Any], requests: int) -> dict[str, Any]:
         "strip_plus_webp": _summary(page),
     }
     connection.close()
-    return {"slider_request": _summary(edit), "morph_files_8_frames": morph}
+    return {
+        "slider_request": _summary(edit),
+        "server_cpu_ms_per_slider_request": round(server_cpu_ms, 2),
+        "morph_files_8_frames": morph,
+    }
 
 
 def _in_browser(port: int, ids: dict[str, Any], moves: int) -> dict[str, Any]:
@@ -224,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             _wait_for_server(port)
-            results["http"] = _over_http(port, ids, args.requests)
+            results["http"] = _over_http(port, ids, args.requests, server.pid)
             results["browser"] = _in_browser(port, ids, args.moves)
         finally:
             server.terminate()
