@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench bench-explore train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -64,10 +64,6 @@ MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
 
-# The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files.
-bench-explore: $(VENV)/.installed-dev chromium
-	@$(BIN)/python -m reconstruct.explore.bench
-
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
 # The tooling is the deploy/ package (`python -m deploy --help`), which never goes into the bundle.
@@ -91,6 +87,12 @@ lambda-bench: $(VENV)/.installed-dev
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files;
+# last line JSON (reconstruct/explore/bench.py).
+.PHONY: bench-explore
+bench-explore: $(VENV)/.installed-dev chromium
+	@$(BIN)/python -m reconstruct.explore.bench
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist staticfiles
