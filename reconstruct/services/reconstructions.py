@@ -258,6 +258,7 @@ def reconstruction_run(reconstruction_id: int, *, storage_retry: bool = False) -
         kl=scores.kl,
         car_likeness=scores.car_likeness,
         model_version=version,
+        latent=[float(value) for value in result.latent],
         finished_at=timezone.now(),
     )
     if not updated:
