@@ -49,8 +49,7 @@ def broker(app: Any, url: str) -> Iterator[None]:
     previous = app.conf.broker_url
 
     def point(to: str) -> None:
-        with contextlib.suppress(Exception):
-            app.pool.force_close_all()
+        # Only the references: kombu keeps one pool per broker URL for the process, and a closed one stays closed.
         app.conf.broker_url = to
         app._pool = None
         app.amqp._producer_pool = None
