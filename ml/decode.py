@@ -1,0 +1,409 @@
+"""One way to decode an image file, for every path that takes one in (uploads, the training set, training, evaluation).
+
+``image_decode`` turns untrusted bytes into the picture a person sees: an 8-bit sRGB RGB image, upright, on white.
+In order, and with bounded memory:
+
+1. the header is read and the pixel count checked against ``max_pixels`` *before* any pixel is decoded (a 12 KB PNG
+   can declare 100 megapixels);
+2. the first frame only is decoded (MPO from phones, animated GIF/WebP/PNG); a JPEG needed only small is decoded at
+   1/2, 1/4 or 1/8 scale by libjpeg (``draft``), other formats are box-reduced by a whole factor right after decoding,
+   so every later step works on the small picture;
+3. 16-bit and 32-bit greyscale is stretched to 8 bits (its darkest value -> 0, its brightest -> 255), never clipped;
+4. transparency is composited on white (the studio background of most car photos);
+5. an embedded ICC profile (Display P3 from phones, Adobe RGB, a CMYK press profile) is converted to sRGB with
+   littleCMS (``PIL.ImageCms``, perceptual intent); a broken profile is ignored;
+6. the EXIF orientation is applied; an unreadable EXIF block is ignored (the picture is kept as stored).
+
+Everything that goes wrong raises one exception, :class:`ImageDecodeError`, with a machine ``code`` and a message that
+says, for a person, what is wrong and what is accepted. Torch-free and Django-free.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+import struct
+import warnings
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from PIL import Image, ImageCms
+
+DEFAULT_MAX_PIXELS = 100_000_000
+# White: transparent pixels become the studio background most car photos have.
+BACKGROUND = (255, 255, 255)
+ORIENTATION_TAG = 0x0112  # EXIF
+
+# What Pillow raises for bytes it cannot decode, depending on the format and where the file breaks: not an image
+# (UnidentifiedImageError, an OSError), truncated or corrupt data (OSError, SyntaxError, EOFError, ValueError,
+# IndexError, struct.error, and a few decoders' TypeError/KeyError/ZeroDivisionError/MemoryError on hostile
+# headers). Only this module catches them; everything else catches ImageDecodeError.
+_PILLOW_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    EOFError,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+    MemoryError,
+)
+
+# Pillow's own names of formats, as people know them.
+FORMAT_NAMES = {"JPEG": "JPEG", "MPO": "JPEG (MPO)", "WEBP": "WebP", "TIFF": "TIFF", "AVIF": "AVIF", "GIF": "GIF"}
+# Bytes per pixel of Pillow's in-memory modes (Storage.c): 32-bit cells for every multi-band mode and I/F.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a picture we can use. ``code`` is for programs, ``str(error)`` for people.
+
+    Codes: ``empty`` (no bytes), ``not_an_image`` (text, SVG, HTML, PDF, a zip...), ``unsupported_format`` (an image
+    format outside ``formats``), ``too_many_pixels`` (over ``max_pixels``, read from the header), ``too_small``
+    (a side under ``min_side``), ``corrupt`` (damaged or cut short).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded picture and what the file said about it.
+
+    ``image``: mode RGB, 8 bits, sRGB, upright, opaque; full size, or reduced by a whole factor when
+    ``image_decode(reduce_to=...)`` allowed it. ``width``/``height``: the full upright size in pixels, whatever
+    ``image`` is. ``format``: Pillow's name of the file's format (JPEG, MPO, PNG, WEBP, GIF, TIFF, AVIF, ...).
+    ``frames``: frames in the file (only the first is used). ``orientation``: the EXIF orientation applied (1 when
+    none or unreadable). ``icc_converted``: an embedded profile other than sRGB was converted to sRGB.
+    ``had_alpha``: the file had transparency (composited on white). ``mode``: the file's own pixel mode.
+    """
+
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+    frames: int
+    orientation: int
+    icc_converted: bool
+    had_alpha: bool
+    mode: str
+
+    @property
+    def reduced(self) -> bool:
+        return self.image.size != (self.width, self.height)
+
+
+def format_list(formats: Collection[str]) -> str:
+    """``["JPEG", "PNG", "WEBP"]`` -> ``"JPEG, PNG or WebP"``."""
+    names = list(dict.fromkeys(FORMAT_NAMES.get(f, f) for f in formats if f != "MPO"))
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _accepted(formats: Collection[str] | None) -> str:
+    return f"Please use a photo saved as {format_list(formats or ('JPEG', 'PNG', 'WEBP'))}."
+
+
+def _what_it_is(head: bytes) -> str:
+    """A guess, from the first bytes, at what a file that is not an image is."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<svg", b"<?xml")) and b"<svg" in head.lower():
+        return "an SVG drawing"
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<script")):
+        return "a web page (HTML)"
+    if text.startswith(b"%pdf"):
+        return "a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc"):
+        return "a HEIC photo, which this site cannot read yet (set the phone to save 'Most Compatible' photos)"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
+        return "text"
+    return ""
+
+
+def pixels_text(pixels: int, limit: int) -> tuple[str, str]:
+    """``pixels`` and ``limit`` in megapixels, with enough decimals that a count over the limit never reads as
+    equal to it ("100.000001" against "100")."""
+    limit_text = f"{limit / 1e6:.6f}".rstrip("0").rstrip(".")
+    for digits in range(1, 7):
+        text = f"{pixels / 1e6:.{digits}f}"
+        if pixels == limit or text != f"{limit / 1e6:.{digits}f}":
+            return text, limit_text
+    return f"{pixels / 1e6:.6f}", limit_text
+
+
+def _too_many_pixels(width: int | None, height: int | None, pixels: int, limit: int) -> ImageDecodeError:
+    have, most = pixels_text(pixels, limit)
+    size = f"{width}x{height} pixels, " if width else ""
+    return ImageDecodeError(
+        "too_many_pixels",
+        f"The image is {size}{have} megapixels; the limit is {most} megapixels. "
+        "Please resize it (for example to 4000 pixels wide) and try again.",
+    )
+
+
+def _as_file(source: bytes | bytearray | str | os.PathLike | BinaryIO) -> BinaryIO | str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    if isinstance(source, os.PathLike):
+        return os.fspath(source)
+    if hasattr(source, "seek"):
+        try:
+            source.seek(0)
+        except (OSError, ValueError):
+            pass
+    return source
+
+
+def _head(fp: BinaryIO | str) -> bytes:
+    if isinstance(fp, str):
+        with open(fp, "rb") as handle:
+            return handle.read(512)
+    try:
+        position = fp.tell()
+        head = fp.read(512)
+        fp.seek(position)
+        return head
+    except (OSError, ValueError, AttributeError):
+        return b""
+
+
+def image_open(
+    source: bytes | bytearray | str | os.PathLike | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Collection[str] | None = None,
+) -> Image.Image:
+    """Read only the header: returns Pillow's lazy image (no pixel decoded yet) after the format and pixel checks.
+
+    Raises :class:`ImageDecodeError` (``empty``, ``not_an_image``, ``unsupported_format``, ``too_many_pixels``).
+    ``FileNotFoundError`` for a missing path passes through (a programming error, not bad input).
+    """
+    fp = _as_file(source)
+    head = _head(fp)
+    if not head:
+        raise ImageDecodeError("empty", "The file is empty (0 bytes). " + _accepted(formats))
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below, with a clearer message than Pillow's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Image.DecompressionBombError as error:
+        found = _BOMB_PIXELS.search(str(error))
+        pixels = int(found.group(1)) if found else max_pixels + 1
+        raise _too_many_pixels(None, None, pixels, max_pixels) from None
+    except Image.UnidentifiedImageError:
+        what = _what_it_is(head)
+        found = f"This file is {what}, not a photo. " if what else "This file is not an image we can read. "
+        raise ImageDecodeError("not_an_image", found + _accepted(formats)) from None
+    except _PILLOW_ERRORS as error:
+        raise ImageDecodeError(
+            "corrupt",
+            f"The image could not be read; the file may be damaged or cut short ({error}). " + _accepted(formats),
+        ) from None
+    if formats is not None and image.format not in formats:
+        name = FORMAT_NAMES.get(image.format or "", image.format or "unknown")
+        raise ImageDecodeError("unsupported_format", f"{name} images are not accepted here. " + _accepted(formats))
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("corrupt", f"The image says it is {width}x{height} pixels. " + _accepted(formats))
+    if width * height > max_pixels:
+        raise _too_many_pixels(width, height, width * height, max_pixels)
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of a lazily opened image; 1 when absent, out of range or unreadable."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a garbage EXIF block (random bytes) raises anything; the picture stays usable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def decode_bytes_estimate(image: Image.Image) -> int:
+    """The bytes Pillow needs to hold ``image`` decoded at full size (its mode's cell size x pixels)."""
+    return image.width * image.height * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+def _reduce_factor(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The largest whole factor that keeps ``size`` covering the fit of ``size`` into ``target``."""
+    scale = min(target[0] / size[0], target[1] / size[1])
+    if scale >= 1:
+        return 1
+    return max(1, int(1 / scale))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> L, stretched from its darkest to its brightest value."""
+    low, high = image.getextrema()
+    span = float(high - low) or 1.0
+    if image.mode.startswith("I;16"):
+        return image.point(lambda v: (v - low) * 255.0 / span, "L")
+    scaled = image.convert("F").point(lambda v: (v - low) * 255.0 / span)
+    return scaled.convert("L")
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> one of L, RGB, RGBA, CMYK (which resizing and ICC transforms handle)."""
+    mode = image.mode
+    if mode in ("L", "RGB", "RGBA", "CMYK"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
+        return image.convert("RGBA" if has_alpha else "RGB")
+    if mode in ("LA", "La", "PA", "RGBa"):
+        return image.convert("RGBA")
+    if mode.startswith("I") or mode == "F":
+        return _to_8bit(image)
+    return image.convert("RGB")  # YCbCr, LAB, HSV, RGBX
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    if image.mode != "RGBA":
+        return image
+    flat = Image.new("RGB", image.size, BACKGROUND)
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+# Probe colours for telling an sRGB profile from another: the cube's corners and a grey ramp.
+_PROBE = Image.frombytes(
+    "RGB", (27, 1), bytes(v for r in (0, 128, 255) for g in (0, 128, 255) for b in (0, 128, 255) for v in (r, g, b))
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _icc_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A littleCMS transform from ``profile`` (for pictures of ``mode``) to sRGB; None when the profile does not
+    describe ``mode``, cannot be read, or is sRGB already (judged by what it does to probe colours, not by its
+    description, which is free text: a Display P3 profile may call itself "sRGB")."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        space = source.profile.xcolor_space.strip()
+        if {"RGB": "RGB", "CMYK": "CMYK", "GRAY": "L"}.get(space) != mode:
+            return None
+        transform = ImageCms.buildTransform(source, _SRGB, mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL)
+        if mode == "RGB":
+            probe = ImageCms.applyTransform(_PROBE, transform)
+            if max(abs(a - b) for a, b in zip(probe.tobytes(), _PROBE.tobytes(), strict=True)) <= 2:
+                return None
+    except (OSError, ImageCms.PyCMSError, ValueError, TypeError, AttributeError):
+        return None
+    return transform
+
+
+def image_decode(
+    source: bytes | bytearray | str | os.PathLike | BinaryIO | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Collection[str] | None = None,
+    reduce_to: tuple[int, int] | None = None,
+    min_side: int = 1,
+) -> DecodedImage:
+    """Decode ``source`` (bytes, a path, a binary file or a Pillow image) into an upright 8-bit sRGB RGB picture.
+
+    ``max_pixels``: the most pixels (width x height) a file may declare, checked from the header before decoding.
+    ``formats``: Pillow format names accepted (``None``: any format Pillow reads). ``reduce_to``: ``(width,
+    height)`` in upright pixels the caller needs at most (a thumbnail, the model input, a hash): the picture is
+    then decoded small (JPEG at 1/2..1/8 scale, others reduced by a whole factor) but never below what fitting into
+    ``reduce_to`` needs, so the caller's own resize still sees enough pixels. ``min_side``: the smallest accepted
+    width or height, in pixels.
+
+    Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
+    missing path raises ``FileNotFoundError``. Memory: the decoded first frame in Pillow's cells (1 byte a pixel
+    for L/P, 2 for 16-bit, 4 for RGB/RGBA/CMYK; at the reduced size for a JPEG with ``reduce_to``) plus one copy
+    at the size returned.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+        orientation = exif_orientation(image) if hasattr(image, "getexif") else 1
+        if image.width * image.height > max_pixels:
+            raise _too_many_pixels(image.width, image.height, image.width * image.height, max_pixels)
+    else:
+        image = image_open(source, max_pixels=max_pixels, formats=formats)
+        orientation = exif_orientation(image)
+    fmt = image.format or ""
+    frames = getattr(image, "n_frames", 1) if fmt not in ("JPEG",) else 1
+    turned = orientation in (5, 6, 7, 8)
+    width, height = (image.height, image.width) if turned else image.size
+    if min(width, height) < min_side:
+        raise ImageDecodeError(
+            "too_small",
+            f"The image is only {width}x{height} pixels; it needs at least {min_side} pixels on each side.",
+        )
+    mode = image.mode
+    icc = image.info.get("icc_profile") or b""
+    had_alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in image.info)
+    target = (reduce_to[1], reduce_to[0]) if reduce_to and turned else reduce_to
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if frames > 1:
+                image.seek(0)
+            if target and fmt in ("JPEG", "MPO"):
+                factor = _reduce_factor(image.size, target)
+                if factor > 1:
+                    image.draft(None, (max(1, image.width // factor), max(1, image.height // factor)))
+            image.load()
+            image = _normalise_mode(image)
+            if target:
+                factor = _reduce_factor(image.size, target)
+                if factor > 1:
+                    image = image.reduce(factor)
+    except ImageDecodeError:
+        raise
+    except _PILLOW_ERRORS as error:
+        raise ImageDecodeError(
+            "corrupt",
+            f"The image could not be decoded; the file may be damaged or cut short ({error}). "
+            "Please try another copy of the photo.",
+        ) from None
+    image = _on_white(image)
+    icc_converted = False
+    if icc:
+        transform = _icc_transform(bytes(icc), image.mode)
+        if transform is not None:
+            image = ImageCms.applyTransform(image, transform)
+            icc_converted = True
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if orientation in _EXIF_TRANSPOSE:
+        image = image.transpose(_EXIF_TRANSPOSE[orientation])
+    image.info.pop("icc_profile", None)
+    return DecodedImage(
+        image=image,
+        format=fmt,
+        width=width,
+        height=height,
+        frames=frames,
+        orientation=orientation if orientation in _EXIF_TRANSPOSE else 1,
+        icc_converted=icc_converted,
+        had_alpha=had_alpha,
+        mode=mode,
+    )
