@@ -152,10 +152,10 @@ def pixels_text(pixels: int, limit: int) -> tuple[str, str]:
 
 def _too_many_pixels(width: int | None, height: int | None, pixels: int, limit: int) -> ImageDecodeError:
     have, most = pixels_text(pixels, limit)
-    size = f"{width}x{height} pixels, " if width else ""
+    size = f"{width}x{height} pixels ({have} megapixels)" if width else f"{have} megapixels"
     return ImageDecodeError(
         "too_many_pixels",
-        f"The image is {size}{have} megapixels; the limit is {most} megapixels. "
+        f"The image is {size}; the limit is {most} megapixels. "
         "Please resize it (for example to 4000 pixels wide) and try again.",
     )
 
@@ -246,12 +246,15 @@ def decode_bytes_estimate(image: Image.Image) -> int:
     return image.width * image.height * _BYTES_PER_PIXEL.get(image.mode, 4)
 
 
+# A reduced picture keeps at least this many times the size its caller needs (Pillow's ``reducing_gap``): the
+# caller's own resampling filter then decides the final pixels, as it would from the full size.
+REDUCING_GAP = 3.0
+
+
 def _reduce_factor(size: tuple[int, int], target: tuple[int, int]) -> int:
-    """The largest whole factor that keeps ``size`` covering the fit of ``size`` into ``target``."""
+    """The largest whole factor that keeps ``size`` at least REDUCING_GAP times its fit into ``target``."""
     scale = min(target[0] / size[0], target[1] / size[1])
-    if scale >= 1:
-        return 1
-    return max(1, int(1 / scale))
+    return max(1, int(1 / (scale * REDUCING_GAP)))
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -331,8 +334,8 @@ def image_decode(
     ``max_pixels``: the most pixels (width x height) a file may declare, checked from the header before decoding.
     ``formats``: Pillow format names accepted (``None``: any format Pillow reads). ``reduce_to``: ``(width,
     height)`` in upright pixels the caller needs at most (a thumbnail, the model input, a hash): the picture is
-    then decoded small (JPEG at 1/2..1/8 scale, others reduced by a whole factor) but never below what fitting into
-    ``reduce_to`` needs, so the caller's own resize still sees enough pixels. ``min_side``: the smallest accepted
+    then decoded small (JPEG at 1/2..1/8 scale, others reduced by a whole factor) but keeps at least REDUCING_GAP
+    (3) times its fit into ``reduce_to``, so the caller's own resize decides the final pixels. ``min_side``: the smallest accepted
     width or height, in pixels.
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a

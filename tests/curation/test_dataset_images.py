@@ -96,7 +96,9 @@ def test_it_flags_small_grey_and_oddly_shaped_photos(active_model, draw) -> None
 def test_it_reports_unreadable_files_without_storing_anything(active_model, media) -> None:
     result = _add(b"<html>not a photo</html>", name="page.html")
     assert not result.added
-    assert "not a picture" in result.skipped
+    assert (
+        result.skipped == "This file is a web page (HTML), not a photo. Please use a photo saved as JPEG, PNG or WebP."
+    )
     assert DatasetImage.objects.count() == 0
     assert not (media / "dataset").exists()
 
