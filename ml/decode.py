@@ -78,10 +78,11 @@ class ImageDecodeError(ValueError):
     (a side under ``min_side``), ``corrupt`` (damaged or cut short).
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.detail = detail  # what the decoder said, for logs
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ def image_open(
     except _PILLOW_ERRORS as error:
         raise ImageDecodeError(
             "corrupt",
-            f"The image could not be read; the file may be damaged or cut short ({error}). " + _accepted(formats),
+            "The image could not be read: the file is damaged or cut short. " + _accepted(formats),
+            f"{type(error).__name__}: {error}",
         ) from None
     if formats is not None and image.format not in formats:
         name = FORMAT_NAMES.get(image.format or "", image.format or "unknown")
@@ -235,7 +237,9 @@ def image_open(
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1..8) of a lazily opened image; 1 when absent, out of range or unreadable."""
     try:
-        value = image.getexif().get(ORIENTATION_TAG, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data" before it gives up
+            value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # a garbage EXIF block (random bytes) raises anything; the picture stays usable
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -335,8 +339,8 @@ def image_decode(
     ``formats``: Pillow format names accepted (``None``: any format Pillow reads). ``reduce_to``: ``(width,
     height)`` in upright pixels the caller needs at most (a thumbnail, the model input, a hash): the picture is
     then decoded small (JPEG at 1/2..1/8 scale, others reduced by a whole factor) but keeps at least REDUCING_GAP
-    (3) times its fit into ``reduce_to``, so the caller's own resize decides the final pixels. ``min_side``: the smallest accepted
-    width or height, in pixels.
+    (3) times its fit into ``reduce_to``, so the caller's own resize decides the final pixels. ``min_side``: the
+    smallest accepted width or height, in pixels.
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
     missing path raises ``FileNotFoundError``. Memory: the decoded first frame in Pillow's cells (1 byte a pixel
@@ -384,8 +388,8 @@ def image_decode(
     except _PILLOW_ERRORS as error:
         raise ImageDecodeError(
             "corrupt",
-            f"The image could not be decoded; the file may be damaged or cut short ({error}). "
-            "Please try another copy of the photo.",
+            "The image could not be decoded: the file is damaged or cut short. Please try another copy of the photo.",
+            f"{type(error).__name__}: {error}",
         ) from None
     image = _on_white(image)
     icc_converted = False

@@ -170,3 +170,18 @@ def sizes_text(size: int, limit: int) -> tuple[str, str]:
     if have == most and size != limit:
         return f"{size:,} bytes", f"{limit:,} bytes"
     return have, most
+
+
+def display_name(name: str, default: str = "upload") -> str:
+    """A user's file name, for display only (storage keys are chosen by the site): its last path part (``../``
+    and Windows folders gone), no control characters (NUL...), at most 255 characters with the extension kept;
+    ``default`` when nothing is left."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    if name in ("", ".", ".."):
+        return default
+    if len(name) > 255:
+        stem, dot, extension = name.rpartition(".")
+        keep = bool(dot) and len(extension) <= 10
+        name = stem[: 255 - len(extension) - 1] + dot + extension if keep else name[:255]
+    return name

@@ -15,8 +15,8 @@ from django.core.files.base import File
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from ml.decode import ImageDecodeError, format_list, image_decode
-from reconstruct.images import UPLOAD_FORMATS, original_for_storage, sizes_text, thumbnail_jpeg
+from ml.decode import ImageDecodeError, image_decode
+from reconstruct.images import UPLOAD_FORMATS, display_name, original_for_storage, sizes_text, thumbnail_jpeg
 from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
@@ -108,11 +108,6 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
     data = uploaded.read(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1)
     if len(data) > settings.RECONSTRUCT_MAX_UPLOAD_BYTES:
         raise UploadTooLarge(upload_size_error(max(size, len(data))), code="too_large")
-    if not data:
-        raise ValidationError(
-            "The file is empty (0 bytes). Please choose a photo saved as " + format_list(UPLOAD_FORMATS) + ".",
-            code="empty",
-        )
     max_pixels = settings.RECONSTRUCT_MAX_IMAGE_PIXELS
     try:
         decoded = image_decode(
@@ -125,7 +120,7 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
         content, _stored_format, extension = original_for_storage(data, decoded, max_pixels=max_pixels)
     except ImageDecodeError as problem:
         raise ValidationError(problem.message, code=problem.code) from None
-    name = _display_name(getattr(uploaded, "name", "") or "")
+    name = display_name(getattr(uploaded, "name", "") or "")
     return PreparedUpload(
         content=content,
         extension=extension,
@@ -135,16 +130,3 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
         thumbnail=thumbnail_jpeg(decoded.image, THUMBNAIL_SIZE),
         name=name,
     )
-
-
-def _display_name(name: str) -> str:
-    """The user's file name for display: its last path part (``../`` and Windows folders gone), no control
-    characters (NUL...), at most 255 characters with the extension kept; "upload" when nothing is left."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    if name in ("", ".", ".."):
-        return "upload"
-    if len(name) > 255:
-        stem, dot, extension = name.rpartition(".")
-        name = stem[: 255 - len(extension) - 1] + dot + extension if dot and len(extension) <= 10 else name[:255]
-    return name
