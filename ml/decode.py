@@ -187,6 +187,24 @@ def _head(fp: BinaryIO | str) -> bytes:
         return b""
 
 
+def _header_size(fp: BinaryIO | str, head: bytes) -> tuple[int, int] | None:
+    """The size a file's header declares, read by its format's plugin without Pillow's own bomb check (which
+    refuses above twice ``Image.MAX_IMAGE_PIXELS`` without saying the size)."""
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(head[:16]):
+            continue
+        try:
+            if isinstance(fp, str):
+                with open(fp, "rb") as handle:
+                    return factory(handle, fp).size
+            fp.seek(0)
+            return factory(fp, "").size
+        except _PILLOW_ERRORS:
+            continue
+    return None
+
+
 def image_open(
     source: bytes | bytearray | str | os.PathLike | BinaryIO,
     *,
@@ -204,12 +222,17 @@ def image_open(
         raise ImageDecodeError("empty", "The file is empty (0 bytes). " + _accepted(formats))
     try:
         with warnings.catch_warnings():
-            # Our own limit below, with a clearer message than Pillow's warning.
+            # Our own limit below, with a clearer message than Pillow's warning; "Corrupt EXIF data" (a
+            # UserWarning while the JPEG plugin looks for a resolution in a broken EXIF block) changes nothing.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             image = Image.open(fp)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Image.DecompressionBombError as error:
+        size = _header_size(fp, head)
+        if size is not None:
+            raise _too_many_pixels(*size, size[0] * size[1], max_pixels) from None
         found = _BOMB_PIXELS.search(str(error))
         pixels = int(found.group(1)) if found else max_pixels + 1
         raise _too_many_pixels(None, None, pixels, max_pixels) from None
