@@ -143,17 +143,21 @@ def broken_exif_jpegs() -> dict[str, bytes]:
     }
 
 
-def member_damaged_zip(photos: list[tuple[str, bytes]], damaged: int) -> bytes:
-    """A zip (deflated) of ``photos`` whose member number ``damaged`` has its compressed stream overwritten."""
+def member_damaged_zip(photos: list[tuple[str, bytes, int]], damaged: list[int]) -> bytes:
+    """A zip of ``(name, bytes, compression)`` whose members numbered in ``damaged`` have their compressed
+    stream overwritten (a deflate or LZMA stream that no longer decodes)."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in photos:
-            zf.writestr(name, data)
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data, compression in photos:
+            zf.writestr(name, data, compress_type=compression)
     raw = bytearray(out.getvalue())
-    info = zipfile.ZipFile(io.BytesIO(bytes(raw))).infolist()[damaged]
-    name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
-    start = info.header_offset + 30 + name_length + extra_length
-    raw[start + 2 : start + info.compress_size - 2] = b"\xff" * (info.compress_size - 4)
+    for number in damaged:
+        info = zipfile.ZipFile(io.BytesIO(bytes(raw))).infolist()[number]
+        name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+        start = info.header_offset + 30 + name_length + extra_length
+        # Deflate: from the first block header on (an invalid block type); LZMA: past its properties header.
+        begin = start + (0 if info.compress_type == zipfile.ZIP_DEFLATED else info.compress_size // 4)
+        raw[begin : begin + info.compress_size // 2] = b"\xff" * (info.compress_size // 2)
     return bytes(raw)
 
 

@@ -365,6 +365,7 @@ def zip_arrivals(archive: IO[bytes]) -> Iterator[Arrival]:
         yield name, _zip_reader(zf, member)
 
 
+ZIP_MEMBER_DAMAGED = "damaged: its compressed data in the zip is broken, so it was skipped; the other files were read"
 # What reading a member raises when its compressed data is damaged: zlib (deflate), lzma, bz2 (OSError),
 # zipfile's CRC check (BadZipFile), encryption (RuntimeError), an unknown method (NotImplementedError).
 _ZIP_MEMBER_ERRORS = (
@@ -390,10 +391,8 @@ def _zip_reader(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], by
         except RuntimeError as error:  # encrypted
             raise checks.CheckError(f"could not be unpacked from the zip ({error})", "encrypted") from None
         except _ZIP_MEMBER_ERRORS as error:
-            raise checks.CheckError(
-                f"damaged: its compressed data in the zip is broken ({error}); the other files were read",
-                "damaged",
-            ) from None
+            logger.info("zip member %r is damaged: %s", member.filename, error)
+            raise checks.CheckError(ZIP_MEMBER_DAMAGED, "damaged") from None
         if len(data) > settings.CURATION_MAX_IMAGE_BYTES:
             raise checks.CheckError(_too_large(len(data)) + " once unpacked", "too_large")
         return data
