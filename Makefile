@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench bench-memory train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -63,6 +63,11 @@ train: $(VENV)/.installed-train
 MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
+
+# Peak memory of every decoding path (upload, worker, dataset checks, flip, training loader) for the worst
+# accepted files (100-megapixel PNG/GIF/JPEG...), each in a fresh process; JSON last (tests/measure_decode_memory.py).
+bench-memory: $(VENV)/.installed-dev
+	@$(BIN)/python -m tests.measure_decode_memory
 
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.

@@ -269,13 +269,19 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def decode_bytes_estimate(image: Image.Image) -> int:
-    """The bytes Pillow needs to hold ``image`` decoded at full size (its mode's cell size x pixels)."""
+    """The bytes Pillow needs to hold ``image`` decoded at its current size (its mode's cell size x pixels)."""
     return image.width * image.height * _BYTES_PER_PIXEL.get(image.mode, 4)
 
 
 # A reduced picture keeps at least this many times the size its caller needs (Pillow's ``reducing_gap``): the
 # caller's own resampling filter then decides the final pixels, as it would from the full size.
 REDUCING_GAP = 3.0
+# The most memory one decode may take (bytes): the decoded frame in Pillow's cells plus the RGB picture returned.
+# A JPEG over it is decoded at 1/2, 1/4 or 1/8 scale; any other file over it is refused.
+DEFAULT_MAX_DECODE_BYTES = 300_000_000
+# Conversions (mode, transparency, ICC, orientation) run on strips of about this many pixels, so a converted
+# copy of the whole picture never exists beside the decoded one.
+STRIP_PIXELS = 2_000_000
 
 
 def _reduce_factor(size: tuple[int, int], target: tuple[int, int]) -> int:
@@ -284,39 +290,89 @@ def _reduce_factor(size: tuple[int, int], target: tuple[int, int]) -> int:
     return max(1, int(1 / (scale * REDUCING_GAP)))
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> L, stretched from its darkest to its brightest value."""
-    low, high = image.getextrema()
-    span = float(high - low) or 1.0
-    if image.mode.startswith("I;16"):
-        return image.point(lambda v: (v - low) * 255.0 / span, "L")
-    scaled = image.convert("F").point(lambda v: (v - low) * 255.0 / span)
-    return scaled.convert("L")
+def _reduced(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    return -(-size[0] // factor), -(-size[1] // factor)
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> one of L, RGB, RGBA, CMYK (which resizing and ICC transforms handle)."""
-    mode = image.mode
-    if mode in ("L", "RGB", "RGBA", "CMYK"):
-        return image
+def _has_alpha(image: Image.Image) -> bool:
+    if image.mode in ("RGBA", "LA", "La", "PA", "RGBa"):
+        return True
+    return image.mode == "P" and (
+        "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
+    )
+
+
+def _strip_to_rgb(
+    strip: Image.Image, extrema: tuple[float, float] | None, alpha: bool, icc: bytes
+) -> tuple[Image.Image, bool]:
+    """One strip of any Pillow mode -> RGB: 16/32-bit stretched by the whole picture's ``extrema``, transparency
+    on white, the ICC profile converted to sRGB. Returns the strip and whether a profile was converted."""
+    mode = strip.mode
     if mode == "1":
-        return image.convert("L")
-    if mode == "P":
-        has_alpha = "transparency" in image.info or (image.palette is not None and image.palette.mode == "RGBA")
-        return image.convert("RGBA" if has_alpha else "RGB")
-    if mode in ("LA", "La", "PA", "RGBa"):
-        return image.convert("RGBA")
-    if mode.startswith("I") or mode == "F":
-        return _to_8bit(image)
-    return image.convert("RGB")  # YCbCr, LAB, HSV, RGBX
+        strip = strip.convert("L")
+    elif mode == "P":
+        strip = strip.convert("RGBA" if alpha else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        strip = strip.convert("RGBA")
+    elif mode.startswith("I") or mode == "F":
+        low, high = extrema or (0, 1)
+        span = float(high - low) or 1.0
+        if mode.startswith("I;16"):
+            strip = strip.point(lambda v: (v - low) * 255.0 / span, "L")
+        else:
+            strip = strip.convert("F").point(lambda v: (v - low) * 255.0 / span).convert("L")
+    elif mode not in ("L", "RGB", "RGBA", "CMYK"):
+        strip = strip.convert("RGB")  # YCbCr, LAB, HSV, RGBX
+    if strip.mode == "RGBA":
+        flat = Image.new("RGB", strip.size, BACKGROUND)
+        flat.paste(strip, mask=strip.getchannel("A"))
+        strip = flat
+    converted = False
+    if icc:
+        transform = _icc_transform(icc, strip.mode)
+        if transform is not None:
+            strip = ImageCms.applyTransform(strip, transform)
+            converted = True
+    if strip.mode != "RGB":
+        strip = strip.convert("RGB")
+    return strip, converted
 
 
-def _on_white(image: Image.Image) -> Image.Image:
-    if image.mode != "RGBA":
-        return image
-    flat = Image.new("RGB", image.size, BACKGROUND)
-    flat.paste(image, mask=image.getchannel("A"))
-    return flat
+def _paste_turned(out: Image.Image, strip: Image.Image, top: int, source_height: int, orientation: int) -> None:
+    """Paste ``strip`` (rows ``top``.. of the reduced, stored picture, ``source_height`` rows in all) into the
+    upright picture ``out``, turned as EXIF ``orientation`` says."""
+    if orientation in _EXIF_TRANSPOSE:
+        strip = strip.transpose(_EXIF_TRANSPOSE[orientation])
+    height = strip.height if orientation in (1, 2, 3, 4) else strip.width
+    if orientation in (1, 2):
+        out.paste(strip, (0, top))
+    elif orientation in (3, 4):
+        out.paste(strip, (0, source_height - top - height))
+    elif orientation in (5, 8):
+        out.paste(strip, (top, 0))
+    else:  # 6, 7
+        out.paste(strip, (source_height - top - height, 0))
+
+
+def _convert(image: Image.Image, factor: int, orientation: int, icc: bytes) -> tuple[Image.Image, bool]:
+    """The decoded ``image`` -> upright 8-bit sRGB RGB, reduced by ``factor``, strip by strip."""
+    extrema = image.getextrema() if image.mode.startswith("I") or image.mode == "F" else None
+    alpha = _has_alpha(image)
+    width, height = _reduced(image.size, factor)
+    plain = image.mode == "RGB" and factor == 1 and orientation == 1
+    if plain and (not icc or _icc_transform(icc, "RGB") is None):
+        return image, False
+    upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    out = Image.new("RGB", upright, BACKGROUND)
+    rows = max(factor, STRIP_PIXELS // max(1, image.width) // factor * factor)
+    converted = False
+    for top in range(0, image.height, rows):
+        strip = image.crop((0, top, image.width, min(image.height, top + rows)))
+        strip, converted = _strip_to_rgb(strip, extrema, alpha, icc)
+        if factor > 1:
+            strip = strip.reduce(factor)
+        _paste_turned(out, strip, top // factor, height, orientation)
+    return out, converted
 
 
 _SRGB = ImageCms.createProfile("sRGB")
@@ -355,6 +411,7 @@ def image_decode(
     formats: Collection[str] | None = None,
     reduce_to: tuple[int, int] | None = None,
     min_side: int = 1,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> DecodedImage:
     """Decode ``source`` (bytes, a path, a binary file or a Pillow image) into an upright 8-bit sRGB RGB picture.
 
@@ -363,12 +420,13 @@ def image_decode(
     height)`` in upright pixels the caller needs at most (a thumbnail, the model input, a hash): the picture is
     then decoded small (JPEG at 1/2..1/8 scale, others reduced by a whole factor) but keeps at least REDUCING_GAP
     (3) times its fit into ``reduce_to``, so the caller's own resize decides the final pixels. ``min_side``: the
-    smallest accepted width or height, in pixels.
+    smallest accepted width or height, in pixels. ``max_bytes``: the memory budget of the decode: the decoded
+    frame in Pillow's cells (1 byte a pixel for 1/L/P, 2 for 16-bit, 4 for RGB/RGBA/CMYK) plus the RGB result
+    (4 bytes a pixel); a JPEG over it is decoded at a smaller scale (``reduced``), any other file is refused.
+    Conversions run strip by strip (STRIP_PIXELS), so no second full-size copy exists.
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
-    missing path raises ``FileNotFoundError``. Memory: the decoded first frame in Pillow's cells (1 byte a pixel
-    for L/P, 2 for 16-bit, 4 for RGB/RGBA/CMYK; at the reduced size for a JPEG with ``reduce_to``) plus one copy
-    at the size returned.
+    missing path raises ``FileNotFoundError``.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -379,7 +437,7 @@ def image_decode(
         image = image_open(source, max_pixels=max_pixels, formats=formats)
         orientation = exif_orientation(image)
     fmt = image.format or ""
-    frames = getattr(image, "n_frames", 1) if fmt not in ("JPEG",) else 1
+    frames = getattr(image, "n_frames", 1) if fmt != "JPEG" else 1
     turned = orientation in (5, 6, 7, 8)
     width, height = (image.height, image.width) if turned else image.size
     if min(width, height) < min_side:
@@ -388,24 +446,34 @@ def image_decode(
             f"The image is only {width}x{height} pixels; it needs at least {min_side} pixels on each side.",
         )
     mode = image.mode
-    icc = image.info.get("icc_profile") or b""
-    had_alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in image.info)
+    icc = bytes(image.info.get("icc_profile") or b"")
+    had_alpha = _has_alpha(image)
     target = (reduce_to[1], reduce_to[0]) if reduce_to and turned else reduce_to
+    wanted = _reduce_factor(image.size, target) if target else 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
             if frames > 1:
                 image.seek(0)
-            if target and fmt in ("JPEG", "MPO"):
-                factor = _reduce_factor(image.size, target)
-                if factor > 1:
-                    image.draft(None, (max(1, image.width // factor), max(1, image.height // factor)))
+            if fmt in ("JPEG", "MPO"):
+                scale = 1
+                while scale < 8 and (
+                    scale * 2 <= wanted or _cost(image.size, mode, scale, max(1, wanted // scale)) > max_bytes
+                ):
+                    scale *= 2
+                if scale > 1:
+                    image.draft(None, _reduced(image.size, scale))
+                    wanted = max(1, wanted // scale)
+            factor = wanted
+            while _cost(image.size, image.mode, 1, factor) > max_bytes and factor < 64:
+                if decode_bytes_estimate(image) > max_bytes:
+                    break
+                factor *= 2
+            if _cost(image.size, image.mode, 1, factor) > max_bytes:
+                raise _too_much_memory(image, width, height, max_bytes)
             image.load()
-            image = _normalise_mode(image)
-            if target:
-                factor = _reduce_factor(image.size, target)
-                if factor > 1:
-                    image = image.reduce(factor)
+            image, icc_converted = _convert(image, factor, orientation, icc)
     except ImageDecodeError:
         raise
     except _PILLOW_ERRORS as error:
@@ -414,17 +482,6 @@ def image_decode(
             "The image could not be decoded: the file is damaged or cut short. Please try another copy of the photo.",
             f"{type(error).__name__}: {error}",
         ) from None
-    image = _on_white(image)
-    icc_converted = False
-    if icc:
-        transform = _icc_transform(bytes(icc), image.mode)
-        if transform is not None:
-            image = ImageCms.applyTransform(image, transform)
-            icc_converted = True
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if orientation in _EXIF_TRANSPOSE:
-        image = image.transpose(_EXIF_TRANSPOSE[orientation])
     image.info.pop("icc_profile", None)
     return DecodedImage(
         image=image,
@@ -436,4 +493,25 @@ def image_decode(
         icc_converted=icc_converted,
         had_alpha=had_alpha,
         mode=mode,
+    )
+
+
+def _cost(size: tuple[int, int], mode: str, scale: int, factor: int) -> int:
+    """Bytes a decode at 1/``scale`` (JPEG) reduced by ``factor`` holds at once: the decoded cells, the RGB
+    result (4 bytes a pixel) and one strip converted."""
+    decoded = _reduced(size, scale)
+    result = _reduced(decoded, factor)
+    cells = decoded[0] * decoded[1] * _BYTES_PER_PIXEL.get(mode, 4)
+    return cells + result[0] * result[1] * 4 + STRIP_PIXELS * 8
+
+
+def _too_much_memory(image: Image.Image, width: int, height: int, max_bytes: int) -> ImageDecodeError:
+    cell = _BYTES_PER_PIXEL.get(image.mode, 4)
+    need = image.width * image.height * cell
+    most_pixels = max_bytes // (cell + 1) // 1_000_000
+    return ImageDecodeError(
+        "too_many_pixels",
+        f"The image is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) of {image.mode} pixels: "
+        f"decoding it would take {need / 1e6:.0f} MB of memory, more than the {max_bytes / 1e6:.0f} MB allowed. "
+        f"Please save it as JPEG, or resize it to at most {most_pixels} megapixels, and try again.",
     )

@@ -117,21 +117,26 @@ def png_without_metadata(data: bytes) -> bytes:
     raise ValueError("PNG cut short")
 
 
-def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int) -> tuple[bytes, str, str]:
-    """What to store for an accepted upload: ``(bytes, stored format, extension)``.
+def original_for_storage(
+    data: bytes, decoded: DecodedImage, *, max_pixels: int
+) -> tuple[bytes, str, str, tuple[int, int]]:
+    """What to store for an accepted upload: ``(bytes, stored format, extension, (width, height))``.
 
     ``decoded`` is ``image_decode``'s answer for ``data`` (at any size). The file's own bytes, metadata removed,
     when the picture needs no change; otherwise the picture decoded at full size and saved anew: JPEG sources as
     JPEG (quality 92), WebP as WebP (quality 95), everything else as PNG (lossless). Never with options that
-    assume the source format (``quality="keep"`` needs a JPEG image object).
+    assume the source format (``quality="keep"`` needs a JPEG image object). A picture that cannot be decoded
+    whole within ml.decode's memory budget is stored at the size it could be decoded at (a 100-megapixel JPEG
+    that must be turned upright: at 1/2 or 1/4 scale); raises ImageDecodeError for one that cannot be at all.
     """
+    size = (decoded.width, decoded.height)
     unchanged = decoded.orientation == 1 and not decoded.icc_converted
     try:
         # A JPEG's first picture (an MPO's other frames dropped) is copied as it is; CMYK is re-encoded as RGB.
         if unchanged and decoded.format in ("JPEG", "MPO") and decoded.mode in ("RGB", "L"):
-            return jpeg_without_metadata(data), "JPEG", "jpg"
+            return jpeg_without_metadata(data), "JPEG", "jpg", size
         if unchanged and decoded.format == "PNG" and decoded.frames == 1:
-            return png_without_metadata(data), "PNG", "png"
+            return png_without_metadata(data), "PNG", "png", size
     except ValueError:
         pass  # a structure the copy does not understand: saved anew from the decoded picture
     full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image
@@ -143,7 +148,7 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
         full.save(out, "WEBP", quality=95)
     else:
         full.save(out, "PNG", compress_level=4)
-    return out.getvalue(), stored_format, extension
+    return out.getvalue(), stored_format, extension, full.size
 
 
 def thumbnail_jpeg(image: Image.Image, size: tuple[int, int], quality: int = 85) -> bytes:

@@ -117,7 +117,7 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
             reduce_to=THUMBNAIL_SIZE,
             min_side=settings.RECONSTRUCT_MIN_IMAGE_SIDE,
         )
-        content, _stored_format, extension = original_for_storage(data, decoded, max_pixels=max_pixels)
+        content, _stored_format, extension, (width, height) = original_for_storage(data, decoded, max_pixels=max_pixels)
     except ImageDecodeError as problem:
         raise ValidationError(problem.message, code=problem.code) from None
     name = display_name(getattr(uploaded, "name", "") or "")
@@ -125,8 +125,8 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
         content=content,
         extension=extension,
         format=decoded.format,
-        width=decoded.width,
-        height=decoded.height,
+        width=width,
+        height=height,
         thumbnail=thumbnail_jpeg(decoded.image, THUMBNAIL_SIZE),
         name=name,
     )
