@@ -257,8 +257,16 @@ def image_open(
     return image
 
 
+def _exif_needs_decode(image: Image.Image) -> bool:
+    # Pillow's PNG getexif() decodes the whole picture to look for an eXIf chunk after the pixel data.
+    return image.format == "PNG" and "exif" not in image.info and getattr(image, "_im", None) is None
+
+
 def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1..8) of a lazily opened image; 1 when absent, out of range or unreadable."""
+    """The EXIF orientation (1..8) of a lazily opened image; 1 when absent, out of range or unreadable. Never
+    decodes pixels: for a PNG whose EXIF would only be found after its pixel data, 1 until it is loaded."""
+    if _exif_needs_decode(image):
+        return 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data" before it gives up
@@ -472,7 +480,11 @@ def image_decode(
                 factor *= 2
             if _cost(image.size, image.mode, 1, factor) > max_bytes:
                 raise _too_much_memory(image, width, height, max_bytes)
+            late_exif = _exif_needs_decode(image)
             image.load()
+            if late_exif and orientation == 1:  # a PNG's eXIf chunk after its pixel data
+                orientation = exif_orientation(image)
+                width, height = (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
             image, icc_converted = _convert(image, factor, orientation, icc)
     except ImageDecodeError:
         raise
@@ -502,7 +514,7 @@ def _cost(size: tuple[int, int], mode: str, scale: int, factor: int) -> int:
     decoded = _reduced(size, scale)
     result = _reduced(decoded, factor)
     cells = decoded[0] * decoded[1] * _BYTES_PER_PIXEL.get(mode, 4)
-    return cells + result[0] * result[1] * 4 + STRIP_PIXELS * 8
+    return cells + result[0] * result[1] * 4 + min(STRIP_PIXELS, decoded[0] * decoded[1]) * 8
 
 
 def _too_much_memory(image: Image.Image, width: int, height: int, max_bytes: int) -> ImageDecodeError:

@@ -84,7 +84,10 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
     if path_name == "worker":
         from reconstruct.services.uploads import upload_prepare
 
-        data = upload_prepare(SimpleUploadedFile(file.name, data)).content  # what the worker reads from storage
+        try:
+            data = upload_prepare(SimpleUploadedFile(file.name, data)).content  # what the worker reads from storage
+        except Exception as error:
+            return {"file": file.name, "path": path_name, "outcome": f"refused at upload: {error}"}
     limit = settings.RECONSTRUCT_MAX_IMAGE_PIXELS
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current resident set

@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from ml import decode
 from ml.decode import ImageDecodeError, image_decode, image_open, pixels_text
 from tests import hostile
 from tests.support import draw_car, encode
@@ -131,3 +132,32 @@ def test_it_reports_a_cut_short_file_as_corrupt() -> None:
     with pytest.raises(ImageDecodeError) as caught:
         image_decode(data[: len(data) // 2])
     assert caught.value.code == "corrupt" and caught.value.detail
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_it_turns_strip_by_strip_exactly_as_a_whole_picture_turn(monkeypatch, orientation: int) -> None:
+    monkeypatch.setattr(decode, "STRIP_PIXELS", 2000)  # many strips for a small picture
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(draw_car((97, 53), seed=3), "PNG", exif=exif)
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(image_decode(data).image), np.asarray(expected))
+    big = encode(draw_car((972, 534), seed=3), "PNG", exif=exif)
+    reduced = ImageOps.exif_transpose(Image.open(io.BytesIO(big))).convert("RGB").reduce(6)
+    assert np.array_equal(np.asarray(image_decode(big, reduce_to=(50, 50)).image), np.asarray(reduced))
+
+
+def test_it_keeps_within_its_memory_budget() -> None:
+    png = encode(Image.new("RGB", (2000, 1000), (200, 40, 40)), "PNG")  # 8 MB of RGB cells once decoded
+    with pytest.raises(ImageDecodeError) as caught:
+        image_decode(png, max_bytes=5_000_000)
+    assert caught.value.code == "too_many_pixels"
+    assert str(caught.value) == (
+        "The image is 2000x1000 pixels (2.0 megapixels) of RGB pixels: decoding it would take 8 MB of memory, "
+        "more than the 5 MB allowed. Please save it as JPEG, or resize it to at most 1 megapixels, and try again."
+    )
+    jpeg = encode(Image.new("RGB", (2000, 1000), (200, 40, 40)), "JPEG")
+    decoded = image_decode(jpeg, max_bytes=5_000_000)  # a JPEG is decoded smaller instead
+    assert decoded.reduced and (decoded.width, decoded.height) == (2000, 1000)
+    assert decoded.image.width * decoded.image.height * 8 <= 5_000_000
+    assert _rgb(decoded, (10, 10)) == pytest.approx((200, 40, 40), abs=3)
