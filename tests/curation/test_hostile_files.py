@@ -103,8 +103,15 @@ def test_zip_member_names_from_windows_and_macos(upload_json) -> None:
     ]
     report = upload_json(archive=_named("mac.zip", hostile.zip_without_utf8_flag(photos)))
     assert [r["name"] for r in report["results"]] == ["Käfer.jpg", "Ça.jpg"]
-    report = upload_json(archive=_zipped([("cars\\old\\three.jpg", encode(draw_car((320, 160), seed=3), "JPEG"))]))
-    assert [(r["name"], r["added"]) for r in report["results"]] == [("three.jpg", True)]
+    members = [
+        ("cars\\old\\three.jpg", encode(draw_car((320, 160), seed=3), "JPEG")),
+        ("../../../etc/four.jpg", encode(draw_car((320, 160), seed=4), "JPEG")),
+        ("/abs/" + "f" * 300 + ".jpg", encode(draw_car((320, 160), seed=5), "JPEG")),
+    ]
+    report = upload_json(archive=_zipped(members))
+    names = ["three.jpg", "four.jpg", "f" * 251 + ".jpg"]
+    assert [(r["name"], r["added"]) for r in report["results"]] == [(name, True) for name in names]
+    assert all(image.file.name.startswith("dataset/") for image in DatasetImage.objects.all())
     assert DatasetImage.objects.filter(original_name="three.jpg").exists()
 
 
