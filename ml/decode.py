@@ -67,6 +67,8 @@ _EXIF_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# EXIF orientation o followed by a left-right mirror is orientation _MIRRORED[o].
+_MIRRORED = {1: 2, 2: 1, 3: 4, 4: 3, 5: 6, 6: 5, 7: 8, 8: 7}
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -420,6 +422,7 @@ def image_decode(
     reduce_to: tuple[int, int] | None = None,
     min_side: int = 1,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    mirror: bool = False,
 ) -> DecodedImage:
     """Decode ``source`` (bytes, a path, a binary file or a Pillow image) into an upright 8-bit sRGB RGB picture.
 
@@ -431,7 +434,8 @@ def image_decode(
     smallest accepted width or height, in pixels. ``max_bytes``: the memory budget of the decode: the decoded
     frame in Pillow's cells (1 byte a pixel for 1/L/P, 2 for 16-bit, 4 for RGB/RGBA/CMYK) plus the RGB result
     (4 bytes a pixel); a JPEG over it is decoded at a smaller scale (``reduced``), any other file is refused.
-    Conversions run strip by strip (STRIP_PIXELS), so no second full-size copy exists.
+    Conversions run strip by strip (STRIP_PIXELS), so no second full-size copy exists. ``mirror``: the upright
+    picture mirrored left to right, done in the same pass (a flip costs no extra copy).
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
     missing path raises ``FileNotFoundError``.
@@ -474,18 +478,20 @@ def image_decode(
                     image.draft(None, _reduced(image.size, scale))
                     wanted = max(1, wanted // scale)
             factor = wanted
-            while _cost(image.size, image.mode, 1, factor) > max_bytes and factor < 64:
+            plain = image.mode == "RGB" and orientation == 1 and not mirror and not icc
+            while _cost(image.size, image.mode, 1, factor, plain) > max_bytes and factor < 64:
                 if decode_bytes_estimate(image) > max_bytes:
                     break
                 factor *= 2
-            if _cost(image.size, image.mode, 1, factor) > max_bytes:
+            if _cost(image.size, image.mode, 1, factor, plain) > max_bytes:
                 raise _too_much_memory(image, width, height, max_bytes)
             late_exif = _exif_needs_decode(image)
             image.load()
             if late_exif and orientation == 1:  # a PNG's eXIf chunk after its pixel data
                 orientation = exif_orientation(image)
                 width, height = (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
-            image, icc_converted = _convert(image, factor, orientation, icc)
+            turn = _MIRRORED[orientation] if mirror else orientation
+            image, icc_converted = _convert(image, factor, turn, icc)
     except ImageDecodeError:
         raise
     except _PILLOW_ERRORS as error:
@@ -508,12 +514,15 @@ def image_decode(
     )
 
 
-def _cost(size: tuple[int, int], mode: str, scale: int, factor: int) -> int:
+def _cost(size: tuple[int, int], mode: str, scale: int, factor: int, plain: bool = False) -> int:
     """Bytes a decode at 1/``scale`` (JPEG) reduced by ``factor`` holds at once: the decoded cells, the RGB
-    result (4 bytes a pixel) and one strip converted."""
+    result (4 bytes a pixel) and one strip converted; ``plain`` (RGB, nothing to convert, ``factor`` 1): the
+    decoded cells are the result."""
     decoded = _reduced(size, scale)
-    result = _reduced(decoded, factor)
     cells = decoded[0] * decoded[1] * _BYTES_PER_PIXEL.get(mode, 4)
+    if plain and factor == 1:
+        return cells
+    result = _reduced(decoded, factor)
     return cells + result[0] * result[1] * 4 + min(STRIP_PIXELS, decoded[0] * decoded[1]) * 8
 
 

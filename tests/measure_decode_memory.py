@@ -104,8 +104,8 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
         elif path_name == "dataset_checks":
             checks.examine(data, max_pixels=limit)
         elif path_name == "flip":
-            decoded = checks.decode_photo(data, limit)
-            _encode_like(decoded.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), decoded.format)
+            decoded = checks.decode_photo(data, limit, mirror=True)  # as dataset_image_flip does
+            _encode_like(decoded.image, decoded.format)
             outcome = f"accepted, flipped at {decoded.image.width}x{decoded.image.height}"
         elif path_name == "training_loader":
             prepare(str(file), ModelConfig())

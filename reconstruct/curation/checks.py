@@ -159,11 +159,13 @@ class PhotoFacts:
         }
 
 
-def decode_photo(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> DecodedImage:
+def decode_photo(
+    data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None, mirror: bool = False
+) -> DecodedImage:
     """``ml.decode.image_decode`` for the training set (JPEG, PNG or WebP only: a stored file is always the exact
     bytes its content hash names, so it must be a format browsers show), or raise ``CheckError`` saying why not."""
     try:
-        return image_decode(data, max_pixels=max_pixels, formats=DATASET_FORMATS, reduce_to=reduce_to)
+        return image_decode(data, max_pixels=max_pixels, formats=DATASET_FORMATS, reduce_to=reduce_to, mirror=mirror)
     except ImageDecodeError as error:
         raise CheckError(error.message, error.code) from None
 

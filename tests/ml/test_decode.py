@@ -142,6 +142,8 @@ def test_it_turns_strip_by_strip_exactly_as_a_whole_picture_turn(monkeypatch, or
     data = encode(draw_car((97, 53), seed=3), "PNG", exif=exif)
     expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     assert np.array_equal(np.asarray(image_decode(data).image), np.asarray(expected))
+    mirrored = np.asarray(image_decode(data, mirror=True).image)  # a flip, in the same pass
+    assert np.array_equal(mirrored, np.asarray(ImageOps.mirror(expected)))
     big = encode(draw_car((972, 534), seed=3), "PNG", exif=exif)
     reduced = ImageOps.exif_transpose(Image.open(io.BytesIO(big))).convert("RGB").reduce(6)
     assert np.array_equal(np.asarray(image_decode(big, reduce_to=(50, 50)).image), np.asarray(reduced))

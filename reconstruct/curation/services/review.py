@@ -14,7 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from PIL import Image, ImageOps
+from PIL import Image
 
 from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
@@ -105,11 +105,12 @@ def dataset_image_flip(*, image: DatasetImage, user: AbstractBaseUser | None) ->
     with default_storage.open(image.file.name, "rb") as handle:
         data = handle.read()
     try:
-        # Full size, as every path decodes (ml.decode): upright, 16-bit stretched, on white, in sRGB.
-        decoded = checks.decode_photo(data, settings.RECONSTRUCT_MAX_IMAGE_PIXELS)
+        # Full size (within ml.decode's memory budget), as every path decodes: upright, 16-bit stretched, on
+        # white, in sRGB; mirrored in the same pass.
+        decoded = checks.decode_photo(data, settings.RECONSTRUCT_MAX_IMAGE_PIXELS, mirror=True)
     except checks.CheckError as error:
         raise ValidationError(f"#{image.pk} cannot be flipped: {error}") from None
-    mirrored = ImageOps.mirror(decoded.image)
+    mirrored = decoded.image
     flipped = _encode_like(mirrored, decoded.format)
     extension = STORED_FORMATS[decoded.format][1]
     written = dataset_files_store(data=flipped, extension=extension, picture=mirrored)
