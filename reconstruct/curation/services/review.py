@@ -63,6 +63,10 @@ _MIRRORED = {
 }
 
 
+# A flip of a picture too large to decode whole is stored reduced, but never with a long side under this.
+FLIP_MIN_LONG_SIDE = 1024
+
+
 def _encode_like(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     if fmt in ("JPEG", "MPO"):
@@ -111,6 +115,12 @@ def dataset_image_flip(*, image: DatasetImage, user: AbstractBaseUser | None) ->
     except checks.CheckError as error:
         raise ValidationError(f"#{image.pk} cannot be flipped: {error}") from None
     mirrored = decoded.image
+    if decoded.reduced and max(mirrored.size) < FLIP_MIN_LONG_SIDE:
+        # Decoded small to stay within the memory budget: a flipped version this small would be a poor copy.
+        raise ValidationError(
+            f"#{image.pk} is {decoded.width}x{decoded.height} pixels: too large to flip within the memory a "
+            f"decode may take (it would be kept at {mirrored.width}x{mirrored.height}). Flip it before uploading."
+        )
     flipped = _encode_like(mirrored, decoded.format)
     extension = STORED_FORMATS[decoded.format][1]
     written = dataset_files_store(data=flipped, extension=extension, picture=mirrored)
