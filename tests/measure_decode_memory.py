@@ -77,7 +77,7 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
     from ml.decode import ImageDecodeError
     from ml.preprocess import prepare
     from reconstruct.curation import checks
-    from reconstruct.curation.services.review import _encode_like
+    from reconstruct.curation.services.review import FLIP_MIN_LONG_SIDE, _encode_like
 
     model = runtime.load_model(settings.BASE_DIR / "ml" / "weights" / "default") if path_name == "worker" else None
     data = file.read_bytes()
@@ -105,8 +105,12 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
             checks.examine(data, max_pixels=limit)
         elif path_name == "flip":
             decoded = checks.decode_photo(data, limit, mirror=True)  # as dataset_image_flip does
-            _encode_like(decoded.image, decoded.format)
-            outcome = f"accepted, flipped at {decoded.image.width}x{decoded.image.height}"
+            size = f"{decoded.image.width}x{decoded.image.height}"
+            if decoded.reduced and max(decoded.image.size) < FLIP_MIN_LONG_SIDE:
+                outcome = f"refused by dataset_image_flip (would be kept at {size})"
+            else:
+                _encode_like(decoded.image, decoded.format)
+                outcome = f"accepted, flipped at {size}"
         elif path_name == "training_loader":
             prepare(str(file), ModelConfig())
     except (ImageDecodeError, checks.CheckError, Exception) as error:
