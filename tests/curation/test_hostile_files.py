@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 from django.urls import reverse
+from django.utils.html import escape
 from PIL import Image
 
 from ml.decode import image_decode
@@ -19,6 +20,7 @@ from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
 from reconstruct.curation.services.arrival import ZIP_MEMBER_DAMAGED
 from reconstruct.curation.services.review import dataset_image_flip
+from reconstruct.http import LENGTH_REQUIRED
 from reconstruct.images import display_name
 from tests import hostile
 from tests.support import draw_car, encode
@@ -163,3 +165,16 @@ def test_broken_exif_is_ignored_when_scoring_car_likeness(upload_json) -> None:
     report = upload_json(files=[_named(f"{k}.jpg", v) for k, v in hostile.broken_exif_jpegs().items()])
     assert report["skipped"] == 0
     assert all(image.car_likeness is not None for image in DatasetImage.objects.all())
+
+
+def test_a_chunked_bulk_upload_is_refused_with_411(client, staff, media) -> None:
+    client.force_login(staff)
+    url = reverse("admin:curation_datasetimage_upload")
+    body = b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nxx\r\n--B--\r\n'
+    headers = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ACCEPT": "application/json"}
+    response = client.generic("POST", url, body, content_type="multipart/form-data; boundary=B", **headers)
+    assert response.status_code == 411 and response.json() == {"error": LENGTH_REQUIRED}
+    headers.pop("HTTP_ACCEPT")
+    page = client.generic("POST", url, body, content_type="multipart/form-data; boundary=B", **headers)
+    assert page.status_code == 200 and escape(LENGTH_REQUIRED) in page.content.decode()
+    assert DatasetImage.objects.count() == 0
