@@ -479,11 +479,11 @@ def image_decode(
                     wanted = max(1, wanted // scale)
             factor = wanted
             plain = image.mode == "RGB" and orientation == 1 and not mirror and not icc
-            while _cost(image.size, image.mode, 1, factor, plain) > max_bytes and factor < 64:
-                if decode_bytes_estimate(image) > max_bytes:
+            while _cost(image.size, image.mode, 1, factor, plain, fmt) > max_bytes and factor < 64:
+                if _load_bytes(image.size, image.mode, fmt) > max_bytes:
                     break
                 factor *= 2
-            if _cost(image.size, image.mode, 1, factor, plain) > max_bytes:
+            if _cost(image.size, image.mode, 1, factor, plain, fmt) > max_bytes:
                 raise _too_much_memory(image, width, height, max_bytes)
             late_exif = _exif_needs_decode(image)
             image.load()
@@ -514,12 +514,22 @@ def image_decode(
     )
 
 
-def _cost(size: tuple[int, int], mode: str, scale: int, factor: int, plain: bool = False) -> int:
-    """Bytes a decode at 1/``scale`` (JPEG) reduced by ``factor`` holds at once: the decoded cells, the RGB
-    result (4 bytes a pixel) and one strip converted; ``plain`` (RGB, nothing to convert, ``factor`` 1): the
-    decoded cells are the result."""
+# Peak bytes a pixel while Pillow loads these formats (measured with Pillow 13): WebP goes through libwebp's
+# animation decoder (its canvas, a bytes copy, the image), AVIF through libavif's buffer and a copy.
+_LOAD_BYTES_PER_PIXEL = {"WEBP": 16, "AVIF": 8}
+
+
+def _load_bytes(size: tuple[int, int], mode: str, fmt: str) -> int:
+    """Peak bytes while the frame of ``size`` loads: its cells, or more for formats decoded through a copy."""
+    return size[0] * size[1] * max(_BYTES_PER_PIXEL.get(mode, 4), _LOAD_BYTES_PER_PIXEL.get(fmt, 0))
+
+
+def _cost(size: tuple[int, int], mode: str, scale: int, factor: int, plain: bool = False, fmt: str = "") -> int:
+    """Bytes a decode at 1/``scale`` (JPEG) reduced by ``factor`` holds at once: the decoded cells (or the
+    format's load peak), the RGB result (4 bytes a pixel) and one strip converted; ``plain`` (RGB, nothing to
+    convert, ``factor`` 1): the decoded cells are the result."""
     decoded = _reduced(size, scale)
-    cells = decoded[0] * decoded[1] * _BYTES_PER_PIXEL.get(mode, 4)
+    cells = _load_bytes(decoded, mode, fmt)
     if plain and factor == 1:
         return cells
     result = _reduced(decoded, factor)
@@ -527,7 +537,7 @@ def _cost(size: tuple[int, int], mode: str, scale: int, factor: int, plain: bool
 
 
 def _too_much_memory(image: Image.Image, width: int, height: int, max_bytes: int) -> ImageDecodeError:
-    cell = _BYTES_PER_PIXEL.get(image.mode, 4)
+    cell = max(_BYTES_PER_PIXEL.get(image.mode, 4), _LOAD_BYTES_PER_PIXEL.get(image.format or "", 0))
     need = image.width * image.height * cell
     most_pixels = max_bytes // (cell + 1) // 1_000_000
     return ImageDecodeError(

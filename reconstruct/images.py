@@ -117,6 +117,30 @@ def png_without_metadata(data: bytes) -> bytes:
     raise ValueError("PNG cut short")
 
 
+def webp_without_metadata(data: bytes) -> bytes:
+    """A still WebP without its EXIF, XMP and ICC chunks (the VP8X flags and RIFF size follow); the compressed
+    picture is copied byte for byte. Raises ``ValueError`` for a broken RIFF structure or an animation."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise ValueError("not a WebP file")
+    out = bytearray()
+    i, end = 12, min(len(data), 8 + int.from_bytes(data[4:8], "little"))
+    while i + 8 <= end:
+        kind = data[i : i + 4]
+        length = int.from_bytes(data[i + 4 : i + 8], "little")
+        chunk = bytearray(data[i : i + 8 + length + (length & 1)])
+        if len(chunk) < 8 + length:
+            raise ValueError("WebP cut short")
+        i += len(chunk)
+        if kind in (b"ANIM", b"ANMF"):
+            raise ValueError("an animated WebP")
+        if kind in (b"EXIF", b"XMP ", b"ICCP"):
+            continue
+        if kind == b"VP8X":
+            chunk[8] &= ~(0x20 | 0x08 | 0x04) & 0xFF  # no ICC, EXIF or XMP any more
+        out += chunk
+    return b"RIFF" + (len(out) + 4).to_bytes(4, "little") + b"WEBP" + bytes(out)
+
+
 def original_for_storage(
     data: bytes, decoded: DecodedImage, *, max_pixels: int
 ) -> tuple[bytes, str, str, tuple[int, int]]:
@@ -137,6 +161,8 @@ def original_for_storage(
             return jpeg_without_metadata(data), "JPEG", "jpg", size
         if unchanged and decoded.format == "PNG" and decoded.frames == 1:
             return png_without_metadata(data), "PNG", "png", size
+        if unchanged and decoded.format == "WEBP" and decoded.frames == 1:
+            return webp_without_metadata(data), "WEBP", "webp", size
     except ValueError:
         pass  # a structure the copy does not understand: saved anew from the decoded picture
     full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image

@@ -64,7 +64,8 @@ def _files(folder: Path) -> dict[str, Path]:
     save("jpeg-100mp-orientation6.jpg", rgb, "JPEG", quality=90, exif=turned)
     p3 = ImageCms.ImageCmsProfile(io.BytesIO(display_p3_profile()))
     save("jpeg-100mp-display-p3.jpg", rgb, "JPEG", quality=90, icc_profile=p3.tobytes())
-    save("webp-67mp.webp", Image.new("RGB", (16383, 4096), (200, 40, 40)), "WEBP", quality=80)
+    save("webp-16mp.webp", Image.new("RGB", (4096, 4096), (200, 40, 40)), "WEBP", quality=80)
+    save("webp-67mp-refused.webp", Image.new("RGB", (16383, 4096), (200, 40, 40)), "WEBP", quality=80)
     return made
 
 
