@@ -89,3 +89,23 @@ def test_it_keeps_an_upright_jpeg_s_quality_and_drops_its_metadata() -> None:
     # Re-saved with the photo's own quantisation tables: no second round of compression.
     assert stored.quantization == Image.open(io.BytesIO(photo)).quantization
     assert abs(len(prepared.content) - len(photo)) < 0.1 * len(photo)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_it_stores_a_png_or_webp_as_its_own_picture_without_metadata(fmt: str) -> None:
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x8825] = {2: (52.0, 31.0, 0.0)}  # GPS latitude
+    options: dict = {"exif": exif}
+    if fmt == "PNG":
+        options["pnginfo"] = PngImagePlugin.PngInfo()
+        options["pnginfo"].add_text("Author", "someone")
+    else:
+        options["lossless"] = True
+    photo = encode(draw_car(), fmt, **options)
+    prepared = upload_prepare(upload(photo, f"car.{fmt.lower()}"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert stored.format == fmt and dict(stored.getexif()) == {} and "Author" not in stored.info
+    assert stored.tobytes() == Image.open(io.BytesIO(photo)).tobytes()  # the same pixels, not encoded again
+    assert len(prepared.content) < len(photo)
