@@ -83,12 +83,12 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
     model = runtime.load_model(settings.BASE_DIR / "ml" / "weights" / "default") if path_name == "worker" else None
     data = file.read_bytes()
     if path_name == "worker":
-        from reconstruct.services.uploads import upload_prepare
-
-        try:
-            data = upload_prepare(SimpleUploadedFile(file.name, data)).content  # what the worker reads from storage
-        except Exception as error:
-            return {"file": file.name, "path": path_name, "outcome": f"refused at upload: {error}"}
+        # What the worker reads from storage, stored by another process (_store) so that the upload's own
+        # allocations do not hide the worker's in this process's peak.
+        stored = file.with_name(file.name + ".stored")
+        if not stored.exists():
+            return {"file": file.name, "path": path_name, "outcome": "refused at upload"}
+        data = stored.read_bytes()
     limit = settings.RECONSTRUCT_MAX_IMAGE_PIXELS
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current resident set
@@ -127,20 +127,40 @@ def _run_one(path_name: str, file: Path) -> dict[str, Any]:
     }
 
 
+def _store(file: Path) -> None:
+    """Write what the site stores for ``file`` beside it (``.stored``), or nothing when the upload is refused."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from reconstruct.services.uploads import upload_prepare
+
+    stored = file.with_name(file.name + ".stored")
+    stored.unlink(missing_ok=True)
+    try:
+        stored.write_bytes(upload_prepare(SimpleUploadedFile(file.name, file.read_bytes())).content)
+    except Exception as error:  # refused: the worker never sees it
+        print(error, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "carsite-decode-memory"))
     parser.add_argument("--one", nargs=2, metavar=("PATH", "FILE"), help=f"run one of {PATHS} on FILE here")
+    parser.add_argument("--store", metavar="FILE", help="write what the site stores for FILE beside it")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(_run_one(args.one[0], Path(args.one[1]))))
+        return
+    if args.store:
+        _store(Path(args.store))
         return
     where = Path(args.folder)
     where.mkdir(parents=True, exist_ok=True)
     results = []
     for file in _files(where).values():
+        command = [sys.executable, "-m", "tests.measure_decode_memory", "--store", str(file)]
+        subprocess.run(command, capture_output=True, cwd=settings.BASE_DIR, check=False)
         for path_name in PATHS:
             child = subprocess.run(
                 [sys.executable, "-m", "tests.measure_decode_memory", "--one", path_name, str(file)],
