@@ -27,7 +27,7 @@ CONTAINER_SCRIPT = Path(__file__).with_name("lambda_container.py")
 
 @pytest.fixture(scope="session")
 def lambda_zip() -> Path:
-    """build/lambda-dev.zip, built (or reused while its inputs are unchanged) and checked."""
+    """build/lambda-<STAGE>.zip, built (or reused while its inputs are unchanged) and checked."""
     zip_path, _report = build.bundle_build(STAGE)
     return zip_path
 
