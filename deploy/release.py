@@ -47,11 +47,8 @@ def stage_clients(stage: str) -> tuple[Any, Any, Any]:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def code_sha256_hex(code_sha256: str) -> str:

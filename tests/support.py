@@ -276,12 +276,17 @@ def moto_server_process() -> Iterator[str]:
             raise RuntimeError(f"moto's server did not start (exit code {process.wait()})")
         yield endpoint_url
     finally:
-        process.stdin.close()  # type: ignore[union-attr]
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_by_closing_stdin(process)
+
+
+def stop_by_closing_stdin(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """End a helper process that runs until its stdin closes; killed if it is still running after `timeout` s."""
+    process.stdin.close()  # type: ignore[union-attr]
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass(frozen=True)
