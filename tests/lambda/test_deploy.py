@@ -92,9 +92,9 @@ def repository(lambda_zip: Path) -> Iterator[Path]:
         _git(root, "add", "-A")
         _git(root, "commit", "-q", "-m", "HEAD of the checkout under test")
         _link_tree(project.ENV_DIR, root / "build" / project.ENV_DIR.name)
-        for suffix in (".zip", ".inputs", ".report.json"):
+        for suffix in (".zip", ".inputs"):
             source = lambda_zip.with_suffix(suffix)
-            os.link(source, root / "build" / source.name) if source.exists() else None
+            shutil.copy2(source, root / "build" / source.name)
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
