@@ -13,7 +13,7 @@ as `--zip s3://...`: zappa packages nothing, and the function runs the very byte
 
 Two things zappa 0.63 does not do right for this bundle, and what happens instead:
 - `zappa deploy --zip` skips the IAM execution role that zappa otherwise creates: it is created here first, with
-  zappa's own Zappa.create_iam_roles.
+  zappa's own Zappa.create_iam_roles (execution_role_ensure).
 - `zappa rollback` downloads the old code from the URL Lambda gives and uploads it again inline, which Lambda refuses
   for a zip over 50 MB (ours is ~63 MB), and which an emulator cannot serve. Rollback here is `zappa update --zip`
   with the retained bundle of that version (deploy.release.bundle_of_version): same result, through S3.
@@ -30,14 +30,13 @@ from pathlib import Path
 
 from deploy import release
 from deploy.build import build_lock, bundle_build_locked
-from deploy.project import ROOT
+from deploy.project import ROOT, SETTINGS_FILE
 
 USAGE = "usage: python -m deploy zappa deploy|update|rollback|undeploy|package|<other zappa command> STAGE [options]"
 
 
-def zappa_cli(argv: list[str]) -> int:
-    """Run zappa's command line in this process, from the repository root (zappa_settings.json); its exit code."""
-    import click
+def _zappa_cli_class() -> type:
+    """zappa's ZappaCLI, without its PyPI update check and tolerant of an endpoint without function URLs."""
     from zappa.cli import ZappaCLI
 
     class CheckedBundleCLI(ZappaCLI):
@@ -49,19 +48,33 @@ def zappa_cli(argv: list[str]) -> int:
             self.zappa.delete_lambda_function_url = _tolerate_missing_api(self.zappa.delete_lambda_function_url)
             return loaded
 
-        def deploy(self, source_zip: str | None = None, docker_image_uri: str | None = None) -> None:
-            # zappa skips managing its execution role when given --zip (zappa.cli.ZappaCLI.deploy, 0.63).
-            if source_zip and self.manage_roles:
-                import botocore.exceptions
+    return CheckedBundleCLI
 
-                try:
-                    self.zappa.create_iam_roles()
-                except botocore.exceptions.ClientError as error:
-                    raise click.ClickException(f"could not create or update the IAM execution role: {error}") from None
-            super().deploy(source_zip=source_zip, docker_image_uri=docker_image_uri)
 
+def execution_role_ensure(stage: str) -> None:
+    """Create or update the stage's IAM execution role as `zappa deploy` does, unless the stage manages its own.
+
+    `zappa deploy --zip` skips this step (zappa.cli.ZappaCLI.deploy, 0.63). It runs before the bundle is built and
+    uploaded, as in zappa's own order (role, package, upload, function): IAM applies a new role after a few seconds,
+    and Lambda refuses a role it cannot assume yet. Raises SystemExit when AWS refuses.
+    """
+    import botocore.exceptions
+
+    cli = _zappa_cli_class()()
+    cli.api_stage = stage
+    cli.load_settings(str(SETTINGS_FILE))
+    if not cli.manage_roles:
+        return
+    try:
+        cli.zappa.create_iam_roles()
+    except botocore.exceptions.ClientError as error:
+        raise SystemExit(f"could not create or update the IAM execution role of {stage}: {error}") from None
+
+
+def zappa_cli(argv: list[str]) -> int:
+    """Run zappa's command line in this process, from the repository root (zappa_settings.json); its exit code."""
     print("+ zappa", " ".join(argv), flush=True)
-    cli = CheckedBundleCLI()
+    cli = _zappa_cli_class()()
     previous = Path.cwd()
     os.chdir(ROOT)
     try:
@@ -106,6 +119,8 @@ def zappa_run(zappa_args: list[str]) -> int:
     if command in ("deploy", "update"):
         if {"-z", "--zip", "-d", "--docker-image-uri"} & {option.split("=")[0] for option in options}:
             raise SystemExit("the bundle is built and checked here; deploy another zip with .venv/bin/zappa directly")
+        if command == "deploy":
+            execution_role_ensure(stage)
         with build_lock():
             zip_path, _report = bundle_build_locked(stage)
             url = release.bundle_upload(stage, zip_path)
