@@ -95,8 +95,10 @@ def function_exists(stage: str) -> bool:
 def function_versions(stage: str) -> list[dict[str, Any]]:
     """The function's published versions, newest first (Lambda's configuration dicts; $LATEST left out).
 
-    Raises botocore.exceptions.ClientError (ResourceNotFoundException) when the function does not exist.
+    Raises SystemExit when the function does not exist.
     """
+    if not function_exists(stage):
+        raise SystemExit(f"{function_name(stage)} is not deployed (make lambda-deploy STAGE={stage})")
     _s3, lambda_client, _iam = stage_clients(stage)
     versions: list[dict[str, Any]] = []
     for page in lambda_client.get_paginator("list_versions_by_function").paginate(FunctionName=function_name(stage)):

@@ -136,7 +136,7 @@ def client(environment: dict[str, str], service: str) -> Any:
     )
 
 
-def deploy_command(repository: Path, environment: dict[str, str], *args: str) -> str:
+def deploy_command(repository: Path, environment: dict[str, str], *args: str, expect: int = 0) -> str:
     """`python -m deploy zappa ARGS` in the repository (what `make lambda-deploy` and friends run); its output."""
     completed = subprocess.run(
         [sys.executable, "-m", "deploy", "zappa", *args],
@@ -147,7 +147,7 @@ def deploy_command(repository: Path, environment: dict[str, str], *args: str) ->
         timeout=900,
     )
     output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f"python -m deploy zappa {' '.join(args)} failed:\n{output}"
+    assert completed.returncode == expect, f"python -m deploy zappa {' '.join(args)}: {completed.returncode}\n{output}"
     return output
 
 
@@ -249,3 +249,13 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     }
     contents = {name: [item["Key"] for item in s3.list_objects_v2(Bucket=name).get("Contents", [])] for name in buckets}
     assert contents == {name: ([config_key] if name == config_bucket else []) for name in buckets}
+
+
+def test_it_explains_what_it_cannot_roll_back_or_deploy(aws: dict[str, str]) -> None:
+    # Neither builds anything: this checkout will do.
+    output = deploy_command(project.ROOT, aws, "rollback", STAGE, "-n", "1", expect=1)
+    assert f"{FUNCTION} is not deployed (make lambda-deploy STAGE={STAGE})" in output
+    assert "Traceback" not in output
+    output = deploy_command(project.ROOT, aws, "deploy", STAGE, "--zip", "other.zip", expect=1)
+    assert "the bundle is built and checked here" in output
+    assert client(aws, "lambda").list_functions()["Functions"] == []
