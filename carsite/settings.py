@@ -201,8 +201,9 @@ TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
-# Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed
-# locally); `collectstatic` fills STATIC_ROOT for deployments.
+# Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed);
+# `collectstatic` (make run, the Lambda bundle) fills STATIC_ROOT with hashed, compressed copies that
+# browsers may cache for a year (carsite/staticfiles.py).
 # Behind API Gateway's default URL (https://<id>.execute-api.<region>.amazonaws.com/dev/) every path starts with
 # the stage: FORCE_SCRIPT_NAME=/dev puts it in front of every URL Django writes (STATIC_URL too, which Django would
 # otherwise compute once, before the first request knows its prefix); WhiteNoise strips it again. Unset behind a
@@ -213,6 +214,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+# Served at the site's root: /favicon.ico (browsers and crawlers ask for it whatever the page says).
+WHITENOISE_ROOT = BASE_DIR / "carsite" / "root"
 # WhiteNoise warns when STATIC_ROOT does not exist, which is normal before any collectstatic.
 warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
@@ -223,7 +226,7 @@ MEDIA_URL = "media/"  # never routed: local files are served by an owner-checked
 AWS_STORAGE_BUCKET_NAME = envstr("AWS_STORAGE_BUCKET_NAME")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "carsite.staticfiles.StaticFilesStorage"},
 }
 if AWS_STORAGE_BUCKET_NAME:
     STORAGES["default"] = {

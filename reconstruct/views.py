@@ -49,6 +49,8 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
 def home(request: HttpRequest) -> HttpResponse:
     """The home page: drawn example cars reconstructed by the active model, and the caller's latest results."""
     recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
+    version = model_version_ensure_active()
+    shape = version.metadata.get("model", {})
     return render(
         request,
         "home.html",
@@ -56,7 +58,10 @@ def home(request: HttpRequest) -> HttpResponse:
             "examples": list(enumerate(examples.EXAMPLES)),
             "recent": recent,
             # In the example images' URLs, so browsers fetch new ones after another model is activated.
-            "model_version": model_version_ensure_active().name,
+            "model_version": version.name,
+            # The images' width and height attributes: the page keeps their space while they load.
+            "example_size": examples.SIZE,
+            "model_size": (shape.get("width", examples.SIZE[0]), shape.get("height", examples.SIZE[1])),
         },
     )
 
