@@ -125,6 +125,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # naturaltime: "finished 12 seconds ago", never "0 minutes ago"
     "reconstruct",
 ]
 if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():

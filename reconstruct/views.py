@@ -22,7 +22,15 @@ from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
 from reconstruct.forms import SignupForm, UploadForm
-from reconstruct.http import body_too_large, declared_length, json_error, token_login, wants_json
+from reconstruct.http import (
+    authentication_required,
+    body_too_large,
+    declared_length,
+    json_error,
+    token_login,
+    wants_html,
+    wants_json,
+)
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
 from reconstruct.services.reconstructions import (
@@ -230,12 +238,13 @@ def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> Ht
 
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    """A stored file of one of the caller's reconstructions (session or API token), or 404."""
+    """A stored file of one of the caller's reconstructions (session or API token), or 404. Without credentials a
+    browser opening it is sent to the login page; an API client (or an <img>) gets a JSON 401."""
     refused = token_login(request)
     if refused is not None:
         return refused
     if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
+        return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
     if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
         # Staff see thumbnails in the admin's list of reconstructions.
         reconstruction = Reconstruction.objects.filter(uuid=public_id).first()
