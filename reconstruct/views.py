@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
@@ -33,6 +35,7 @@ from reconstruct.http import (
 )
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
+from reconstruct.services.accounts import password_reset_link_problem
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -253,6 +256,20 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
     else:
         reconstruction = _get_reconstruction_for_user(request, public_id)
     return _serve_file(reconstruction, kind, download="download" in request.GET)
+
+
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's page for a password-reset link that, when the link does not work, says why (expired, a login
+    since, a changed password) instead of guessing, and offers a new link."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        if not context["validlink"]:
+            token = self.kwargs.get("token", "")
+            if token == self.reset_url_token:  # the form's URL: the link's token is in the session
+                token = self.request.session.get(auth_views.INTERNAL_RESET_SESSION_TOKEN, "")
+            context["problem"] = password_reset_link_problem(self.user, token)
+        return context
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
