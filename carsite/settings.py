@@ -330,6 +330,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BROKER_CONNECTION_TIMEOUT = 4
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# What a task prints (ml.train's line per epoch) is logged as INFO, not as a WARNING that reads as trouble.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 
 # Email: printed on the console unless an SMTP server is configured.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
@@ -362,5 +364,8 @@ LOGGING = {
         "reconstruct": {"level": LOG_LEVEL},
         "carsite": {"level": LOG_LEVEL},
         "django": {"level": "INFO"},
+        # The ONNX exporter (a training run's last step) narrates each graph pass at INFO.
+        "onnx_ir": {"level": "WARNING"},
+        "onnxscript": {"level": "WARNING"},
     },
 }

@@ -61,6 +61,12 @@ def media_root(request: pytest.FixtureRequest, tmp_path: Path, model_cache_dir: 
     settings.MEDIA_ROOT = media
     settings.MODEL_CACHE_DIR = model_cache_dir
     settings.RECONSTRUCT_MODE = "sync"
+    # Static files under their plain names, which the live server's static handler finds in the source folders
+    # (the hashed copies a `make run` leaves in staticfiles/ are not there).
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
     # Django's real hasher takes about half a second per password on these machines.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield media
@@ -191,3 +197,28 @@ def on_s3(settings: Any, s3_server: S3Server) -> S3Server:
     """This test stores through S3 (moto over HTTP), like the worker."""
     settings.STORAGES = s3_server.storages()
     return s3_server
+
+
+# --- Chromium for the browser tests (tests/reconstruct, tests/curation) ----------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed (make test installs it: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse ORM calls
+    # (the tests' own and the database flush after each test); they are plain synchronous code here.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield chromium
+        chromium.close()
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]

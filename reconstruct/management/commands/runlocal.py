@@ -76,7 +76,27 @@ def gunicorn_args(host: str, port: int, workers: int) -> list[str]:
         *(sys.executable, "-m", "gunicorn", "carsite.wsgi:application", "--bind", bind),
         *("--workers", str(workers), "--threads", "4", "--worker-class", "gthread"),
         *("--graceful-timeout", "10", "--timeout", "60", "--access-logfile", "-"),
+        # No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every gunicorn of the user.
+        "--no-control-socket",
     ]
+
+
+# Start-up chatter that tells a newcomer nothing the banner does not (every other line is printed): Redis's
+# greeting and its memory-overcommit advice (it concerns forking for snapshots of a large data set; this Redis
+# holds a few queued jobs), gunicorn's worker bookkeeping, each Celery worker's connection (its "ready" follows).
+CELERY_QUIET = ("celery.worker.consumer.connection: Connected to",)
+QUIET_LINES = {
+    "worker": CELERY_QUIET,
+    "training": CELERY_QUIET,
+    "redis": (
+        "Redis is starting",
+        "Redis version=",
+        "Configuration loaded",
+        "Server initialized",
+        "Memory overcommit must be enabled",
+    ),
+    "web": ("Starting gunicorn", "Using worker:", "Booting worker with pid"),
+}
 
 
 @dataclass
@@ -103,7 +123,10 @@ class Child:
     def _pump(self, out: Any) -> None:
         assert self.process is not None and self.process.stdout is not None
         prefix = f"[{self.name}] ".encode()
+        quiet = tuple(words.encode() for words in QUIET_LINES.get(self.name, ()))
         for line in self.process.stdout:
+            if any(words in line for words in quiet):
+                continue
             out.buffer.write(prefix + line)
             out.buffer.flush()
 
@@ -156,6 +179,11 @@ class Command(BaseCommand):
         login = self._demo_account(run_dir)
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if os.geteuid() == 0:
+            # README: `make run` as root on a fresh machine. Celery's warning against a root worker is for servers;
+            # this one listens on loopback only (Redis bound to 127.0.0.1), so it would only alarm a newcomer.
+            root_warning = "ignore:You're running the worker with superuser privileges"
+            env["PYTHONWARNINGS"] = ",".join(filter(None, (env.get("PYTHONWARNINGS"), root_warning)))
         children: list[Child] = []
         broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
         if broker:
@@ -166,13 +194,18 @@ class Command(BaseCommand):
             env["REDIS_URL"] = env["CELERY_BROKER_URL"] = broker
             children.append(self._redis_child(run_dir, redis_port, env))
 
-        worker = [sys.executable, "-m", "celery", "-A", "carsite", "worker", "--loglevel", "INFO"]
+        # --quiet: no banner (the site's own banner below says what runs where).
+        worker = [sys.executable, "-m", "celery", "-A", "carsite", "--quiet", "worker", "--loglevel", "INFO"]
         worker += ["--without-gossip", "--without-mingle"]
         concurrency = str(options["concurrency"])
         children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
-            children.append(Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], env))
+            # TORCH_LOGS=-onnx: the ONNX exporter logs errors only, not "torchvision is not installed" at each export.
+            training_env = {**env, "TORCH_LOGS": env.get("TORCH_LOGS", "-onnx")}
+            children.append(
+                Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], training_env)
+            )
         children.append(Child("web", gunicorn_args(host, port, options["web_workers"]), env))
 
         stopping = threading.Event()
@@ -224,7 +257,7 @@ class Command(BaseCommand):
         data.mkdir(exist_ok=True)
         args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--protected-mode", "yes"]
         # The append-only file keeps queued jobs across restarts; no snapshots.
-        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", ""]
+        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", "", "--loglevel", "warning"]
         return Child("redis", args, env)
 
     def _wait_for_redis(self, url: str, child: Child) -> None:
