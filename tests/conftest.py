@@ -61,12 +61,13 @@ def media_root(request: pytest.FixtureRequest, tmp_path: Path, model_cache_dir: 
     settings.MEDIA_ROOT = media
     settings.MODEL_CACHE_DIR = model_cache_dir
     settings.RECONSTRUCT_MODE = "sync"
-    # Static files under their plain names, which the live server's static handler finds in the source folders
-    # (the hashed copies a `make run` leaves in staticfiles/ are not there).
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
+    if "live_server" in request.fixturenames:
+        # Static files under their plain names, which the live server's static handler finds in the source
+        # folders (the hashed copies a `make run` leaves in staticfiles/ are not there).
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+        }
     # Django's real hasher takes about half a second per password on these machines.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield media
