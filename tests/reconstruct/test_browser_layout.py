@@ -64,6 +64,9 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
         reverse("reconstruct:delete", args=[done.uuid]),
         reverse("account"),
         reverse("password_change"),
+        reverse("explore:new_cars"),
+        reverse("explore:morph_pick"),
+        reverse("explore:map"),
     ]
     problems += [_sideways(page, base + path) for path in signed_in]
     assert [problem for problem in problems if problem] == []
@@ -71,7 +74,7 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
     # The header: the brand, then every link on one line (Log out does not drop to a line of its own).
     page.goto(base + reverse("reconstruct:gallery"))
     tops = page.evaluate("[...document.querySelectorAll('.nav-links > *')].map(e => e.getBoundingClientRect().top)")
-    assert len(tops) == 4 and max(tops) - min(tops) < 4, tops
+    assert len(tops) >= 4 and max(tops) - min(tops) < 4, tops
     # The gallery card shortens the long name with an ellipsis inside the card instead of clipping it.
     caption = page.locator(".thumb-caption").first
     assert caption.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
