@@ -39,6 +39,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_static_names() -> Iterator[None]:
+    """Static files under their plain names in every test, as a clean checkout serves them. A `make run` in
+    this checkout leaves hashed copies in staticfiles/ (carsite/staticfiles.py would use them), which the live
+    server's static handler does not know. Set once for the session (a per-test change of STORAGES would
+    replace default_storage under a test that monkeypatches it)."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    override = override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain})
+    override.enable()
+    yield
+    override.disable()
+
+
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
@@ -61,13 +77,6 @@ def media_root(request: pytest.FixtureRequest, tmp_path: Path, model_cache_dir: 
     settings.MEDIA_ROOT = media
     settings.MODEL_CACHE_DIR = model_cache_dir
     settings.RECONSTRUCT_MODE = "sync"
-    if "live_server" in request.fixturenames:
-        # Static files under their plain names, which the live server's static handler finds in the source
-        # folders (the hashed copies a `make run` leaves in staticfiles/ are not there).
-        settings.STORAGES = {
-            **settings.STORAGES,
-            "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        }
     # Django's real hasher takes about half a second per password on these machines.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield media

@@ -138,7 +138,7 @@ def test_it_shows_progress_while_the_job_waits(client, alice, settings, car_png:
     body = client.get(reverse("reconstruct:detail", args=[reconstruction.uuid])).content.decode()
     assert "Waiting for a worker" in body
     assert f'data-status-url="{reverse("api:reconstruction", args=[reconstruction.uuid])}"' in body
-    assert re.search(r"/static/js/progress(\.[0-9a-f]{12})?\.js", body)  # hashed once collectstatic ran
+    assert "progress.js" in body
 
 
 def test_it_shows_why_a_reconstruction_failed(client, alices) -> None:
