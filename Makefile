@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench loadtest train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -63,6 +63,15 @@ train: $(VENV)/.installed-train
 MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
+
+# USERS simulated users for SECONDS s (Locust, headless) against the real local stack (manage.py runlocal on a free
+# loopback port, its own database and media in a temporary folder), uploading the photos in IMAGES; waits for the
+# queue to drain and checks every upload. Last line JSON (loadtest/__main__.py); POLL=1 polls instead of ?wait=.
+USERS ?= 20
+SECONDS ?= 60
+IMAGES ?= $(DATA)
+loadtest: $(VENV)/.installed-dev redis-server
+	@$(BIN)/python -m loadtest --users $(USERS) --seconds $(SECONDS) --images $(IMAGES) $(if $(filter 1,$(POLL)),--poll)
 
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
