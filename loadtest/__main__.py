@@ -33,6 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from loadtest import photos_in, site_env
+
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP_UPLOADS = 4
@@ -112,14 +114,7 @@ class Stack:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
-        env.update(
-            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-            MEDIA_ROOT=str(workdir / "media"),
-            CARSITE_RUN_DIR=str(workdir / "run"),
-            RECONSTRUCT_UPLOADS_PER_HOUR="0",
-            DEBUG="0",
-            DJANGO_SETTINGS_MODULE="carsite.settings",
-        )
+        env.update(site_env(workdir))
         if concurrency:
             env["WORKER_CONCURRENCY"] = str(concurrency)
         if web_workers:
@@ -189,9 +184,7 @@ def warm_up(stack: Stack, images: Path, accounts: Path, timeout: float = 60.0) -
     from urllib3 import encode_multipart_formdata
 
     token = json.loads(accounts.read_text())[0]["token"]
-    photos = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-    if not photos:
-        raise SystemExit(f"no photos (jpg, png, webp) in {images}")
+    photos = photos_in(images)
     ids = []
     for photo in photos[:WARMUP_UPLOADS]:
         body, content_type = encode_multipart_formdata({"image": (photo.name, photo.read_bytes())})
