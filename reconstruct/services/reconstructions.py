@@ -17,7 +17,6 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
@@ -100,8 +99,9 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
 
 
 def _png(image: Image.Image) -> bytes:
+    # zlib level 1: 2.2 ms instead of 5.0 (Pillow's default, 6) for a result's two pictures, 2.6% larger.
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -139,11 +139,10 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
             reconstruction.save(update_fields=["status", "error", "finished_at"])
             return reconstruction
         reconstruction.status = Status.RUNNING
-        reconstruction.attempts = F("attempts") + 1
+        # The row is locked (select_for_update; on SQLite the IMMEDIATE transaction): no re-read needed.
+        attempt = reconstruction.attempts = reconstruction.attempts + 1
         reconstruction.started_at = timezone.now()
         reconstruction.save(update_fields=["status", "attempts", "started_at"])
-        reconstruction.refresh_from_db(fields=["attempts"])
-        attempt = reconstruction.attempts
 
     written: list[str] = []
     try:
