@@ -71,7 +71,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        reconstruction_run(pk)
+        reconstruction_run(pk, original=prepared.content)
         reconstruction.refresh_from_db()
     else:
         # Runs at once outside a transaction, or after the caller's transaction commits.
@@ -111,8 +111,11 @@ def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> 
     )
 
 
-def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
+def reconstruction_run(reconstruction_id: int, original: bytes | None = None) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
+
+    ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
+    which saves reading them back from storage (an S3 GET on Lambda).
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
     ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
@@ -147,9 +150,10 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
     written: list[str] = []
     try:
         version, model = model_version_load_active()
-        with default_storage.open(reconstruction.original.name, "rb") as handle:
-            data = handle.read()
-        result = model.reconstruct(io.BytesIO(data))
+        if original is None:
+            with default_storage.open(reconstruction.original.name, "rb") as handle:
+                original = handle.read()
+        result = model.reconstruct(io.BytesIO(original))
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
