@@ -208,3 +208,22 @@ def test_its_car_likeness_shortcut_matches_the_full_score(tiny_export: Any) -> N
     assert model.calibration is not None
     for path in sorted(Path(tiny_export.data_dir).iterdir())[:3]:
         assert model.car_likeness(path) == pytest.approx(model.score(path).car_likeness, abs=1e-12)
+
+
+def test_it_decodes_a_large_jpeg_reduced_to_what_the_model_needs(tiny_export: Any) -> None:
+    from tests.support import draw_car, encode
+
+    model = runtime.load_model(tiny_export.model_dir)
+    data = encode(draw_car((320, 160)).resize((3200, 1600)), "JPEG", quality=90)
+    side = runtime.DECODE_MARGIN * max(model.config.width, model.config.height)
+    reduced = runtime.open_source(data, reduce_to=(side, side))
+    # The smallest of 1/2, 1/4, 1/8 that keeps both sides >= `side`.
+    scale = max(f for f in (1, 2, 4, 8) if 1600 // f >= side)
+    assert reduced.size == (3200 // scale, 1600 // scale) and scale > 1
+    full = prepare(runtime.open_source(data), model.config)
+    assert np.abs(model.prepare(data).array - full.array).mean() < 1 / 255  # under one grey level on average
+    # Not JPEG, or not larger than needed: decoded as it is.
+    png = encode(draw_car((320, 160)).resize((3200, 1600)), "PNG")
+    assert runtime.open_source(png, reduce_to=(side, side)).size == (3200, 1600)
+    small = encode(draw_car((side, side // 2)), "JPEG")
+    assert runtime.open_source(small, reduce_to=(side, side)).size == (side, side // 2)
