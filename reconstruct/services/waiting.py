@@ -3,7 +3,8 @@
 A worker that finishes a job publishes the reconstruction's public id on a Redis channel
 (``reconstruction_finished_notify``); a request waiting for that job (``reconstruction_wait``) is subscribed
 to the channel and answers the moment the notice arrives, instead of the client polling every second.
-Without Redis (or when it fails) the wait falls back to reading the row every ``FALLBACK_POLL_S``.
+Without Redis (or when it fails) the wait falls back to reading the row every ``FALLBACK_POLL_S``. The redis
+client is imported only in celery mode: the Lambda bundle (sync mode) has no Redis and no redis package.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import logging
 import time
 import uuid
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import redis
 from django.conf import settings
 
 from reconstruct.models import Reconstruction
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ def _client() -> redis.Redis:
 
 @lru_cache(maxsize=4)
 def _client_for(url: str) -> redis.Redis:
+    import redis
+
     # One connection pool per process; short timeouts so a dead Redis costs a waiting request at most ~2 s.
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
@@ -49,6 +55,8 @@ def reconstruction_finished_notify(public_id: uuid.UUID | str) -> None:
     """
     if settings.RECONSTRUCT_MODE != "celery":
         return
+    import redis
+
     try:
         _client().publish(_channel(public_id), "finished")
     except redis.RedisError as error:
@@ -70,6 +78,8 @@ def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
     timeout = min(max(timeout, 0.0), MAX_WAIT_S)
     if reconstruction.is_finished or timeout <= 0 or settings.RECONSTRUCT_MODE != "celery":
         return
+    import redis
+
     deadline = time.monotonic() + timeout
     try:
         pubsub = _client().pubsub(ignore_subscribe_messages=True)
