@@ -46,7 +46,10 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
         ("JSON response", [("presenters.py", "reconstruction_json", None)]),
     ],
     "worker: reconstruction_run": [
-        ("DB: claim the row, read it back at the end", [("query.py", "first", "reconstruction_run"), ("base.py", "save", "reconstruction_run")]),
+        (
+            "DB: claim the row, read it back at the end",
+            [("query.py", "first", "reconstruction_run"), ("base.py", "save", "reconstruction_run")],
+        ),
         ("active model lookup (DB)", [("registry/services.py", "model_version_load_active", "reconstruction_run")]),
         ("storage read", [("storage/base.py", "open", "reconstruction_run")]),
         ("decode + orientation + letterbox", [("runtime.py", "prepare", "reconstruct")]),
