@@ -74,6 +74,12 @@ IMAGES ?= $(DATA)
 loadtest: $(VENV)/.installed-dev redis-server
 	@$(BIN)/python -m loadtest --users $(USERS) --seconds $(SECONDS) --images $(IMAGES) $(if $(filter 1,$(POLL)),--poll)
 
+# Peak memory of every decoding path (upload, worker, dataset checks, flip, training loader) for the worst
+# accepted files (100-megapixel PNG/GIF/JPEG...), each in a fresh process; JSON last (tests/measure_decode_memory.py).
+.PHONY: bench-memory
+bench-memory: $(VENV)/.installed-dev
+	@$(BIN)/python -m tests.measure_decode_memory
+
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
 # The tooling is the deploy/ package (`python -m deploy --help`), which never goes into the bundle.

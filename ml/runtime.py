@@ -17,7 +17,6 @@ releases, so it uses no numpy-2-only API.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -31,7 +30,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from ml.config import ModelConfig
-from ml.preprocess import DECODE_ERRORS, Prepared, prepare, to_image
+from ml.decode import ImageDecodeError, image_decode
+from ml.preprocess import Prepared, prepare, to_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
 ENCODER_FILE = "encoder.onnx"
@@ -39,8 +39,6 @@ DECODER_FILE = "decoder.onnx"
 METADATA_FILE = "metadata.json"
 # Newest metadata layout this runtime understands (ml/export.py writes it).
 FORMAT_VERSION = 1
-# A JPEG is decoded at no less than this many times the model frame (ml/preprocess.py: prepare's reducing_gap).
-DECODE_MARGIN = 3
 # Intra-op threads per session unless told otherwise; one process per core is the throughput setup.
 THREADS_ENV = "CARSITE_ORT_THREADS"
 
@@ -57,8 +55,8 @@ SSIM_C2 = 0.03**2
 MIN_MSE = 1e-10
 
 
-class ImageError(ValueError):
-    """The input is not an image we can decode; ``str(error)`` is meant for a person."""
+# The input is not an image we can decode; ``str(error)`` is meant for a person, ``error.code`` for programs.
+ImageError = ImageDecodeError
 
 
 @dataclass(frozen=True)
@@ -97,33 +95,12 @@ class BatchOutput:
     recon: np.ndarray
 
 
-def open_source(source: ImageSource, reduce_to: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``source`` fully (Pillow is lazy) or raise :class:`ImageError`.
+def open_source(source: ImageSource) -> Image.Image:
+    """Decode ``source`` fully (``ml.decode.image_decode``: upright, sRGB, RGB) or raise :class:`ImageError`.
 
-    ``reduce_to`` ``(width, height)``: a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
-    scaling, Pillow's ``Image.draft``) as long as it stays at least that large: a 12-megapixel photo
-    decodes in a fraction of the time, for a model input of a few thousand pixels. Other formats, and
-    smaller JPEGs, decode at full size. A missing file is a programming error, not bad input:
-    ``FileNotFoundError`` passes through.
+    A missing file is a programming error, not bad input: ``FileNotFoundError`` passes through.
     """
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(source)
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    try:
-        image = source if isinstance(source, Image.Image) else Image.open(source)
-        if reduce_to is not None and image.format in ("JPEG", "MPO") and not isinstance(source, Image.Image):
-            image.draft(None, reduce_to)
-        image.load()
-        return image
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"The image has too many pixels to process safely ({error}).") from error
-    except Image.UnidentifiedImageError as error:
-        raise ImageError("This file is not an image format we can read (try JPEG, PNG or WebP).") from error
-    except DECODE_ERRORS as error:
-        raise ImageError(f"The image could not be decoded; the file may be damaged or truncated ({error}).") from error
+    return image_decode(source).image
 
 
 def _ssim_kernel(size: int) -> np.ndarray:
@@ -332,13 +309,8 @@ class Model:
 
     # Arrays in, arrays out: what evaluation and benchmarks use.
     def prepare(self, image: ImageSource) -> Prepared:
-        """Decode and letterbox one photo (raises :class:`ImageError` for undecodable input).
-
-        A large JPEG is decoded reduced, to no less than ``DECODE_MARGIN`` times the frame's longer side on
-        either side (turned or not): ``prepare`` shrinks it by whole factors to that size first anyway.
-        """
-        side = DECODE_MARGIN * max(self.config.width, self.config.height)
-        return prepare(open_source(image, reduce_to=(side, side)), self.config)
+        """Decode and letterbox one photo (raises :class:`ImageError` for undecodable input)."""
+        return prepare(image, self.config)
 
     def run(self, x: np.ndarray) -> BatchOutput:
         """``x`` ``[B, C, H, W]`` float32 in [0, 1] -> posterior and reconstruction of the mean."""

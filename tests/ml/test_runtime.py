@@ -69,7 +69,7 @@ def test_it_encodes_to_the_posterior_mean_and_decodes_a_full_frame(tiny_export: 
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"definitely not an image", "not an image format"), (b"", "not an image format")],
+    [(b"definitely not an image", "This file is text, not a photo"), (b"", r"The file is empty \(0 bytes\)")],
 )
 def test_it_raises_an_image_error_for_undecodable_input(tiny_export: Any, data: bytes, message: str) -> None:
     model = runtime.load_model(tiny_export.model_dir)
@@ -81,7 +81,7 @@ def test_it_raises_an_image_error_for_undecodable_input(tiny_export: Any, data: 
 def test_it_raises_an_image_error_for_a_truncated_photo(tiny_export: Any) -> None:
     buffer = io.BytesIO()
     Image.effect_noise((64, 32), 40).convert("RGB").save(buffer, "JPEG")
-    with pytest.raises(runtime.ImageError, match="damaged or truncated"):
+    with pytest.raises(runtime.ImageError, match="damaged or cut short"):
         runtime.load_model(tiny_export.model_dir).score(buffer.getvalue()[:300])
 
 
@@ -208,22 +208,3 @@ def test_its_car_likeness_shortcut_matches_the_full_score(tiny_export: Any) -> N
     assert model.calibration is not None
     for path in sorted(Path(tiny_export.data_dir).iterdir())[:3]:
         assert model.car_likeness(path) == pytest.approx(model.score(path).car_likeness, abs=1e-12)
-
-
-def test_it_decodes_a_large_jpeg_reduced_to_what_the_model_needs(tiny_export: Any) -> None:
-    from tests.support import draw_car, encode
-
-    model = runtime.load_model(tiny_export.model_dir)
-    data = encode(draw_car((320, 160)).resize((3200, 1600)), "JPEG", quality=90)
-    side = runtime.DECODE_MARGIN * max(model.config.width, model.config.height)
-    reduced = runtime.open_source(data, reduce_to=(side, side))
-    # The smallest of 1/2, 1/4, 1/8 that keeps both sides >= `side`.
-    scale = max(f for f in (1, 2, 4, 8) if 1600 // f >= side)
-    assert reduced.size == (3200 // scale, 1600 // scale) and scale > 1
-    full = prepare(runtime.open_source(data), model.config)
-    assert np.abs(model.prepare(data).array - full.array).mean() < 1 / 255  # under one grey level on average
-    # Not JPEG, or not larger than needed: decoded as it is.
-    png = encode(draw_car((320, 160)).resize((3200, 1600)), "PNG")
-    assert runtime.open_source(png, reduce_to=(side, side)).size == (3200, 1600)
-    small = encode(draw_car((side, side // 2)), "JPEG")
-    assert runtime.open_source(small, reduce_to=(side, side)).size == (side, side // 2)
