@@ -37,10 +37,9 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
     "web: upload (POST /api/reconstructions/)": [
         ("multipart parsing", [("multipartparser.py", "parse", None)]),
         ("token authentication", [("reconstruct/auth.py", "authenticate_token", None)]),
-        ("decode", [("ImageFile.py", "load", "upload_prepare")]),
-        ("orientation (EXIF)", [("ImageOps.py", "exif_transpose", "upload_prepare"), ("Image.py", "getexif", None)]),
-        ("JPEG encodes (original, thumbnail)", [("Image.py", "save", "upload_prepare")]),
-        ("thumbnail resize", [("Image.py", "resize", "upload_prepare")]),
+        ("decode (+ orientation, colour, reduced)", [("ml/decode.py", "image_decode", "upload_prepare")]),
+        ("original for storage (kept or re-encoded)", [("images.py", "original_for_storage", "upload_prepare")]),
+        ("thumbnail (resize, JPEG)", [("images.py", "thumbnail_jpeg", "upload_prepare")]),
         ("storage writes", [("storage/base.py", "save", "reconstruction_create")]),
         ("DB writes", [("models/query.py", "create", None)]),
         ("JSON response", [("presenters.py", "reconstruction_json", None)]),
