@@ -8,6 +8,7 @@ from django.conf import settings
 from reconstruct.services.reconstructions import reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
 from reconstruct.services.uploads import upload_records_prune
+from reconstruct.services.waiting import reconstruction_finished_notify
 from reconstruct.storage import StorageUnavailable
 
 
@@ -20,9 +21,13 @@ def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
     """
     retries = self.request.retries
     try:
-        reconstruction_run(reconstruction_id, storage_retry=retries < settings.RECONSTRUCT_STORAGE_RETRIES)
+        reconstruction = reconstruction_run(
+            reconstruction_id, storage_retry=retries < settings.RECONSTRUCT_STORAGE_RETRIES
+        )
     except StorageUnavailable as error:
         raise self.retry(exc=error, countdown=settings.RECONSTRUCT_STORAGE_RETRY_DELAY * 3**retries) from error
+    if reconstruction is not None and reconstruction.is_finished:
+        reconstruction_finished_notify(reconstruction.uuid)
 
 
 @shared_task(name="reconstruct.tasks.reconstruction_sweep_task")

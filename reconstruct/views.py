@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -27,17 +28,19 @@ from reconstruct.http import (
     LENGTH_REQUIRED,
     STORAGE_DOWN_MESSAGE,
     UNREADABLE_PART,
+    authentication_required,
     body_too_large,
     declared_length,
     json_error,
     length_missing,
     part_unreadable,
     token_login,
+    wants_html,
     wants_json,
 )
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
-from reconstruct.services.accounts import account_signup_notify
+from reconstruct.services.accounts import account_signup_notify, password_reset_link_problem
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -63,6 +66,8 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
 def home(request: HttpRequest) -> HttpResponse:
     """The home page: drawn example cars reconstructed by the active model, and the caller's latest results."""
     recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
+    version = model_version_ensure_active()
+    shape = version.metadata.get("model", {})
     return render(
         request,
         "home.html",
@@ -70,7 +75,10 @@ def home(request: HttpRequest) -> HttpResponse:
             "examples": list(enumerate(examples.EXAMPLES)),
             "recent": recent,
             # In the example images' URLs, so browsers fetch new ones after another model is activated.
-            "model_version": model_version_ensure_active().name,
+            "model_version": version.name,
+            # The images' width and height attributes: the page keeps their space while they load.
+            "example_size": examples.SIZE,
+            "model_size": (shape.get("width", examples.SIZE[0]), shape.get("height", examples.SIZE[1])),
         },
     )
 
@@ -107,19 +115,6 @@ class PasswordResetView(auth_views.PasswordResetView):
         if getattr(request, "axes_locked_out", False):  # that was one too many: no email
             return lockout_response(request)
         return super().post(request, *args, **kwargs)
-
-
-class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
-    """Django's "choose a new password" link, throttled: a link that does not verify counts as a failed attempt."""
-
-    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
-        refused = throttle_refusal(request)
-        if refused is not None:
-            return refused
-        response = super().dispatch(request, *args, **kwargs)
-        if not self.validlink:
-            throttle_failure(request)
-        return response
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -264,15 +259,43 @@ def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    """A stored file of one of the caller's reconstructions (session or API token), or 404 (also for staff)."""
+    """A stored file of one of the caller's reconstructions (session or API token), or 404 (also for staff). Without
+    credentials a browser opening it is sent to the login page; an API client (or an <img>) gets a JSON 401."""
     refused = token_login(request)
     if refused is not None:
         return refused
     if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
+        return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
     # The owner's alone, like the result page: staff see other people's files in the admin (reconstruct/admin.py).
     reconstruction = _get_reconstruction_for_user(request, public_id)
     return presenters.file_response(reconstruction, kind, download="download" in request.GET)
+
+
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's page for a password-reset link that, when the link does not work, says why (expired, a login
+    since, a changed password) instead of guessing, and offers a new link."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        if not context["validlink"]:
+            token = self.kwargs.get("token", "")
+            if token == self.reset_url_token:  # the form's URL: the link's token is in the session
+                token = self.request.session.get(auth_views.INTERNAL_RESET_SESSION_TOKEN, "")
+            context["problem"] = password_reset_link_problem(self.user, token)
+        return context
+
+
+class PasswordResetConfirmView(PasswordResetConfirm):
+    """Django's "choose a new password" link, throttled: a link that does not verify counts as a failed attempt."""
+
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
+        response = super().dispatch(request, *args, **kwargs)
+        if not self.validlink:
+            throttle_failure(request)
+        return response
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -19,7 +19,6 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
@@ -85,7 +84,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        reconstruction_run(pk)
+        reconstruction_run(pk, original=prepared.content)
         reconstruction.refresh_from_db()
     else:
         # Runs at once outside a transaction, or after the caller's transaction commits.
@@ -121,8 +120,9 @@ def _result_is_finite(result: runtime.Result) -> bool:
 
 
 def _png(image: Image.Image) -> bytes:
+    # zlib level 1: 2.2 ms instead of 5.0 (Pillow's default, 6) for a result's two pictures, 2.6% larger.
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -154,8 +154,13 @@ def _reconstruction_discard_leftovers(reconstruction: Reconstruction) -> None:
     storage_delete_keys(key for name in names if (key := f"{prefix}/{name}") not in keep)
 
 
-def reconstruction_run(reconstruction_id: int, *, storage_retry: bool = False) -> Reconstruction | None:
+def reconstruction_run(
+    reconstruction_id: int, original: bytes | None = None, *, storage_retry: bool = False
+) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
+
+    ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
+    which saves reading them back from storage (an S3 GET on Lambda).
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
     ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
@@ -186,20 +191,20 @@ def reconstruction_run(reconstruction_id: int, *, storage_retry: bool = False) -
             reconstruction.save(update_fields=["status", "error", "finished_at"])
             return reconstruction
         reconstruction.status = Status.RUNNING
-        reconstruction.attempts = F("attempts") + 1
+        # The row is locked (select_for_update; on SQLite the IMMEDIATE transaction): no re-read needed.
+        attempt = reconstruction.attempts = reconstruction.attempts + 1
         reconstruction.started_at = timezone.now()
         reconstruction.save(update_fields=["status", "attempts", "started_at"])
-        reconstruction.refresh_from_db(fields=["attempts"])
-        attempt = reconstruction.attempts
 
     if attempt > 1:
         _reconstruction_discard_leftovers(reconstruction)
     written: list[str] = []
     try:
         version, model = model_version_load_active()
-        with default_storage.open(reconstruction.original.name, "rb") as handle:
-            data = handle.read()
-        result = model.reconstruct(io.BytesIO(data))
+        if original is None:
+            with default_storage.open(reconstruction.original.name, "rb") as handle:
+                original = handle.read()
+        result = model.reconstruct(io.BytesIO(original))
         if not _result_is_finite(result):
             raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
