@@ -141,12 +141,12 @@ def _as_array(image: Image.Image, channels: int) -> np.ndarray:
 
 
 def score_file(
-    model: runtime.Model, path: Path, pairs: PairStore | None = None, *, locate: bool = True
+    model: runtime.Model, path: Path, pairs: PairStore | None = None, *, locate: bool = True, method: str = "locator"
 ) -> dict[str, Any]:
     """One photo through ``ml.framing.photo_reconstruct`` (the site's search, frame and facing; the whole
     photo with ``locate=False``): its scores, features and baselines on the frame the model saw, where the
     car was found. Raises ``runtime.ImageError`` for an undecodable file."""
-    framed = framing.photo_reconstruct(model, path, locate=locate)
+    framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
     result = framed.result
     # What the model saw and what it gave back, in the same (model's) direction, letterbox bars removed.
     target = _as_array(result.model_input, model.config.channels)
@@ -157,10 +157,12 @@ def score_file(
     logvar = model.encode_array(seen.array[None])[1][0]  # the Result keeps only the mean
     record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
     record.update(runtime.score_features(scores.mse, scores.kl, logvar, thumb_mse[16]))
-    if framed.car_likeness is not None:  # the page's car check: the search's most car-like box
+    if framed.car_likeness is not None:  # the page's car check replaces the frame's own car-likeness
+        record["frame_car_likeness"] = record["car_likeness"]
         record["car_likeness"] = framed.car_likeness
     record.update(
         car_found=framed.car_found,
+        car_evidence=framed.car_z,
         box=framed.box.as_list() if framed.box else None,
         frame=framed.frame.as_list(),
         facing=framed.facing,
@@ -187,7 +189,12 @@ def _mean_image_cache(model: runtime.Model) -> np.ndarray | None:
 
 
 def score_files(
-    model: runtime.Model, files: Sequence[Path], pairs: PairStore | None = None, *, locate: bool = False
+    model: runtime.Model,
+    files: Sequence[Path],
+    pairs: PairStore | None = None,
+    *,
+    locate: bool = False,
+    method: str = "locator",
 ) -> list[dict[str, Any]]:
     """Per-image metrics and baselines (``score_file``); an undecodable file gets ``{"name", "error"}``.
     With ``pairs``, also keeps each target and reconstruction there for ``same_car_measures``.
@@ -196,7 +203,7 @@ def score_files(
     records: list[dict[str, Any]] = []
     for path in files:
         try:
-            records.append(score_file(model, Path(path), pairs, locate=locate))
+            records.append(score_file(model, Path(path), pairs, locate=locate, method=method))
         except runtime.ImageError as error:
             records.append({"name": Path(path).name, "error": str(error)})
     return records
@@ -270,6 +277,7 @@ def evaluate(
     *,
     locate: bool = False,
     boxes: dict[str, framing.Box] | None = None,
+    method: str = "locator",
 ) -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on ``files`` (see the module docstring): with ``noncar_files``
     also ``ood_auroc``, the car-likeness medians and the car check's error rates; ``locate`` searches each
@@ -277,7 +285,7 @@ def evaluate(
     true box of the car) adds ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5)."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
-    records = score_files(model, [Path(f) for f in files], pairs, locate=locate)
+    records = score_files(model, [Path(f) for f in files], pairs, locate=locate, method=method)
     result: dict[str, Any] = {"model": model.version, **summarize(records), **same_car_measures(pairs)}
     cars = [r for r in records if "error" not in r]
     if locate and cars:
@@ -288,7 +296,8 @@ def evaluate(
             result["box_iou_mean"] = round(float(np.mean(ious)), 4)
             result["box_hit_rate"] = round(float(np.mean(np.array(ious) >= 0.5)), 4)
     if noncar_files:
-        noncars = [r for r in score_files(model, [Path(f) for f in noncar_files], locate=locate) if "error" not in r]
+        noncar_records = score_files(model, [Path(f) for f in noncar_files], locate=locate, method=method)
+        noncars = [r for r in noncar_records if "error" not in r]
         result["n_noncars"] = len(noncars)
         if locate and noncars:
             result["noncar_false_accept_rate"] = round(float(np.mean([bool(r["car_found"]) for r in noncars])), 4)
@@ -316,7 +325,12 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def reconstruction_grid(
-    model_dir: str | os.PathLike, files: Sequence[Path], *, locate: bool = True, cell: int = 160
+    model_dir: str | os.PathLike,
+    files: Sequence[Path],
+    *,
+    locate: bool = True,
+    cell: int = 160,
+    method: str = "locator",
 ) -> Image.Image:
     """One row a photo: the photo with the car's box (yellow) and the frame (white), what the model saw
     (mirrored when the car faced right), the reconstruction (mirrored back), each fitted in ``cell`` x
@@ -326,7 +340,7 @@ def reconstruction_grid(
     grid = Image.new("RGB", (3 * (cell + 8), max(1, len(files)) * (cell + 8)), "white")
     draw_grid = ImageDraw.Draw(grid)
     for row, path in enumerate(files):
-        framed = framing.photo_reconstruct(model, path, locate=locate)
+        framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
         photo = open_image(runtime.open_source(path))
         shown = _fit(photo, cell, cell)
         scale = min(cell / photo.width, cell / photo.height)
@@ -433,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CSV",
         help="true car boxes (columns file,left,top,right,bottom): adds box_iou_mean",
     )
+    parser.add_argument(
+        "--finder",
+        choices=("locator", "vae"),
+        default="locator",
+        help="how the car is found: the locator CNN (the site's) or the VAE's own box search",
+    )
     args = parser.parse_args(argv)
     try:
         files = list_images(args.data)
@@ -448,9 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error(f"no images to evaluate in {args.data}")
     boxes = read_boxes(args.boxes) if args.boxes else None
-    result = evaluate(args.model, files, noncars, threads=args.threads, locate=not args.no_search, boxes=boxes)
+    result = evaluate(
+        args.model, files, noncars, threads=args.threads, locate=not args.no_search, boxes=boxes, method=args.finder
+    )
     if args.grid:
-        reconstruction_grid(args.model, files[:16], locate=not args.no_search).save(args.grid)
+        reconstruction_grid(args.model, files[:16], locate=not args.no_search, method=args.finder).save(args.grid)
     print(_human(result))
     print(json.dumps(result))
     return 0

@@ -226,16 +226,14 @@ def car_locate(model: runtime.Model, image: Image.Image, found_z: float = FOUND_
 
 LOCATOR_DIR = Path(__file__).resolve().parent / "weights" / "locator"
 LOCATOR_FILE = "locator.onnx"
-LOCATOR_SIZE = 128  # the locator's square input (ml/train_locator.py: SIZE)
-LOCATOR_PAD = 128 / 255  # grey of its letterbox bars
 
 
-def letterbox_square(image: Image.Image, size: int = LOCATOR_SIZE) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """A photo -> ``[3, size, size]`` float32 in [0, 1] (scaled to fit, centred on grey), the scale and
-    the ``(x, y)`` offset of the photo in the square (what ``ml/train_locator.py`` trains on)."""
+def letterbox_square(image: Image.Image, size: int, pad: int = 128) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """A photo -> ``[3, size, size]`` float32 in [0, 1] (scaled to fit, centred on grey ``pad``), the scale
+    and the ``(x, y)`` offset of the photo in the square (what ``ml/train_locator.py`` trains on)."""
     scale = size / max(image.size)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    square = Image.new("RGB", (size, size), (128, 128, 128))
+    square = Image.new("RGB", (size, size), (pad, pad, pad))
     offset = ((size - w) // 2, (size - h) // 2)
     square.paste(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), offset)
     return np.asarray(square, dtype=np.float32).transpose(2, 0, 1) / 255.0, scale, offset
@@ -249,6 +247,7 @@ class CarLocator:
     def __init__(self, model_dir: str | os.PathLike = LOCATOR_DIR, threads: int | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.metadata: dict[str, Any] = json.loads((self.model_dir / "metadata.json").read_text())
+        self.size: int = self.metadata["size"]
         options = runtime.session_options(runtime._threads(threads))
         self._session = ort.InferenceSession(
             str(self.model_dir / LOCATOR_FILE), options, providers=["CPUExecutionProvider"]
@@ -256,9 +255,9 @@ class CarLocator:
 
     def locate(self, image: Image.Image) -> tuple[float, Box]:
         """``image`` (RGB, upright) -> (the car logit, the car's box in its pixels, whether or not there is one)."""
-        array, scale, (ox, oy) = letterbox_square(image)
+        array, scale, (ox, oy) = letterbox_square(image, self.size, self.metadata.get("pad", 128))
         out = self._session.run(None, {"x": array[None]})[0][0].astype(np.float64)
-        cx, cy, w, h = out[1:] * LOCATOR_SIZE
+        cx, cy, w, h = out[1:] * self.size
         box = (
             (cx - w / 2 - ox) / scale,
             (cy - h / 2 - oy) / scale,
@@ -370,6 +369,7 @@ def photo_reconstruct(
     facing: FacingPredictor | bool | None = True,
     found_z: float | None = None,
     method: str = "locator",
+    locator: CarLocator | None = None,
 ) -> Framed:
     """Decode a photo, find the car, frame it, face it left and reconstruct it (the module docstring).
 
@@ -377,12 +377,16 @@ def photo_reconstruct(
     VAE's box search); ``locate=False`` frames the whole photo (what the site did before); ``facing=True``
     uses ``ml.orientation`` when it is there, ``False``/None never mirrors, or pass a predictor
     ``(RGB frame) -> "left" | "right" | "front" | "rear" | None``; ``found_z`` replaces ``FOUND_Z`` (the
-    VAE search's threshold). Raises ``runtime.ImageError`` for bytes that are not a usable image.
+    VAE search's threshold); ``locator`` replaces the shipped one. Raises ``runtime.ImageError`` for
+    bytes that are not a usable image.
     """
     image = open_image(runtime.open_source(source))
     predictor = _default_facing() if facing is True else (facing or None)
     whole = Box(0, 0, image.width, image.height)
-    locator = load_locator() if locate and method == "locator" else None
+    if locate and method == "locator" and locator is None:
+        locator = load_locator()
+    if not locate or method != "locator":
+        locator = None
     if locator is not None:
         logit, candidate = locator.locate(image)
         frame = frame_for(candidate, image.size, locator.metadata.get("margin", MARGIN))

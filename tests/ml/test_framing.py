@@ -100,3 +100,62 @@ def test_it_refuses_undecodable_bytes(tiny_export: Any) -> None:
     model = runtime.load_model(tiny_export.model_dir)
     with pytest.raises(runtime.ImageError):
         framing.photo_reconstruct(model, b"not an image")
+
+
+@pytest.fixture(scope="module")
+def untrained_locator(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An untrained locator exported like the real one: its box and logit are arbitrary but deterministic."""
+    import torch
+
+    from ml import train_locator
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("locator")
+    train_locator.export_dir(train_locator.Locator().eval(), out, {"steps": 0})
+    return out
+
+
+def _locator(directory: Any, c: float) -> framing.CarLocator:
+    """The locator in ``directory`` with the car check's bias set to ``c`` (large: always a car; small: never)."""
+    locator = framing.CarLocator(directory)
+    locator.metadata["check"] = {"a": 1.0, "b": 0.0, "c": c, "threshold": 0.5}
+    return locator
+
+
+def test_it_maps_the_locators_box_back_into_the_photo(untrained_locator: Any) -> None:
+    locator = framing.CarLocator(untrained_locator)
+    for size in ((320, 120), (90, 200)):
+        logit, box = locator.locate(Image.new("RGB", size, (90, 90, 90)))
+        assert np.isfinite(logit)
+        assert 0 <= box.left < box.right <= size[0] and 0 <= box.top < box.bottom <= size[1]
+    # The letterbox the locator sees: the photo centred on grey, scale and offset to map boxes back.
+    array, scale, offset = framing.letterbox_square(Image.new("RGB", (200, 100), (255, 0, 0)), 96)
+    assert array.shape == (3, 96, 96) and scale == pytest.approx(0.48) and offset == (0, 24)
+    assert array[:, 0, 0] == pytest.approx([128 / 255] * 3) and array[:, 48, 48] == pytest.approx([1, 0, 0])
+
+
+def test_it_frames_what_the_locator_found_when_the_check_says_car(tiny_export: Any, untrained_locator: Any) -> None:
+    model = runtime.load_model(tiny_export.model_dir)
+    locator = _locator(untrained_locator, 100.0)
+    logit, box = locator.locate(_scene())
+    framed = framing.photo_reconstruct(model, _scene(), facing=lambda image: "right", locator=locator)
+    assert framed.car_found and framed.box == box and framed.car_z == pytest.approx(logit)
+    assert framed.frame == framing.frame_for(box, (160, 120), locator.metadata["margin"])
+    assert framed.mirrored and framed.car_likeness == pytest.approx(1.0)
+
+
+def test_it_gives_the_whole_photo_when_the_locator_check_says_no_car(tiny_export: Any, untrained_locator: Any) -> None:
+    model = runtime.load_model(tiny_export.model_dir)
+    framed = framing.photo_reconstruct(
+        model, _scene(), facing=lambda image: "right", locator=_locator(untrained_locator, -100.0)
+    )
+    assert framed.car_found is False and framed.box is None and framed.frame == framing.Box(0, 0, 160, 120)
+    assert not framed.mirrored and framed.facing is None and framed.car_likeness == pytest.approx(0.0)
+    assert framed.result.scores == model.reconstruct(_scene()).scores
+
+
+def test_it_weighs_the_locator_and_the_vae_in_the_car_check() -> None:
+    check = {"a": 2.0, "b": 0.5, "c": -1.0, "threshold": 0.5}
+    assert framing.locator_check(1.0, 2.0, check) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert framing.locator_check(1.0, None, check) == pytest.approx(1 / (1 + math.exp(-1.0)))
+    assert framing.locator_check(-800.0, 0.0, check) == pytest.approx(0.0)
