@@ -1,7 +1,7 @@
 """Whole-photo stand-ins with known car boxes: car crops pasted into photos of other things.
 
     python -m ml.composites --cars ../shared/data/cars --backgrounds ../shared/data/noncars \\
-        --out runs/composites --count 200 [--names-from ml/weights/default]
+        --out runs/composites --count 200 [--held-out ml/weights/default]
 
 Writes ``<out>/NNNN.jpg`` and ``<out>/boxes.csv`` (``file,left,top,right,bottom,car``: the pasted
 crop's box in the composite's pixels, right/bottom exclusive). ``python -m ml.evaluate --data OUT
@@ -30,8 +30,21 @@ from ml.data import list_images
 from ml.preprocess import open_image
 
 LONGEST = 448
+# The locator's held-out photos (ml/train_locator.py never trains on them): every CAR_EVERY-th car photo
+# (besides the VAE's validation photos) and every BACKGROUND_EVERY-th non-car photo, in name order.
+CAR_EVERY = 10
+BACKGROUND_EVERY = 2
 WIDTH_RANGE = (0.35, 0.85)
 MAX_HEIGHT = 0.9
+
+
+def held_out_split(files: Sequence[Path], held_out_names: set[str], every: int) -> tuple[list[Path], list[Path]]:
+    """``(train, held_out)`` of ``files`` in name order: held out if the name is in ``held_out_names`` or
+    it is the ``every``-th."""
+    train, held = [], []
+    for index, path in enumerate(sorted(files)):
+        (held if path.name in held_out_names or index % every == every - 1 else train).append(path)
+    return train, held
 
 
 def composite(car: Image.Image, background: Image.Image, rng: random.Random) -> tuple[Image.Image, tuple[int, ...]]:
@@ -82,16 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--names-from", type=Path, metavar="MODEL_DIR", help="use only the cars this model held out (its val_names)"
+        "--held-out",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="only photos neither this VAE (its val_names) nor the locator trained on (held_out_split)",
     )
     args = parser.parse_args(argv)
     cars = [f for folder in args.cars for f in list_images(folder)]
-    if args.names_from:
-        held_out = set(json.loads((args.names_from / "metadata.json").read_text())["data"]["val_names"])
-        cars = [f for f in cars if f.name in held_out]
+    backgrounds = list_images(args.backgrounds)
+    if args.held_out:
+        val_names = set(json.loads((args.held_out / "metadata.json").read_text())["data"]["val_names"])
+        cars = held_out_split(cars, val_names, CAR_EVERY)[1]
+        backgrounds = held_out_split(backgrounds, set(), BACKGROUND_EVERY)[1]
     if not cars:
         parser.error("no car photos to paste")
-    rows = write_composites(cars, list_images(args.backgrounds), args.out, args.count, args.seed)
+    rows = write_composites(cars, backgrounds, args.out, args.count, args.seed)
     print(json.dumps({"composites": len(rows), "out": str(args.out)}))
     return 0
 

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ml.composites import BACKGROUND_EVERY, CAR_EVERY, held_out_split
 from ml.data import list_images
 from ml.framing import letterbox_square
 from ml.preprocess import open_image
@@ -63,14 +64,6 @@ class Locator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self.features(x))
         return torch.cat([out[:, :1], torch.sigmoid(out[:, 1:])], dim=1)
-
-
-def split(files: Sequence[Path], held_out_names: set[str], every: int) -> tuple[list[Path], list[Path]]:
-    """``(train, held_out)``: a file is held out if its name is in ``held_out_names`` or it is every ``every``-th."""
-    train, held = [], []
-    for index, path in enumerate(sorted(files)):
-        (held if path.name in held_out_names or index % every == every - 1 else train).append(path)
-    return train, held
 
 
 def _load(paths: Sequence[Path]) -> list[Image.Image]:
@@ -211,8 +204,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     if args.held_out_from:
         held_names = set(json.loads((args.held_out_from / "metadata.json").read_text())["data"]["val_names"])
     car_files = [f for folder in args.cars for f in list_images(folder)]
-    car_train, _ = split(car_files, held_names, 10)
-    bg_train, _ = split(list_images(args.backgrounds), set(), 2)
+    car_train, _ = held_out_split(car_files, held_names, CAR_EVERY)
+    bg_train, _ = held_out_split(list_images(args.backgrounds), set(), BACKGROUND_EVERY)
     started = time.monotonic()
     cars, backgrounds = _load(car_train), _load(bg_train)
     print(f"loaded {len(cars)} cars, {len(backgrounds)} backgrounds in {time.monotonic() - started:.0f}s", flush=True)
