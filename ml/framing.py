@@ -328,6 +328,8 @@ def _default_facing() -> FacingPredictor | None:
         from ml import orientation
     except ImportError:
         return None
+    if not (orientation.DEFAULT_DIR / "metadata.json").is_file():  # the code without its weights
+        return None
 
     def facing(image: Image.Image) -> str | None:
         label = orientation.facing_predict(np.asarray(image.convert("RGB"), dtype=np.uint8)).label
