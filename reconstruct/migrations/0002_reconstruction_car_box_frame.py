@@ -4,30 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconstruct', '0001_initial'),
+        ("reconstruct", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='reconstruction',
-            name='car_box',
+            model_name="reconstruction",
+            name="car_box",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='reconstruction',
-            name='facing',
+            model_name="reconstruction",
+            name="facing",
             field=models.CharField(blank=True, max_length=5),
         ),
         migrations.AddField(
-            model_name='reconstruction',
-            name='frame',
+            model_name="reconstruction",
+            name="frame",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='reconstruction',
-            name='mirrored',
+            model_name="reconstruction",
+            name="mirrored",
             field=models.BooleanField(default=False),
         ),
     ]
