@@ -88,5 +88,11 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
+# The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files;
+# last line JSON (reconstruct/explore/bench.py).
+.PHONY: bench-explore
+bench-explore: $(VENV)/.installed-dev chromium
+	@$(BIN)/python -m reconstruct.explore.bench
+
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist staticfiles

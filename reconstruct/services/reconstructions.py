@@ -192,6 +192,7 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
         facing=framed.facing or "",
         mirrored=framed.mirrored,
         model_version=version,
+        latent=[float(value) for value in result.latent],
         finished_at=timezone.now(),
     )
     if not updated:
