@@ -74,6 +74,11 @@ def svg_rect(box: list[int] | None) -> dict[str, int] | None:
     return {"x": left, "y": top, "width": right - left, "height": bottom - top}
 
 
+# Above this car-likeness a found car is told it looks like the training photos (ml/weights/locator/README.md:
+# the median held-out car scores 0.96 or more, the median non-car 0.01; below 0.5 no car is found).
+CLEARLY_A_CAR = 0.9
+
+
 def car_check(reconstruction: Reconstruction) -> tuple[str, str] | None:
     """The car check in words, ``(headline, verdict)``, following the stored decision: a photo where the
     search found no car is told so and never that a car is recognisable; a found car is never told it
@@ -88,12 +93,12 @@ def car_check(reconstruction: Reconstruction) -> tuple[str, str] | None:
             "We found no car in this photo, so the model saw the whole picture. It learned only from car "
             "photos, so expect a poor reconstruction.",
         )
-    if reconstruction.car_likeness >= 0.5:
+    if reconstruction.car_likeness >= CLEARLY_A_CAR:
         return "A car", "We found a car and framed it: it looks like the car photos the model learned from."
     return (
         "A car",
-        "We found a car and framed it; the view or the photo is less usual for the model, so expect a rougher "
-        "reconstruction.",
+        "We found what is most likely a car and framed it; the view or the photo is less usual for the model, so "
+        "expect a rougher reconstruction.",
     )
 
 
@@ -180,8 +185,9 @@ def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
                 "Car check",
                 check[0],
                 check[1],
-                f"Car-likeness {'under 1%' if likeness < 0.005 else f'{likeness:.0%}'}: how car-like the most "
-                "car-like part of the photo looks to the model, about 50% for a typical car photo.",
+                f"{'Under 1%' if likeness < 0.005 else f'{likeness:.0%}'} sure: how likely the photo shows a car, from "
+                "the car finder's confidence and how well the model, which learned only from cars, reproduces what "
+                "it framed. Under 50% counts as no car.",
             )
         )
     elif reconstruction.car_likeness is not None:

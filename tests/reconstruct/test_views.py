@@ -232,7 +232,7 @@ def _done(**fields) -> Reconstruction:
     return Reconstruction(**(values | fields))
 
 
-@pytest.mark.parametrize("likeness", [0.001, 0.3, 0.9])
+@pytest.mark.parametrize("likeness", [0.001, 0.3, 0.6, 0.95])
 def test_it_words_the_car_check_by_what_the_search_decided(likeness: float) -> None:
     from reconstruct.presenters import car_check, explain_scores
 
@@ -241,7 +241,8 @@ def test_it_words_the_car_check_by_what_the_search_decided(likeness: float) -> N
     assert headline == "No car found" and "recognisable" not in verdict and "looks like" not in verdict
     car = _done(car_likeness=likeness, frame=[40, 50, 360, 210], car_box=[40, 50, 360, 210])
     headline, verdict = car_check(car)
-    assert headline == "A car" and "not a car" not in verdict and "found a car" in verdict
+    assert headline == "A car" and "not a car" not in verdict and verdict.startswith("We found")
+    assert ("looks like the car photos" in verdict) is (likeness >= 0.9)
     assert [s.value for s in explain_scores(car) if s.name == "Car check"] == ["A car"]
     # Results from before the search keep the old car-likeness words.
     assert car_check(_done(car_likeness=likeness)) is None
