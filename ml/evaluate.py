@@ -22,6 +22,12 @@ Is the reconstruction recognisably the same car? Three numbers answer it without
 - ``colour_error``: the mean absolute difference between the average colour of photo and
   reconstruction inside the box, in 0-255 levels per channel.
 
+With ``--orientation-labels CSV`` (columns ``file,facing``: left / right / front / rear, e.g.
+``ml/labels/orientation.csv``) also ``orientation_accuracy``: the fraction of the labelled left/right
+photos among those evaluated whose facing ``ml.orientation`` predicts correctly (``orientation_rows``
+of them). The hand labels include the classifier's training photos: its held-out accuracy is in
+``ml/weights/orientation/metadata.json``.
+
 With ``--noncars`` also ``car_likeness_auroc``: the probability that a random car from ``--data`` gets a
 higher ``car_likeness`` than a random non-car (1.0 separates them perfectly, 0.5 is chance).
 """
@@ -224,13 +230,34 @@ def car_likeness_evidence(record: dict[str, Any]) -> float:
     return -sum(weight * float(record[name]) for name, weight in SCORE_WEIGHTS.items())
 
 
+def orientation_scores(files: Sequence[Path], labels: dict[str, str]) -> dict[str, Any]:
+    """``orientation_accuracy`` and ``orientation_rows`` (see the module docstring) of the facing
+    classifier on the photos in ``files`` that ``labels`` ({file name: facing}) covers."""
+    from ml import orientation
+    from ml.preprocess import open_image
+
+    predicted = {}
+    for path in files:
+        if Path(path).name in labels:
+            rgb = np.asarray(open_image(str(path)))
+            predicted[Path(path).name] = orientation.facing_predict(rgb).label
+    measures = orientation.orientation_accuracy(predicted, labels)
+    accuracy = measures["orientation_accuracy"]
+    return {
+        "orientation_accuracy": None if accuracy is None else round(accuracy, 4),
+        "orientation_rows": measures["orientation_rows"],
+    }
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     files: Sequence[str | os.PathLike],
     noncar_files: Sequence[str | os.PathLike] | None = None,
     threads: int | None = None,
+    orientation_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model in ``model_dir`` on ``files`` (and ``car_likeness_auroc`` against ``noncar_files``)."""
+    """Metrics of the model in ``model_dir`` on ``files`` (and ``car_likeness_auroc`` against ``noncar_files``;
+    ``orientation_accuracy`` against ``orientation_labels``, {file name: facing})."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
     records = score_files(model, [Path(f) for f in files], pairs)
@@ -250,6 +277,8 @@ def evaluate(
             likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
             if likeness:
                 result["noncar_likeness_median"] = round(float(np.median(likeness)), 4)
+    if orientation_labels is not None:
+        result.update(orientation_scores([Path(f) for f in files], orientation_labels))
     return result
 
 
@@ -302,6 +331,10 @@ def _human(result: dict[str, Any]) -> str:
         )
     if "car_likeness_auroc" in result:
         lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['car_likeness_auroc']:.3f}")
+    if result.get("orientation_accuracy") is not None:
+        lines.append(
+            f"  facing: {result['orientation_accuracy']:.1%} of {result['orientation_rows']} labelled side views right"
+        )
     return "\n".join(lines)
 
 
@@ -316,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="use only the first N photos (of each folder)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--grid", type=Path, help="also write a PNG of the first 16 photos and their reconstructions")
+    parser.add_argument(
+        "--orientation-labels", type=Path, metavar="CSV", help="file,facing hand labels (adds orientation_accuracy)"
+    )
     args = parser.parse_args(argv)
     try:
         files = list_images(args.data)
@@ -330,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         noncars = noncars[: args.limit] if noncars else noncars
     if not files:
         parser.error(f"no images to evaluate in {args.data}")
-    result = evaluate(args.model, files, noncars, threads=args.threads)
+    labels = None
+    if args.orientation_labels:
+        from ml.orientation import read_labels
+
+        labels = read_labels(args.orientation_labels)
+    result = evaluate(args.model, files, noncars, threads=args.threads, orientation_labels=labels)
     if args.grid:
         reconstruction_grid(args.model, files[:16]).save(args.grid)
     print(_human(result))

@@ -14,6 +14,7 @@ steps on tiny generated images (it needs no data and runs in the test suite).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -229,8 +230,10 @@ def train(
     # Canonical direction: photos facing right are mirrored (every epoch, and in validation);
     # random flips, if any, only for the head-on photos.
     mirror, symmetric = np.zeros(len(images), bool), np.ones(len(images), bool)
+    facings_sha256 = None
     if config.facings:
         mirror, symmetric = facing_flips(images.names, config.facings)
+        facings_sha256 = hashlib.sha256(Path(config.facings).read_bytes()).hexdigest()
     val_flip = mirror[val_index] if config.facings else None
     val_groups = {"side": ~symmetric[val_index], "head_on": symmetric[val_index]} if config.facings else {}
     model = VAE(config.model).to(memory_format=torch.channels_last)
@@ -255,6 +258,8 @@ def train(
         # The thread count changes speed, not the recipe: a run may resume with another one.
         if {**checkpoint["config"], "threads": config.threads} != config.to_dict():
             raise ValueError(f"{last} was trained with another config; use a new --out or the same --config")
+        if checkpoint.get("facings_sha256") != facings_sha256:
+            raise ValueError(f"{last} was trained with another {config.facings}; restore that file or use a new --out")
         model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
         optimizer.load_state_dict(checkpoint["optimizer"])
         if ema is not None:
@@ -361,6 +366,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "state": state,
             "torch_rng": torch.get_rng_state(),
+            "facings_sha256": facings_sha256,
             "data": data_summary,
             "val_names": [images.names[i] for i in val_index],
             "parameters": count_parameters(model),

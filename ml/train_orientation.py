@@ -138,7 +138,7 @@ def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=pri
             optimizer.step()
             schedule.step()
             total += float(loss) * len(batch)
-        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+        if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}, {time.monotonic() - started:.0f}s")
     net.eval()
     return net

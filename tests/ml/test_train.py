@@ -181,3 +181,12 @@ def test_it_refuses_a_facings_file_that_misses_photos(tiny_photos, tmp_path: Pat
     facings.write_text(f"file,facing\n{tiny_photos[0].name},left\n")
     with pytest.raises(ValueError, match="no facing for 9 photos"):
         train(DRY_RUN_CONFIG.replace(facings=str(facings)), tiny_photos, tmp_path / "run", show_bar=False)
+
+
+def test_it_refuses_to_resume_when_the_facings_file_changed(tiny_photos, tmp_path: Path) -> None:
+    facings = _facings_csv(tmp_path / "facings.csv", tiny_photos, lambda i: "left")
+    config = DRY_RUN_CONFIG.replace(facings=str(facings))
+    train(config, tiny_photos, tmp_path / "run", show_bar=False)
+    _facings_csv(facings, tiny_photos, lambda i: "right")
+    with pytest.raises(ValueError, match=r"another .*facings\.csv"):
+        train(config, tiny_photos, tmp_path / "run", resume=True, show_bar=False)
