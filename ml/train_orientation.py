@@ -43,7 +43,8 @@ from ml.orientation import (
 )
 from ml.preprocess import prepare
 
-HEIGHT, WIDTH = 32, 64
+# Input frame (2:1, like the VAE's); --height changes it.
+HEIGHT = 48
 PAD = 0.5
 TEST_PERCENT = 30
 
@@ -56,8 +57,9 @@ def is_test(name: str) -> bool:
 class FacingNet(nn.Module):
     """``x [B, 3, H, W]`` in [0, 1] -> ``side [B]`` (left-vs-right log-odds), ``view [B, 3]`` logits."""
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 96), height: int = HEIGHT, width: int = WIDTH) -> None:
+    def __init__(self, height: int = HEIGHT, channels: tuple[int, ...] = (16, 32, 64, 96)) -> None:
         super().__init__()
+        self.height = height
         layers: list[nn.Module] = []
         previous = 3
         for count in channels:
@@ -65,7 +67,7 @@ class FacingNet(nn.Module):
             layers.append(nn.MaxPool2d(2))
             previous = count
         self.features = nn.Sequential(*layers)
-        size = previous * (height >> len(channels)) * (width >> len(channels))
+        size = previous * (height >> len(channels)) * (2 * height >> len(channels))
         self.dropout = nn.Dropout(0.3)
         self.side_head = nn.Linear(size, 1, bias=False)
         self.view_head = nn.Linear(size, len(VIEWS))
@@ -94,9 +96,9 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor,
     return x.clamp(0, 1), torch.where(mirror, -1.0, 1.0)
 
 
-def load_labelled(labels: dict[str, str], folders: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Prepared inputs ``[N, 3, HEIGHT, WIDTH]`` float32 for the labelled photos found in ``folders``."""
-    config = ModelConfig(height=HEIGHT, width=WIDTH, pad_value=PAD, widths=())
+def load_labelled(labels: dict[str, str], folders: list[Path], height: int = HEIGHT) -> tuple[np.ndarray, list[str]]:
+    """Prepared inputs ``[N, 3, height, 2 * height]`` float32 for the labelled photos found in ``folders``."""
+    config = ModelConfig(height=height, width=2 * height, pad_value=PAD, widths=())
     arrays, names = [], []
     for name in sorted(labels):
         path = next((folder / name for folder in folders if (folder / name).is_file()), None)
@@ -113,7 +115,7 @@ def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=pri
     inputs = torch.from_numpy(x)
     side = torch.tensor([{"left": 1.0, "right": -1.0}.get(f, 0.0) for f in facings])
     view = torch.tensor([{"left": 0, "right": 0, "front": 1, "rear": 2}[f] for f in facings])
-    net = FacingNet()
+    net = FacingNet(height=x.shape[2])
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
     steps = epochs * ((len(x) + 31) // 32)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -153,7 +155,7 @@ def export(net: FacingNet, out: Path) -> dict:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             net,
-            (torch.rand(2, 3, HEIGHT, WIDTH),),
+            (torch.rand(2, 3, net.height, 2 * net.height),),
             None,
             dynamo=True,
             opset_version=18,
@@ -176,13 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, required=True, help="file,facing CSV of hand labels")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders holding the labelled photos")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--height", type=int, default=HEIGHT, help="input height in pixels (width: twice that)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     labels = read_labels(args.labels)
-    x, names = load_labelled(labels, args.data)
+    x, names = load_labelled(labels, args.data, args.height)
     test = np.array([is_test(name) for name in names])
     counts = f"{int((~test).sum())} train, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
@@ -201,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         info = export(net, tmp_dir)
         metadata = {
             "format": "carsite-facing-classifier",
-            "input": {"height": HEIGHT, "width": WIDTH, "pad_value": PAD, "preprocessing": "letterbox (ml.preprocess)"},
+            "input": {
+                "height": args.height,
+                "width": 2 * args.height,
+                "pad_value": PAD,
+                "preprocessing": "letterbox (ml.preprocess)",
+            },
             "outputs": {"side_logit": "[B] log-odds left over right", "view_logits": f"[B, 3] logits of {list(VIEWS)}"},
             "labels": str(args.labels),
             "train_rows": int((~test).sum()),
