@@ -32,6 +32,13 @@ probability that a random car from ``--data`` gets a higher ``car_likeness`` tha
 separates them perfectly, 0.5 is chance), ``noncar_likeness_median`` and ``noncar_false_accept_rate``
 (non-cars in which a car was found). With ``--boxes CSV`` (the true boxes, e.g. of composites made by
 ``python -m ml.composites``): ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5).
+
+With ``--orientation-labels CSV`` (columns ``file,facing``: left / right / front / rear, e.g.
+``ml/labels/orientation.csv``) also ``orientation_accuracy``: the fraction of the labelled left/right
+photos among those evaluated whose facing is predicted correctly (``orientation_rows`` of them): on the
+frame the site gives ``ml.orientation`` (a photo in which no car was found counts as wrong), or on the
+whole photo with ``--no-search``. The hand labels include the classifier's training photos: its
+held-out accuracy is in ``ml/weights/orientation/metadata.json``.
 """
 
 from __future__ import annotations
@@ -269,6 +276,28 @@ def car_likeness_evidence(record: dict[str, Any]) -> float:
     return -sum(weight * float(record[name]) for name, weight in SCORE_WEIGHTS.items())
 
 
+def orientation_scores(
+    files: Sequence[Path], labels: dict[str, str], facings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``orientation_accuracy`` and ``orientation_rows`` (see the module docstring) of the facing
+    classifier on the photos in ``files`` that ``labels`` ({file name: facing}) covers: its ``facings``
+    ({file name: facing}, as the site decided them on the frames) when given, else on each whole photo."""
+    from ml import orientation
+    from ml.preprocess import open_image
+
+    predicted = dict(facings) if facings is not None else {}
+    for path in files if facings is None else []:
+        if Path(path).name in labels:
+            rgb = np.asarray(open_image(str(path)))
+            predicted[Path(path).name] = orientation.facing_predict(rgb).label
+    measures = orientation.orientation_accuracy(predicted, labels)
+    accuracy = measures["orientation_accuracy"]
+    return {
+        "orientation_accuracy": None if accuracy is None else round(accuracy, 4),
+        "orientation_rows": measures["orientation_rows"],
+    }
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     files: Sequence[str | os.PathLike],
@@ -278,11 +307,13 @@ def evaluate(
     locate: bool = False,
     boxes: dict[str, framing.Box] | None = None,
     method: str = "locator",
+    orientation_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on ``files`` (see the module docstring): with ``noncar_files``
     also ``ood_auroc``, the car-likeness medians and the car check's error rates; ``locate`` searches each
     photo for the car as the site does (else the model sees each whole photo); ``boxes`` (file name ->
-    true box of the car) adds ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5)."""
+    true box of the car) adds ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5); ``orientation_labels``
+    ({file name: facing}) adds ``orientation_accuracy``."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
     records = score_files(model, [Path(f) for f in files], pairs, locate=locate, method=method)
@@ -312,6 +343,10 @@ def evaluate(
             likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
             if likeness:
                 result["noncar_likeness_median"] = round(float(np.median(likeness)), 4)
+    if orientation_labels is not None:
+        # Searched: the facing the site decided on each photo's frame ("front", never mirrored, when no car was found).
+        facings = {r["name"]: r["facing"] or "front" for r in cars} if locate else None
+        result.update(orientation_scores([Path(f) for f in files], orientation_labels, facings))
     return result
 
 
@@ -420,6 +455,10 @@ def _human(result: dict[str, Any]) -> str:
             f"  car check: {result['car_false_reject_rate']:.1%} of cars told no car was found,"
             f" {result['noncar_false_accept_rate']:.1%} of non-cars told they are a car"
         )
+    if result.get("orientation_accuracy") is not None:
+        lines.append(
+            f"  facing: {result['orientation_accuracy']:.1%} of {result['orientation_rows']} labelled side views right"
+        )
     return "\n".join(lines)
 
 
@@ -453,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         default="locator",
         help="how the car is found: the locator CNN (the site's) or the VAE's own box search",
     )
+    parser.add_argument(
+        "--orientation-labels", type=Path, metavar="CSV", help="file,facing hand labels (adds orientation_accuracy)"
+    )
     args = parser.parse_args(argv)
     try:
         files = list_images(args.data)
@@ -468,8 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         parser.error(f"no images to evaluate in {args.data}")
     boxes = read_boxes(args.boxes) if args.boxes else None
+    labels = None
+    if args.orientation_labels:
+        from ml.orientation import read_labels
+
+        labels = read_labels(args.orientation_labels)
     result = evaluate(
-        args.model, files, noncars, threads=args.threads, locate=not args.no_search, boxes=boxes, method=args.finder
+        args.model,
+        files,
+        noncars,
+        threads=args.threads,
+        locate=not args.no_search,
+        boxes=boxes,
+        method=args.finder,
+        orientation_labels=labels,
     )
     if args.grid:
         reconstruction_grid(args.model, files[:16], locate=not args.no_search, method=args.finder).save(args.grid)

@@ -138,3 +138,26 @@ def test_it_counts_a_mirrored_or_swapped_reconstruction_as_a_miss() -> None:
         "orientation_agreement": 1.0,
         "colour_error": 0.0,
     }
+
+
+def test_it_scores_the_facing_classifier_on_the_labelled_side_views(
+    tiny_export: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ml.orientation import facing_predict
+    from ml.preprocess import open_image
+
+    files = list_images(tiny_export.data_dir)
+    predicted = [facing_predict(np.asarray(open_image(str(f)))).label for f in files[:4]]
+    # Two rows labelled as predicted, one labelled the other way, one head-on (not counted); the rest unlabelled.
+    other = {"left": "right", "right": "left", "front": "left", "rear": "left"}
+    labels = [predicted[0], predicted[1], other[predicted[2]], "front"]
+    side = [(p == lab) for p, lab in zip(predicted[:3], labels[:3], strict=True) if lab in ("left", "right")]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,facing\n" + "".join(f"{f.name},{lab}\n" for f, lab in zip(files, labels, strict=False)))
+    # --no-search: the classifier on each whole photo (searched, it sees the frame the site gives it).
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--no-search"]
+    assert evaluate.main([*args, "--orientation-labels", str(csv)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["orientation_rows"] == len(side)
+    assert result["orientation_accuracy"] == pytest.approx(sum(side) / len(side), abs=1e-4)
+    assert sum(side) < len(side)  # the row labelled the other way is a miss
