@@ -66,7 +66,7 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
         assert photo["x"] - 2 <= box["x"] and box["x"] + box["width"] <= photo["x"] + photo["width"] + 2
         expect(page.get_by_text("the car we found")).to_be_visible()
     else:
-        expect(page.get_by_text("No car found")).to_be_visible()
+        expect(page.get_by_text("No car found", exact=True)).to_be_visible()
     expect(page.get_by_role("link", name=re.compile("Download the reconstruction"))).to_be_visible()
     result_url = page.url
 
