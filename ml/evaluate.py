@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=runtime.DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data", type=Path, required=True, help="folder of car photos")
-    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds car_likeness_auroc)")
+    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds ood_auroc, FAR)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--held-out", action="store_true", help="only the validation images recorded in the model")
     split.add_argument("--val-of", type=Path, metavar="CHECKPOINT", help="only this checkpoint's validation images")

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reconstruct", "0001_initial"),
+        ("reconstruct", "0002_latent_origin_sharing"),
     ]
 
     operations = [
