@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -76,6 +76,12 @@ MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
 
+# Peak memory of every decoding path (upload, worker, dataset checks, flip, training loader) for the worst
+# accepted files (100-megapixel PNG/GIF/JPEG...), each in a fresh process; JSON last (tests/measure_decode_memory.py).
+.PHONY: bench-memory
+bench-memory: $(VENV)/.installed-dev
+	@$(BIN)/python -m tests.measure_decode_memory
+
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
 # The tooling is the deploy/ package (`python -m deploy --help`), which never goes into the bundle.
@@ -83,13 +89,22 @@ STAGE ?= dev
 lambda-package: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy build --stage $(STAGE)
 
-# Deploy (first time) or update the stage on AWS: the bundle is built and checked, then zappa packages those very
-# trees and uploads them (README: Deploy to AWS). Plain `zappa deploy` in the repository would zip .venv (torch).
+# Deploy (first time) or update the stage on AWS: the bundle is built and checked once, uploaded to the stage's
+# s3_bucket, and zappa deploys that very zip (`zappa deploy|update --zip s3://...`; README: Deploy to AWS). Plain
+# `zappa deploy` in the repository would zip .venv (torch). Rollback runs the zip of the version N back again;
+# undeploy removes the function, its API, its execution role and its zips (the buckets stay).
 lambda-deploy: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy zappa deploy $(STAGE)
 
 lambda-update: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy zappa update $(STAGE)
+
+N ?= 1
+lambda-rollback: $(VENV)/.installed-dev
+	$(BIN)/python -m deploy zappa rollback $(STAGE) -n $(N)
+
+lambda-undeploy: $(VENV)/.installed-dev
+	$(BIN)/python -m deploy zappa undeploy $(STAGE)
 
 # Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
 lambda-bench: $(VENV)/.installed-dev

@@ -18,7 +18,17 @@ from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
 from reconstruct import presenters, selectors
-from reconstruct.http import api_view, body_too_large, created_response, json_error, rate_limited_response
+from reconstruct.http import (
+    LENGTH_REQUIRED,
+    UNREADABLE_PART,
+    api_view,
+    body_too_large,
+    created_response,
+    json_error,
+    length_missing,
+    part_unreadable,
+    rate_limited_response,
+)
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
@@ -57,6 +67,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         reconstruction_rate_check(request.user)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    if length_missing(request):
+        return json_error(LENGTH_REQUIRED, 411, code="length_required")
     if body_too_large(request):
         return json_error(upload_size_error(int(request.META["CONTENT_LENGTH"])), 413, code="too_large")
     try:
@@ -65,6 +77,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         return json_error("The request is too large.", 413, code="too_large")
     except (TooManyFilesSent, MultiPartParserError):
         return json_error("The request body could not be read as multipart/form-data.", 400, code="bad_request")
+    if upload is None and part_unreadable(request, "image"):
+        return json_error(UNREADABLE_PART, 400, code="unreadable_part")
     if upload is None:
         return json_error(
             "Send the photo as multipart/form-data in a field named 'image', "

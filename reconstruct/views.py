@@ -22,7 +22,17 @@ from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
 from reconstruct.forms import SignupForm, UploadForm
-from reconstruct.http import body_too_large, declared_length, json_error, token_login, wants_json
+from reconstruct.http import (
+    LENGTH_REQUIRED,
+    UNREADABLE_PART,
+    body_too_large,
+    declared_length,
+    json_error,
+    length_missing,
+    part_unreadable,
+    token_login,
+    wants_json,
+)
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
 from reconstruct.services.reconstructions import (
@@ -131,6 +141,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         reconstruction_rate_check(request.user)
     except UploadRateLimited as problem:
         return _rate_limited_page(request, problem)
+    if length_missing(request):
+        return _upload_page(request, [LENGTH_REQUIRED], status=411)
     if body_too_large(request):
         return _upload_page(request, [upload_size_error(declared_length(request))], status=413)
     try:
@@ -138,6 +150,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         valid = form.is_valid()
     except (RequestDataTooBig, TooManyFilesSent, MultiPartParserError):
         return _upload_page(request, ["The upload could not be read. Please choose one photo and try again."], 400)
+    if not valid and part_unreadable(request, "image"):
+        return _upload_page(request, [UNREADABLE_PART], status=400)
     if not valid:
         status = 413 if form.has_error("image", code="too_large") else 400
         return _upload_page(request, [*form.non_field_errors(), *form.errors.get("image", [])], status=status)

@@ -107,7 +107,9 @@ def test_it_explains_a_bad_upload(client, alice, not_an_image: bytes) -> None:
     client.force_login(alice)
     response = client.post(reverse("reconstruct:upload"), {"image": upload(not_an_image, "car.jpg")})
     assert response.status_code == 400
-    assert "not an image we can read" in response.content.decode()
+    assert (
+        "This file is a PDF document, not a photo. Please use a photo saved as JPEG, PNG" in response.content.decode()
+    )
     assert not Reconstruction.objects.exists()
 
 
