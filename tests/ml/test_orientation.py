@@ -82,3 +82,24 @@ def test_the_shipped_classifier_records_its_held_out_accuracy_and_confusion() ->
     assert held_out["orientation_rows"] == sides >= 200
     correct = confusion["left"]["left"] + confusion["right"]["right"]
     assert held_out["orientation_accuracy"] == pytest.approx(correct / sides)
+
+
+def test_it_writes_every_photos_facing_and_hand_labels_win(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import json
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(3):
+        draw_car(seed=seed).save(folder / f"car_{seed}.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,facing\ncar_1.png,rear\n")
+    out = tmp_path / "facings.csv"
+    assert orientation.main(["--data", str(folder), "--labels", str(labels), "--out", str(out)]) == 0
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    assert set(rows) == {"car_0.png", "car_1.png", "car_2.png"}
+    assert rows["car_1.png"]["facing"] == "rear" and rows["car_1.png"]["source"] == "hand"
+    assert {rows[n]["source"] for n in ("car_0.png", "car_2.png")} == {"model"}
+    assert all(rows[n]["facing"] in FACINGS for n in rows)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["photos"] == 3 and sum(summary["counts"].values()) == 3
