@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -83,13 +83,22 @@ STAGE ?= dev
 lambda-package: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy build --stage $(STAGE)
 
-# Deploy (first time) or update the stage on AWS: the bundle is built and checked, then zappa packages those very
-# trees and uploads them (README: Deploy to AWS). Plain `zappa deploy` in the repository would zip .venv (torch).
+# Deploy (first time) or update the stage on AWS: the bundle is built and checked once, uploaded to the stage's
+# s3_bucket, and zappa deploys that very zip (`zappa deploy|update --zip s3://...`; README: Deploy to AWS). Plain
+# `zappa deploy` in the repository would zip .venv (torch). Rollback runs the zip of the version N back again;
+# undeploy removes the function, its API, its execution role and its zips (the buckets stay).
 lambda-deploy: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy zappa deploy $(STAGE)
 
 lambda-update: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy zappa update $(STAGE)
+
+N ?= 1
+lambda-rollback: $(VENV)/.installed-dev
+	$(BIN)/python -m deploy zappa rollback $(STAGE) -n $(N)
+
+lambda-undeploy: $(VENV)/.installed-dev
+	$(BIN)/python -m deploy zappa undeploy $(STAGE)
 
 # Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
 lambda-bench: $(VENV)/.installed-dev
@@ -99,6 +108,12 @@ lambda-bench: $(VENV)/.installed-dev
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+# The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files;
+# last line JSON (reconstruct/explore/bench.py).
+.PHONY: bench-explore
+bench-explore: $(VENV)/.installed-dev chromium
+	@$(BIN)/python -m reconstruct.explore.bench
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist staticfiles

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from reconstruct import views
+from reconstruct.explore.urls import api_urlpatterns as explore_api_urlpatterns
 from reconstruct.urls import api_urlpatterns, direct_upload_urlpatterns
 
 urlpatterns = [
@@ -12,10 +13,12 @@ urlpatterns = [
     path("account/", views.account, name="account"),
     # Before "api/": its catch-all answers every other path under /api/ with a JSON 404.
     path("api/uploads/", include(direct_upload_urlpatterns)),
+    path("api/", include(explore_api_urlpatterns)),
     path("api/", include(api_urlpatterns)),
     path("admin/", admin.site.urls),
     path("", include("reconstruct.urls")),
     path("", include("reconstruct.curation.urls")),
+    path("", include("reconstruct.explore.urls")),
 ]
 
 handler404 = "reconstruct.views.page_not_found"

@@ -37,6 +37,8 @@ SYSTEM_LIBRARIES = {
 # AWS: a function's unzipped deployment package may be at most 250 MB (262,144,000 bytes).
 MAX_UNZIPPED_BYTES = 262_144_000
 TARGET_UNZIPPED_BYTES = 150 * 1024 * 1024
+# AWS: a zip uploaded inline (UpdateFunctionCode's ZipFile) may be at most 50 MB zipped; larger ones go through S3.
+MAX_INLINE_ZIP_BYTES = 52_428_800
 
 # Top-level names that must not be in the bundle: the runtime provides boto3; the rest is training, dev or deploy
 # tooling.
@@ -113,7 +115,12 @@ class BundleReport:
         mb = 1024 * 1024
         lines = [
             f"bundle      {self.zip_path}",
-            f"zipped      {self.zipped_bytes / mb:.1f} MiB",
+            f"zipped      {self.zipped_bytes / mb:.1f} MiB"
+            + (
+                f" (over the {MAX_INLINE_ZIP_BYTES / mb:.0f} MiB of an inline upload: deployed through s3_bucket)"
+                if self.zipped_bytes > MAX_INLINE_ZIP_BYTES
+                else ""
+            ),
             f"unzipped    {self.unzipped_bytes / mb:.1f} MiB in {self.files} files "
             f"(Lambda limit {MAX_UNZIPPED_BYTES / mb:.0f} MiB, aim < {TARGET_UNZIPPED_BYTES / mb:.0f} MiB)",
             f"ELF files   {self.elf_files}; highest symbol versions needed: "

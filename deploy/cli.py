@@ -4,7 +4,7 @@ python -m deploy build --stage dev      # -> build/lambda-dev.zip, checked
 python -m deploy check build/lambda-dev.zip
 python -m deploy measure --stage dev    # cold start and latency inside the bundle, JSON
 python -m deploy runtime                # build/lambda-runtime (boto3 as the Lambda runtime provides it)
-python -m deploy zappa deploy dev       # or update/package: zappa on the checked trees
+python -m deploy zappa deploy dev       # or update/rollback/undeploy/package: zappa on the checked zip
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     measure.add_argument("--out", type=Path, help="also write the JSON here")
     commands.add_parser("runtime", help="build build/lambda-runtime (boto3 as the Lambda runtime provides it)")
     run_zappa = commands.add_parser(
-        "zappa", help="build and check the bundle, then run zappa on it (deploy/update/package STAGE ...)"
+        "zappa",
+        help="zappa on the checked bundle: deploy/update/rollback/undeploy/package STAGE ... (deploy.zappa_wrapper)",
     )
     run_zappa.add_argument("zappa_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

@@ -9,11 +9,12 @@ Writes ``encoder.onnx`` (``x [B, C, H, W]`` -> ``mu, logvar [B, D]``), ``decoder
 
 With ``--data`` (the folder the checkpoint was trained on) it also measures the exported model on
 the checkpoint's validation images (``metrics``), stores the scoring ``calibration`` derived from
-them, and writes ``mean_image.png``: the per-pixel mean of the training images' model inputs
-(letterbox bars excluded), the reference predictor ``ml.evaluate`` reports as
-``baseline_mean_psnr``. ``loss_curve.png`` is copied from beside the checkpoint when present (the
-validation reconstructions are not: they show training photos, whose licence keeps them out of
-the repository).
+them, the principal components of the training images' latent means (``latent_pca``) and a 2-D map
+of the latent space (``latent_map``; see ``ml/latent.py``), and writes ``mean_image.png``: the
+per-pixel mean of the training images' model inputs (letterbox bars excluded), the reference
+predictor ``ml.evaluate`` reports as ``baseline_mean_psnr``. ``loss_curve.png`` is copied from
+beside the checkpoint when present (the validation reconstructions are not: they show training
+photos, whose licence keeps them out of the repository).
 
 The directory is written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written model; files in an existing output directory that export does not produce (the
@@ -40,7 +41,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml import runtime
+from ml import latent, runtime
 from ml.config import ModelConfig, TrainConfig
 from ml.data import list_images, load_images
 from ml.model import VAE, count_parameters
@@ -265,6 +266,8 @@ def export_checkpoint(
             "metrics": None,
             "calibration": None,
             "mean_image": None,
+            latent.PCA_KEY: None,
+            latent.MAP_KEY: None,
         }
         for report in REPORT_FILES:
             if (checkpoint_path.parent / report).is_file():
@@ -282,7 +285,8 @@ def export_checkpoint(
 def _measure(
     model_dir: Path, metadata: dict[str, Any], config: ModelConfig, data_dir: Path, val_names: list[str]
 ) -> dict[str, Any]:
-    """Mean image of the training split, validation metrics and scoring calibration."""
+    """Mean image of the training split, validation metrics, scoring calibration, the latent space's
+    principal components and 2-D map (from the training split's latent means)."""
     from ml import evaluate
 
     files = list_images(data_dir)
@@ -304,6 +308,7 @@ def _measure(
     records = evaluate.score_files(model, val_files, pairs)
     summary = {**evaluate.summarize(records), **evaluate.same_car_measures(pairs)}
     calibration = evaluate.calibrate(records)
+    latent_space = latent.latent_space_fit(latent.encode_pixels(model, images.pixels), source=str(data_dir))
     print(
         f"measured on {summary['n']} validation images in {time.monotonic() - started:.0f}s: "
         f"psnr {summary['psnr']:.2f} dB, ssim {summary['ssim']:.3f}",
@@ -314,6 +319,7 @@ def _measure(
         "mean_image_from": {"images": len(images), "source": str(data_dir)},
         "metrics": {"split": "validation", "source": str(data_dir), **summary},
         "calibration": calibration,
+        **latent_space,
     }
 
 

@@ -21,6 +21,11 @@ class Reconstruction(models.Model):
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 
+    class Origin(models.TextChoices):
+        UPLOAD = "upload", "Reconstructed from a photo"
+        SAMPLED = "sampled", "Sampled from the prior"
+        EDITED = "edited", "Moved along the latent sliders"
+
     # Public identifier used in URLs and the API; the integer pk stays internal (tasks take it).
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reconstructions")
@@ -47,6 +52,15 @@ class Reconstruction(models.Model):
         "reconstruct.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="reconstructions"
     )
 
+    # The posterior mean mu [latent_dim] under model_version (None for results made before it was kept).
+    latent = models.JSONField(null=True, blank=True)
+    # Uploads have a photo; sampled and edited results were decoded from a latent (origin_detail says how:
+    # {"seed", "temperature", "index"} or {"source": uuid, "offsets": [...]}; see reconstruct/explore/).
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.UPLOAD)
+    origin_detail = models.JSONField(default=dict, blank=True)
+    # Set while the result is public: the unguessable part of its public link (reconstruct/explore/).
+    share_token = models.CharField(max_length=64, unique=True, null=True, blank=True, editable=False)
+
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -64,8 +78,8 @@ class Reconstruction(models.Model):
         return self.status in (self.Status.DONE, self.Status.FAILED)
 
     def scores(self) -> dict[str, float | None] | None:
-        if self.status != self.Status.DONE:
-            return None
+        if self.status != self.Status.DONE or self.origin != self.Origin.UPLOAD:
+            return None  # unfinished, or decoded from a latent: no photo to score against
         return {
             "mse": self.mse,
             "psnr": self.psnr,

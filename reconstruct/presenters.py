@@ -33,6 +33,7 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
     return {
         "id": str(reconstruction.uuid),
         "status": reconstruction.status,
+        "origin": reconstruction.origin,
         "error": reconstruction.error or None,
         "created_at": reconstruction.created_at.isoformat(),
         "finished_at": reconstruction.finished_at.isoformat() if reconstruction.finished_at else None,
@@ -66,8 +67,8 @@ def _typical(version: ModelVersion | None, key: str) -> float | None:
 
 def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
     """The scores in plain words, compared with the model's average on car photos it never saw."""
-    if reconstruction.status != Reconstruction.Status.DONE:
-        return []
+    if reconstruction.status != Reconstruction.Status.DONE or reconstruction.psnr is None:
+        return []  # unfinished, or decoded from a latent (sampled, edited): nothing to compare with
     version = reconstruction.model_version
     explanations = []
 

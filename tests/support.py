@@ -251,6 +251,44 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+MOTO_PROCESS_SCRIPT = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("http://%s:%s" % server.get_host_and_port(), flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@contextlib.contextmanager
+def moto_server_process() -> Iterator[str]:
+    """moto_server in a process of its own, so its AWS (functions, roles, APIs, buckets) is this server's alone:
+    moto keeps its state per process, and every in-process server shares it. Yields the endpoint URL; the
+    process ends when its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", MOTO_PROCESS_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        endpoint_url = process.stdout.readline().strip()  # type: ignore[union-attr]
+        if not endpoint_url.startswith("http://"):
+            raise RuntimeError(f"moto's server did not start (exit code {process.wait()})")
+        yield endpoint_url
+    finally:
+        stop_by_closing_stdin(process)
+
+
+def stop_by_closing_stdin(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """End a helper process that runs until its stdin closes; killed if it is still running after `timeout` s."""
+    process.stdin.close()  # type: ignore[union-attr]
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint_url: str

@@ -187,6 +187,7 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
         kl=scores.kl,
         car_likeness=scores.car_likeness,
         model_version=version,
+        latent=[float(value) for value in result.latent],
         finished_at=timezone.now(),
     )
     if not updated:

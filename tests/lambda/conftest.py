@@ -20,14 +20,14 @@ import pytest
 from lambda_helpers import REGION, STAGE, LambdaContainer, zappa_stage_settings
 
 from deploy import build
-from tests.support import S3Server, moto_server, postgres_cluster
+from tests.support import S3Server, moto_server, postgres_cluster, stop_by_closing_stdin
 
 CONTAINER_SCRIPT = Path(__file__).with_name("lambda_container.py")
 
 
 @pytest.fixture(scope="session")
 def lambda_zip() -> Path:
-    """build/lambda-dev.zip, built (or reused while its inputs are unchanged) and checked."""
+    """build/lambda-<STAGE>.zip, built (or reused while its inputs are unchanged) and checked."""
     zip_path, _report = build.bundle_build(STAGE)
     return zip_path
 
@@ -108,12 +108,7 @@ def lambda_container(
     try:
         yield LambdaContainer(process=process)
     finally:
-        process.stdin.close()  # type: ignore[union-attr]
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_by_closing_stdin(process)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from urllib.parse import urlencode
 
 from deploy import project
 
-STAGE = "dev"
+# dev with its own bucket names and touch off (zappa_settings.json): the one bundle of the session, which the handler
+# tests drive and test_deploy.py deploys.
+STAGE = "moto"
 API_ID = "a1b2c3d4e5"
 REGION = "us-east-1"
 HOST = f"{API_ID}.execute-api.{REGION}.amazonaws.com"

@@ -117,7 +117,7 @@ def test_it_loads_the_default_model_with_the_bundles_onnxruntime(lambda_task_roo
 
 
 def test_it_keeps_secrets_out_of_zappa_settings_and_debug_off_in_production() -> None:
-    for stage in ("dev", "production"):
+    for stage in ("dev", "production", "moto"):
         settings = zappa_stage_settings(stage)
         assert settings["runtime"] == "python3.11"
         assert settings["binary_support"] is True

@@ -1,0 +1,1 @@
+"""The latent space for people: morph two cars, new cars from the prior, sliders, sharing, a map of my cars."""
