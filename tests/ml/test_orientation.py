@@ -1,5 +1,7 @@
 """The facing classifier (ml.orientation): the shipped ONNX model, its probabilities, labels and scores."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,17 @@ import pytest
 from ml import orientation
 from ml.orientation import FACINGS, Facing, facing_predict, facings_from_logits, orientation_accuracy, read_labels
 from tests.support import draw_car
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_it_predicts_without_torch_or_django() -> None:
+    code = (
+        "import numpy as np, ml.orientation as o, sys; o.facing_predict(np.zeros((20, 40, 3), np.uint8)); "
+        "assert not {'torch', 'django'} & set(sys.modules), 'torch or django was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def _photo(seed: int, size: tuple[int, int] = (240, 120)) -> np.ndarray:
