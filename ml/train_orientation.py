@@ -44,7 +44,7 @@ from ml.orientation import (
 from ml.preprocess import prepare
 
 # Input frame (2:1, like the VAE's); --height changes it.
-HEIGHT = 48
+HEIGHT = 32
 PAD = 0.5
 TEST_PERCENT = 30
 
@@ -178,15 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, required=True, help="file,facing CSV of hand labels")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders holding the labelled photos")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument(
+        "--extra-labels", type=Path, help="more file,facing rows used for training only (never held out)"
+    )
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--height", type=int, default=HEIGHT, help="input height in pixels (width: twice that)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     labels = read_labels(args.labels)
-    x, names = load_labelled(labels, args.data, args.height)
-    test = np.array([is_test(name) for name in names])
+    extra = {n: f for n, f in (read_labels(args.extra_labels) if args.extra_labels else {}).items() if n not in labels}
+    x, names = load_labelled({**labels, **extra}, args.data, args.height)
+    # Only rows of --labels are ever held out; --extra-labels rows always train.
+    test = np.array([name in labels and is_test(name) for name in names])
+    labels = {**labels, **extra}
     counts = f"{int((~test).sum())} train, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
     started = time.monotonic()
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "outputs": {"side_logit": "[B] log-odds left over right", "view_logits": f"[B, 3] logits of {list(VIEWS)}"},
             "labels": str(args.labels),
+            "extra_labels": str(args.extra_labels) if args.extra_labels else None,
             "train_rows": int((~test).sum()),
             "test_rows": int(test.sum()),
             "epochs": args.epochs,

@@ -1,5 +1,7 @@
 """The facing classifier (ml.orientation): the shipped ONNX model, its probabilities, labels and scores."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,17 @@ import pytest
 from ml import orientation
 from ml.orientation import FACINGS, Facing, facing_predict, facings_from_logits, orientation_accuracy, read_labels
 from tests.support import draw_car
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_it_predicts_without_torch_or_django() -> None:
+    code = (
+        "import numpy as np, ml.orientation as o, sys; o.facing_predict(np.zeros((20, 40, 3), np.uint8)); "
+        "assert not {'torch', 'django'} & set(sys.modules), 'torch or django was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def _photo(seed: int, size: tuple[int, int] = (240, 120)) -> np.ndarray:
@@ -82,3 +95,24 @@ def test_the_shipped_classifier_records_its_held_out_accuracy_and_confusion() ->
     assert held_out["orientation_rows"] == sides >= 200
     correct = confusion["left"]["left"] + confusion["right"]["right"]
     assert held_out["orientation_accuracy"] == pytest.approx(correct / sides)
+
+
+def test_it_writes_every_photos_facing_and_hand_labels_win(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import json
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(3):
+        draw_car(seed=seed).save(folder / f"car_{seed}.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,facing\ncar_1.png,rear\n")
+    out = tmp_path / "facings.csv"
+    assert orientation.main(["--data", str(folder), "--labels", str(labels), "--out", str(out)]) == 0
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    assert set(rows) == {"car_0.png", "car_1.png", "car_2.png"}
+    assert rows["car_1.png"]["facing"] == "rear" and rows["car_1.png"]["source"] == "hand"
+    assert {rows[n]["source"] for n in ("car_0.png", "car_2.png")} == {"model"}
+    assert all(rows[n]["facing"] in FACINGS for n in rows)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["photos"] == 3 and sum(summary["counts"].values()) == 3
