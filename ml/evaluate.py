@@ -283,7 +283,6 @@ def orientation_scores(
     classifier on the photos in ``files`` that ``labels`` ({file name: facing}) covers: its ``facings``
     ({file name: facing}, as the site decided them on the frames) when given, else on each whole photo."""
     from ml import orientation
-    from ml.preprocess import open_image
 
     predicted = dict(facings) if facings is not None else {}
     for path in files if facings is None else []:
@@ -376,7 +375,7 @@ def reconstruction_grid(
     draw_grid = ImageDraw.Draw(grid)
     for row, path in enumerate(files):
         framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
-        photo = open_image(runtime.open_source(path))
+        photo = runtime.open_source(path)
         shown = _fit(photo, cell, cell)
         scale = min(cell / photo.width, cell / photo.height)
         offset = ((cell - round(photo.width * scale)) // 2, (cell - round(photo.height * scale)) // 2)

@@ -47,7 +47,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from ml import runtime
-from ml.preprocess import open_image, prepare
+from ml.preprocess import prepare
 
 # The photo is shrunk to this longest side for the search: each candidate ends up 128x64 anyway, and
 # a smaller picture makes cutting and resizing hundreds of candidates cheap (pixels).
@@ -382,7 +382,7 @@ def photo_reconstruct(
     VAE search's threshold); ``locator`` replaces the shipped one. Raises ``runtime.ImageError`` for
     bytes that are not a usable image.
     """
-    image = open_image(runtime.open_source(source))
+    image = runtime.open_source(source)  # ml.decode.image_decode: upright, sRGB, RGB
     predictor = _default_facing() if facing is True else (facing or None)
     whole = Box(0, 0, image.width, image.height)
     if locate and method == "locator" and locator is None:
