@@ -114,6 +114,22 @@ def token_login(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+def authentication_required(request: HttpRequest) -> JsonResponse:
+    """401 JSON for a request without valid credentials, saying how to authenticate (``WWW-Authenticate: Token``)."""
+    response = json_error(
+        "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
+        f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
+        401,
+    )
+    response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def wants_html(request: HttpRequest) -> bool:
+    """Whether the client is a browser opening a page (it accepts text/html), rather than a script or an <img>."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
 def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
     """Run Django's CSRF check on a session-authenticated request (what the middleware skipped)."""
     check = CsrfViewMiddleware(lambda _request: HttpResponse())
@@ -138,11 +154,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             if refused is not None:
                 return refused
             if not request.user.is_authenticated:
-                return json_error(
-                    "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
-                    f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
-                    401,
-                )
+                return authentication_required(request)
             by_session = not request.headers.get("Authorization", "").strip()
             if by_session and request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
                 return json_error(

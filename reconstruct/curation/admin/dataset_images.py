@@ -123,14 +123,8 @@ class DatasetImageAdmin(admin.ModelAdmin):
         (
             "Checks",
             {
-                "fields": [
-                    "near_duplicate",
-                    "too_small",
-                    "greyscale",
-                    "extreme_aspect",
-                    "car_likeness",
-                    "car_likeness_model",
-                ]
+                # Each check in words ("No (at least ...)"): the raw booleans showed a passed check as a red cross.
+                "fields": ["near_duplicate", "size_check", "greyscale_check", "aspect_check", "likeness_check"]
             },
         ),
         (
