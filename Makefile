@@ -76,6 +76,22 @@ MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
 
+# USERS simulated users for SECONDS s (Locust, headless) against the real local stack (manage.py runlocal on a free
+# loopback port, its own database and media in a temporary folder), uploading the photos in IMAGES; waits for the
+# queue to drain and checks every upload. Last line JSON (loadtest/__main__.py); POLL=1 polls instead of ?wait=.
+USERS ?= 20
+SECONDS ?= 60
+IMAGES ?= $(DATA)
+.PHONY: loadtest
+loadtest: $(VENV)/.installed-dev redis-server
+	@$(BIN)/python -m loadtest --users $(USERS) --seconds $(SECONDS) --images $(IMAGES) $(if $(filter 1,$(POLL)),--poll)
+
+# Peak memory of every decoding path (upload, worker, dataset checks, flip, training loader) for the worst
+# accepted files (100-megapixel PNG/GIF/JPEG...), each in a fresh process; JSON last (tests/measure_decode_memory.py).
+.PHONY: bench-memory
+bench-memory: $(VENV)/.installed-dev
+	@$(BIN)/python -m tests.measure_decode_memory
+
 # The AWS Lambda bundle (README: Deploy to AWS): build/lambda-$(STAGE).zip made by `zappa package` from
 # requirements-lambda.txt (manylinux2014 wheels), then checked: glibc <= 2.26, size, no torch/boto3/tests/secrets.
 # The tooling is the deploy/ package (`python -m deploy --help`), which never goes into the bundle.

@@ -125,6 +125,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # naturaltime: "finished 12 seconds ago", never "0 minutes ago"
     "reconstruct",
 ]
 if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():
@@ -201,8 +202,9 @@ TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 
-# Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed
-# locally); `collectstatic` fills STATIC_ROOT for deployments.
+# Static files: WhiteNoise serves them from the app and project folders (no collectstatic needed);
+# `collectstatic` (make run, the Lambda bundle) fills STATIC_ROOT with hashed, compressed copies that
+# browsers may cache for a year (carsite/staticfiles.py).
 # Behind API Gateway's default URL (https://<id>.execute-api.<region>.amazonaws.com/dev/) every path starts with
 # the stage: FORCE_SCRIPT_NAME=/dev puts it in front of every URL Django writes (STATIC_URL too, which Django would
 # otherwise compute once, before the first request knows its prefix); WhiteNoise strips it again. Unset behind a
@@ -213,6 +215,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
+# Served at the site's root: /favicon.ico (browsers and crawlers ask for it whatever the page says).
+WHITENOISE_ROOT = BASE_DIR / "carsite" / "root"
 # WhiteNoise warns when STATIC_ROOT does not exist, which is normal before any collectstatic.
 warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
@@ -223,7 +227,7 @@ MEDIA_URL = "media/"  # never routed: local files are served by an owner-checked
 AWS_STORAGE_BUCKET_NAME = envstr("AWS_STORAGE_BUCKET_NAME")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "staticfiles": {"BACKEND": "carsite.staticfiles.StaticFilesStorage"},
 }
 if AWS_STORAGE_BUCKET_NAME:
     STORAGES["default"] = {
@@ -326,6 +330,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BROKER_CONNECTION_TIMEOUT = 4
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# What a task prints (ml.train's line per epoch) is logged as INFO, not as a WARNING that reads as trouble.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 
 # Email: printed on the console unless an SMTP server is configured.
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
@@ -358,5 +364,8 @@ LOGGING = {
         "reconstruct": {"level": LOG_LEVEL},
         "carsite": {"level": LOG_LEVEL},
         "django": {"level": "INFO"},
+        # The ONNX exporter (a training run's last step) narrates each graph pass at INFO.
+        "onnx_ir": {"level": "WARNING"},
+        "onnxscript": {"level": "WARNING"},
     },
 }

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ml.config import ModelConfig
-from ml.preprocess import DECODE_ERRORS, prepare
+from ml.decode import ImageDecodeError
+from ml.preprocess import prepare
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -85,9 +85,8 @@ def load_images(
         iterator = tqdm(files, desc="reading images", unit="img")
     for path in iterator:
         try:
-            with Image.open(path) as image:
-                prepared = prepare(image, config)
-        except DECODE_ERRORS:
+            prepared = prepare(path, config)
+        except ImageDecodeError:
             skipped.append(Path(path).name)
             continue
         pixels.append(np.rint(prepared.array * 255).astype(np.uint8))

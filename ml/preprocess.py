@@ -15,18 +15,16 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ml.config import ModelConfig
+from ml.decode import BACKGROUND, ImageDecodeError, image_decode
 
-# What Pillow raises for bytes it cannot decode, depending on the format and where the file breaks: not an
-# image (UnidentifiedImageError, an OSError), truncated or corrupt data (OSError, SyntaxError, EOFError,
-# ValueError, IndexError, struct.error). Every place that decodes untrusted bytes catches exactly these.
-# Image.DecompressionBombError (too many pixels) is not among them: callers say so in their own words.
+__all__ = ["DECODE_ERRORS", "ImageDecodeError", "Prepared", "enlarge", "fit_box", "open_image", "prepare", "to_image"]
+
+# Decoding itself lives in ml/decode.py (image_decode), which raises one ImageDecodeError (a ValueError) for
+# every kind of bad file. This tuple of what Pillow raises is kept for code that still calls Image.open itself.
 DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error)
-
-# Transparent pixels are composited on white, like the studio backgrounds in most car photos.
-BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -52,19 +50,19 @@ def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> np.ndar
     return mask
 
 
-def open_image(source: str | BinaryIO | Image.Image) -> Image.Image:
-    """Decode a photo fully and return it upright (EXIF orientation applied), RGB.
+def open_image(source: str | bytes | BinaryIO | Image.Image) -> Image.Image:
+    """Decode a photo fully (``ml.decode.image_decode``): upright, 8-bit sRGB RGB, transparency on white.
 
-    Raises ``PIL.UnidentifiedImageError`` / ``OSError`` for data that is not an image.
+    Raises ``ml.decode.ImageDecodeError`` for data that is not such a picture.
     """
-    image = source if isinstance(source, Image.Image) else Image.open(source)
-    image.load()
-    image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+    return image_decode(source).image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode (L, LA, P with transparency, RGBA, CMYK, I;16, ...) -> RGB."""
+    """Any mode (L, LA, P with transparency, RGBA, CMYK, I;16, ...) -> RGB, for an image already decoded.
+
+    No EXIF orientation and no ICC conversion: files go through ``ml.decode.image_decode``.
+    """
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
@@ -93,10 +91,16 @@ def fit_box(size: tuple[int, int], height: int, width: int) -> tuple[int, int, i
     return left, top, left + new_w, top + new_h
 
 
-def prepare(source: str | BinaryIO | Image.Image, config: ModelConfig) -> Prepared:
-    """Any photo -> letterboxed model input (see module docstring)."""
-    image = open_image(source)
-    left, top, right, bottom = fit_box(image.size, config.height, config.width)
+def prepare(source: str | bytes | BinaryIO | Image.Image, config: ModelConfig) -> Prepared:
+    """Any photo -> letterboxed model input (see module docstring).
+
+    Decoded by ``ml.decode.image_decode`` at no more than the size the frame needs (a large JPEG at 1/2..1/8
+    scale). Raises ``ml.decode.ImageDecodeError`` for a file that is not a usable picture.
+    """
+    decoded = image_decode(source, reduce_to=(config.width, config.height))
+    image = decoded.image
+    # The box from the full size: a whole-factor reduction rounds the sides and would shift the aspect slightly.
+    left, top, right, bottom = fit_box((decoded.width, decoded.height), config.height, config.width)
     # reducing_gap: resample huge photos in two steps (fast box reduction, then bicubic); the
     # result is indistinguishable at these sizes and a 24 MP photo takes milliseconds.
     resized = image.resize((right - left, bottom - top), Image.Resampling.BICUBIC, reducing_gap=3.0)

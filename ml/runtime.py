@@ -17,7 +17,6 @@ releases, so it uses no numpy-2-only API.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -31,7 +30,8 @@ import onnxruntime as ort
 from PIL import Image
 
 from ml.config import ModelConfig
-from ml.preprocess import DECODE_ERRORS, Prepared, prepare, to_image
+from ml.decode import ImageDecodeError, image_decode
+from ml.preprocess import Prepared, prepare, to_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
 ENCODER_FILE = "encoder.onnx"
@@ -55,8 +55,8 @@ SSIM_C2 = 0.03**2
 MIN_MSE = 1e-10
 
 
-class ImageError(ValueError):
-    """The input is not an image we can decode; ``str(error)`` is meant for a person."""
+# The input is not an image we can decode; ``str(error)`` is meant for a person, ``error.code`` for programs.
+ImageError = ImageDecodeError
 
 
 @dataclass(frozen=True)
@@ -96,26 +96,11 @@ class BatchOutput:
 
 
 def open_source(source: ImageSource) -> Image.Image:
-    """Decode ``source`` fully (Pillow is lazy) or raise :class:`ImageError`.
+    """Decode ``source`` fully (``ml.decode.image_decode``: upright, sRGB, RGB) or raise :class:`ImageError`.
 
     A missing file is a programming error, not bad input: ``FileNotFoundError`` passes through.
     """
-    if isinstance(source, bytes | bytearray):
-        source = io.BytesIO(source)
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    try:
-        image = source if isinstance(source, Image.Image) else Image.open(source)
-        image.load()
-        return image
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"The image has too many pixels to process safely ({error}).") from error
-    except Image.UnidentifiedImageError as error:
-        raise ImageError("This file is not an image format we can read (try JPEG, PNG or WebP).") from error
-    except DECODE_ERRORS as error:
-        raise ImageError(f"The image could not be decoded; the file may be damaged or truncated ({error}).") from error
+    return image_decode(source).image
 
 
 def _ssim_kernel(size: int) -> np.ndarray:
@@ -325,7 +310,7 @@ class Model:
     # Arrays in, arrays out: what evaluation and benchmarks use.
     def prepare(self, image: ImageSource) -> Prepared:
         """Decode and letterbox one photo (raises :class:`ImageError` for undecodable input)."""
-        return prepare(open_source(image), self.config)
+        return prepare(image, self.config)
 
     def run(self, x: np.ndarray) -> BatchOutput:
         """``x`` ``[B, C, H, W]`` float32 in [0, 1] -> posterior and reconstruction of the mean."""

@@ -9,6 +9,7 @@ session-authenticated one that changes something must pass them like any form.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
@@ -18,10 +19,21 @@ from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
 from reconstruct import presenters, selectors
-from reconstruct.http import api_view, body_too_large, created_response, json_error, rate_limited_response
+from reconstruct.http import (
+    LENGTH_REQUIRED,
+    UNREADABLE_PART,
+    api_view,
+    body_too_large,
+    created_response,
+    json_error,
+    length_missing,
+    part_unreadable,
+    rate_limited_response,
+)
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
+from reconstruct.services.waiting import MAX_WAIT_S, reconstruction_wait
 
 PAGE_SIZE = 50
 
@@ -57,6 +69,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         reconstruction_rate_check(request.user)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    if length_missing(request):
+        return json_error(LENGTH_REQUIRED, 411, code="length_required")
     if body_too_large(request):
         return json_error(upload_size_error(int(request.META["CONTENT_LENGTH"])), 413, code="too_large")
     try:
@@ -65,6 +79,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         return json_error("The request is too large.", 413, code="too_large")
     except (TooManyFilesSent, MultiPartParserError):
         return json_error("The request body could not be read as multipart/form-data.", 400, code="bad_request")
+    if upload is None and part_unreadable(request, "image"):
+        return json_error(UNREADABLE_PART, 400, code="unreadable_part")
     if upload is None:
         return json_error(
             "Send the photo as multipart/form-data in a field named 'image', "
@@ -85,13 +101,29 @@ def _create(request: HttpRequest) -> HttpResponse:
 
 @api_view(("GET", "DELETE"))
 def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
-    """GET: one of the caller's reconstructions (``Retry-After: 1`` while it runs). DELETE: it and its files."""
+    """GET: one of the caller's reconstructions (``Retry-After: 1`` while it runs). DELETE: it and its files.
+
+    ``?wait=<seconds>`` (a long-poll, at most 25 s): while the job is pending or running, answer when it
+    finishes or when the seconds are up, whichever comes first.
+    """
     item = selectors.reconstruction_get(request.user, public_id)
     if item is None:
         return json_error("No such reconstruction.", 404)
     if request.method == "DELETE":
         reconstruction_delete(item)
         return HttpResponse(status=204)
+    wait = request.GET.get("wait")
+    if wait is not None and not item.is_finished:
+        try:
+            seconds = float(wait)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            return json_error(f"wait must be a number of seconds (0 to {MAX_WAIT_S:.0f}).", 400, code="bad_request")
+        reconstruction_wait(item, seconds)
+        item = selectors.reconstruction_get(request.user, public_id)
+        if item is None:  # deleted meanwhile
+            return json_error("No such reconstruction.", 404)
     response = JsonResponse(presenters.reconstruction_json(request, item))
     if not item.is_finished:
         response["Retry-After"] = "1"

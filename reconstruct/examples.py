@@ -41,7 +41,11 @@ EXAMPLES = (
 )
 
 
-def draw_car(drawing: CarDrawing, width: int = 512, height: int = 256) -> Image.Image:
+# The drawings' size in pixels (width, height): 2:1 like the model's input.
+SIZE = (512, 256)
+
+
+def draw_car(drawing: CarDrawing, width: int = SIZE[0], height: int = SIZE[1]) -> Image.Image:
     """Draw ``drawing`` as an RGB picture of ``width x height`` (drawn at 2x, then downsampled)."""
     scale = 2
     w, h = width * scale, height * scale

@@ -29,6 +29,7 @@ class UploadForm(forms.Form):
     image = forms.FileField(
         label="Photo of a car",
         error_messages={"required": "Please choose a photo of a car first."},
+        allow_empty_file=True,  # upload_prepare says what is wrong with an empty file, as the API does
         widget=forms.ClearableFileInput(attrs={"accept": "image/*"}),
     )
 

@@ -47,6 +47,40 @@ def body_too_large(request: HttpRequest, limit: int | None = None) -> bool:
     return declared_length(request) > limit + MULTIPART_OVERHEAD
 
 
+# A request without Content-Length (HTTP/1.1 chunked transfer) reaches Django with an empty body: WSGI gives
+# no way to read it, so it is refused with 411 and this message instead of "no photo".
+LENGTH_REQUIRED = (
+    "The upload arrived without its size (no Content-Length header: a chunked upload), which this server cannot "
+    "read. Please send the file with its size; browsers and `curl -F image=@car.jpg` do."
+)
+# Django skips a multipart part whose headers are not UTF-8 (a file name in Latin-1 or Shift JIS).
+UNREADABLE_PART = (
+    "A file arrived but its part of the form could not be read: its file name is probably not UTF-8 text. "
+    "Please rename the file using plain letters and digits (or send the name as UTF-8) and try again."
+)
+
+
+def length_missing(request: HttpRequest) -> bool:
+    """Whether a request that should carry a body announces no size (Content-Length absent, empty or invalid)."""
+    value = request.META.get("CONTENT_LENGTH")
+    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        return True
+    try:
+        return value is None or value == "" or int(value) < 0
+    except ValueError:
+        return True
+
+
+def part_unreadable(request: HttpRequest, field: str) -> bool:
+    """Whether a multipart request carried far more bytes than its readable fields: a part Django skipped
+    because its headers are not UTF-8. Call after ``request.FILES`` came back without ``field``."""
+    if not request.content_type.startswith("multipart/") or field in request.FILES:
+        return False
+    readable = sum(len(k) + sum(len(v) for v in request.POST.getlist(k)) for k in request.POST)
+    readable += sum(f.size or 0 for files in request.FILES.lists() for f in files[1])
+    return declared_length(request) - readable > 1024
+
+
 def json_error(message: str, status: int, **extra: object) -> JsonResponse:
     """``{"error": message, **extra}`` with HTTP ``status``: every API error has this shape."""
     return JsonResponse({"error": message, **extra}, status=status)
@@ -80,6 +114,22 @@ def token_login(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+def authentication_required(request: HttpRequest) -> JsonResponse:
+    """401 JSON for a request without valid credentials, saying how to authenticate (``WWW-Authenticate: Token``)."""
+    response = json_error(
+        "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
+        f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
+        401,
+    )
+    response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def wants_html(request: HttpRequest) -> bool:
+    """Whether the client is a browser opening a page (it accepts text/html), rather than a script or an <img>."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
 def _csrf_failure(request: HttpRequest) -> HttpResponse | None:
     """Run Django's CSRF check on a session-authenticated request (what the middleware skipped)."""
     check = CsrfViewMiddleware(lambda _request: HttpResponse())
@@ -104,11 +154,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             if refused is not None:
                 return refused
             if not request.user.is_authenticated:
-                return json_error(
-                    "Authentication required: send 'Authorization: Token <key>' (create a token on your account "
-                    f"page, {request.build_absolute_uri(reverse('account'))}) or log in.",
-                    401,
-                )
+                return authentication_required(request)
             by_session = not request.headers.get("Authorization", "").strip()
             if by_session and request.method not in SAFE_METHODS and _csrf_failure(request) is not None:
                 return json_error(

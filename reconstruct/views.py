@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
@@ -22,9 +24,22 @@ from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
 from reconstruct.forms import SignupForm, UploadForm
-from reconstruct.http import body_too_large, declared_length, json_error, token_login, wants_json
+from reconstruct.http import (
+    LENGTH_REQUIRED,
+    UNREADABLE_PART,
+    authentication_required,
+    body_too_large,
+    declared_length,
+    json_error,
+    length_missing,
+    part_unreadable,
+    token_login,
+    wants_html,
+    wants_json,
+)
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
+from reconstruct.services.accounts import password_reset_link_problem
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -49,6 +64,8 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
 def home(request: HttpRequest) -> HttpResponse:
     """The home page: drawn example cars reconstructed by the active model, and the caller's latest results."""
     recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
+    version = model_version_ensure_active()
+    shape = version.metadata.get("model", {})
     return render(
         request,
         "home.html",
@@ -56,7 +73,10 @@ def home(request: HttpRequest) -> HttpResponse:
             "examples": list(enumerate(examples.EXAMPLES)),
             "recent": recent,
             # In the example images' URLs, so browsers fetch new ones after another model is activated.
-            "model_version": model_version_ensure_active().name,
+            "model_version": version.name,
+            # The images' width and height attributes: the page keeps their space while they load.
+            "example_size": examples.SIZE,
+            "model_size": (shape.get("width", examples.SIZE[0]), shape.get("height", examples.SIZE[1])),
         },
     )
 
@@ -131,6 +151,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         reconstruction_rate_check(request.user)
     except UploadRateLimited as problem:
         return _rate_limited_page(request, problem)
+    if length_missing(request):
+        return _upload_page(request, [LENGTH_REQUIRED], status=411)
     if body_too_large(request):
         return _upload_page(request, [upload_size_error(declared_length(request))], status=413)
     try:
@@ -138,6 +160,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         valid = form.is_valid()
     except (RequestDataTooBig, TooManyFilesSent, MultiPartParserError):
         return _upload_page(request, ["The upload could not be read. Please choose one photo and try again."], 400)
+    if not valid and part_unreadable(request, "image"):
+        return _upload_page(request, [UNREADABLE_PART], status=400)
     if not valid:
         status = 413 if form.has_error("image", code="too_large") else 400
         return _upload_page(request, [*form.non_field_errors(), *form.errors.get("image", [])], status=status)
@@ -225,12 +249,13 @@ def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> Ht
 
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    """A stored file of one of the caller's reconstructions (session or API token), or 404."""
+    """A stored file of one of the caller's reconstructions (session or API token), or 404. Without credentials a
+    browser opening it is sent to the login page; an API client (or an <img>) gets a JSON 401."""
     refused = token_login(request)
     if refused is not None:
         return refused
     if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
+        return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
     if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
         # Staff see thumbnails in the admin's list of reconstructions.
         reconstruction = Reconstruction.objects.filter(uuid=public_id).first()
@@ -239,6 +264,20 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
     else:
         reconstruction = _get_reconstruction_for_user(request, public_id)
     return _serve_file(reconstruction, kind, download="download" in request.GET)
+
+
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's page for a password-reset link that, when the link does not work, says why (expired, a login
+    since, a changed password) instead of guessing, and offers a new link."""
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        if not context["validlink"]:
+            token = self.kwargs.get("token", "")
+            if token == self.reset_url_token:  # the form's URL: the link's token is in the session
+                token = self.request.session.get(auth_views.INTERNAL_RESET_SESSION_TOKEN, "")
+            context["problem"] = password_reset_link_problem(self.user, token)
+        return context
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

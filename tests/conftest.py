@@ -39,6 +39,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_static_names() -> Iterator[None]:
+    """Static files under their plain names in every test, as a clean checkout serves them. A `make run` in
+    this checkout leaves hashed copies in staticfiles/ (carsite/staticfiles.py would use them), which the live
+    server's static handler does not know. Set once for the session (a per-test change of STORAGES would
+    replace default_storage under a test that monkeypatches it)."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    plain = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    override = override_settings(STORAGES={**settings.STORAGES, "staticfiles": plain})
+    override.enable()
+    yield
+    override.disable()
+
+
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
@@ -191,3 +207,28 @@ def on_s3(settings: Any, s3_server: S3Server) -> S3Server:
     """This test stores through S3 (moto over HTTP), like the worker."""
     settings.STORAGES = s3_server.storages()
     return s3_server
+
+
+# --- Chromium for the browser tests (tests/reconstruct, tests/curation) ----------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed (make test installs it: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread, which makes Django refuse ORM calls
+    # (the tests' own and the database flush after each test); they are plain synchronous code here.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield chromium
+        chromium.close()
+    if previous is None:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]

@@ -13,16 +13,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from ml.preprocess import DECODE_ERRORS
-from reconstruct.images import STORED_FORMATS
+from ml.decode import DecodedImage, ImageDecodeError, image_decode
+from reconstruct.images import DATASET_FORMATS, STORED_FORMATS
 
 HASH_BITS = 64
 
 
+# The size the checks look at: hashes need 32x32, the greyscale test 64x64, the admin thumbnail 240x120 and
+# car-likeness the model's frame; a large photo is decoded at a fraction of its size (ml.decode: reduce_to).
+ANALYSIS_SIZE = (512, 512)
+
+
 class CheckError(ValueError):
-    """The bytes are not a photo we can keep; the message says why, in words for a person."""
+    """The bytes are not a photo we can keep; the message says why, in words for a person; ``code`` is
+    ``ml.decode.ImageDecodeError``'s (``not_an_image``, ``corrupt``, ...) or ``damaged`` / ``too_large``."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def content_hash(data: bytes) -> str:
@@ -149,48 +159,34 @@ class PhotoFacts:
         }
 
 
-def open_photo(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode fully and return the upright picture, or raise ``CheckError`` saying why not."""
-    if not data:
-        raise CheckError("the file is empty")
+def decode_photo(
+    data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None, mirror: bool = False
+) -> DecodedImage:
+    """``ml.decode.image_decode`` for the training set (JPEG, PNG or WebP only: a stored file is always the exact
+    bytes its content hash names, so it must be a format browsers show), or raise ``CheckError`` saying why not."""
     try:
-        image = Image.open(io.BytesIO(data))
-        # Kept as they are, never converted, so a stored file is always the exact bytes its content hash names.
-        if image.format not in STORED_FORMATS:
-            raise CheckError(f"{image.format or 'unknown'} images are not accepted; use JPEG, PNG or WebP")
-        if image.width * image.height > max_pixels:
-            raise CheckError(
-                f"the picture is {image.width}x{image.height} pixels, more than the {max_pixels:,} allowed"
-            )
-        image.load()
-    except CheckError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise CheckError("not a picture Pillow can read (is it a JPEG, PNG or WebP file?)") from None
-    except DECODE_ERRORS as error:
-        raise CheckError(f"the picture is damaged or truncated ({error})") from None
-    return image
+        return image_decode(data, max_pixels=max_pixels, formats=DATASET_FORMATS, reduce_to=reduce_to, mirror=mirror)
+    except ImageDecodeError as error:
+        raise CheckError(error.message, error.code) from None
 
 
 def examine(data: bytes, max_pixels: int = 40_000_000) -> tuple[PhotoFacts, Image.Image]:
-    """Decode ``data`` once and compute the hashes and pixel checks. Raises ``CheckError``."""
-    image = open_photo(data, max_pixels)
-    fmt = image.format
-    greyscale = is_greyscale(image)
-    # EXIF orientation decides which way the car faces, so hash the picture as a person sees it.
-    upright = ImageOps.exif_transpose(image)
-    if upright.mode not in ("RGB", "L"):
-        upright = upright.convert("RGBA").convert("RGB") if "A" in upright.mode else upright.convert("RGB")
-    mirrored = ImageOps.mirror(upright)
+    """Decode ``data`` once and compute the hashes and pixel checks. Raises ``CheckError``.
+
+    Returns the facts and the picture as a person sees it (upright, sRGB, on white), at most about
+    ANALYSIS_SIZE: enough for hashes, thumbnails and car-likeness; the full size is in the facts.
+    """
+    decoded = decode_photo(data, max_pixels, reduce_to=ANALYSIS_SIZE)
+    upright = decoded.image
     facts = PhotoFacts(
         content_hash=content_hash(data),
-        format=fmt,
-        extension=STORED_FORMATS[fmt][1],
-        width=upright.width,
-        height=upright.height,
+        format=decoded.format,
+        extension=STORED_FORMATS[decoded.format][1],
+        width=decoded.width,
+        height=decoded.height,
         phash=phash(upright),
-        phash_mirrored=phash(mirrored),
-        greyscale=greyscale,
+        phash_mirrored=phash(ImageOps.mirror(upright)),
+        greyscale=is_greyscale(upright),
     )
     return facts, upright
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.urls import reverse
 from django.utils.safestring import mark_safe
+from django.utils.timezone import localtime
 
 from reconstruct.curation import charts, selectors
 from reconstruct.curation.models import TrainingRun
@@ -35,6 +36,37 @@ def duration_text(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def training_run_status_text(run: TrainingRun, stuck: bool) -> str:
+    """The status line the run's page keeps up to date: "Running · attempt 1, started 2026-11-30 11:40:12"."""
+    text = run.get_status_display() + (" (no heartbeat from its worker: stuck?)" if stuck else "")
+    if run.started_at is not None:
+        started = localtime(run.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        text += f" · attempt {run.attempts}, started {started}"
+    return text
+
+
+def training_run_outcome(run: TrainingRun) -> str:
+    """How a finished run ended, in one sentence ("" while it runs): all epochs, stopped early and why, cancelled."""
+    if not run.is_finished:
+        return ""
+    at = f"epoch {run.epoch} of {run.epochs}"
+    if run.status == TrainingRun.Status.CANCELLED:
+        return f"Cancelled at {at}."
+    if run.status == TrainingRun.Status.FAILED:
+        return f"Failed at {at}."
+    best = f"the weights of its best epoch ({run.best_epoch})" if run.best_epoch else "its best weights"
+    if run.epoch >= run.epochs:
+        return f"Ran all {run.epochs} epochs; {best} became the model."
+    # ml.train stops when the validation loss has not improved for `patience` epochs at the final learning rate
+    # (it lowers the rate once first, when it can).
+    patience = (run.config or {}).get("patience")
+    waited = f"for {patience} epochs in a row" if patience else "for several epochs"
+    return (
+        f"Stopped early at {at} because the validation loss had not improved {waited}, even at the lowest "
+        f"learning rate; {best} became the model."
+    )
+
+
 def training_run_progress(run: TrainingRun) -> dict[str, Any]:
     """Everything the run's page shows; also the JSON its script polls."""
     latest = selectors.training_run_latest_record(run)
@@ -56,7 +88,8 @@ def training_run_progress(run: TrainingRun) -> dict[str, Any]:
         )
     return {
         "status": run.status,
-        "status_display": run.get_status_display() + (" (no heartbeat from its worker: stuck?)" if stuck else ""),
+        "status_display": training_run_status_text(run, stuck),
+        "outcome": training_run_outcome(run),
         "finished": run.is_finished,
         "stuck": stuck,
         "cancel_requested": run.cancel_requested,

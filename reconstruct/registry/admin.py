@@ -16,10 +16,12 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from reconstruct.curation.services.compare import model_version_compare
 from reconstruct.models import ModelActivation, ModelVersion
-from reconstruct.registry.selectors import model_version_activations, model_version_list
+from reconstruct.registry.presenters import activation_difference
+from reconstruct.registry.selectors import model_version_activations, model_version_active, model_version_list
 from reconstruct.registry.services import model_version_activate, model_version_rollback
 
 
@@ -119,7 +121,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if version.is_active:
             return format_html('<a class="button" href="{}">Compare…</a>', compare)
         return format_html(
-            '<button type="submit" form="activate-{}" class="button default">Activate</button> '
+            '<button type="submit" form="activate-{}" class="button default">Activate…</button> '
             '<a class="button" href="{}">Compare with active</a>',
             version.pk,
             compare,
@@ -192,12 +194,38 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:reconstruct_modelversion_compare") + f"?a={ids[0]}&b={ids[1]}")
 
     def activate_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        if request.method != "POST" or not self._can_activate(request):
+        """Activate a version after a confirmation page that compares it with the active one (a POST without
+        ``confirmed`` from the list or Compare, or a GET, shows the page; its form POSTs ``confirmed=yes``)."""
+        if not self._can_activate(request):
             raise PermissionDenied
         version = get_object_or_404(ModelVersion, pk=pk)
-        model_version_activate(version=version, user=request.user, note=request.POST.get("note", "")[:500])
-        self.message_user(request, f"{version.name} is now the active model; every process uses it from its next job.")
-        return HttpResponseRedirect(request.POST.get("next") or reverse("admin:reconstruct_modelversion_changelist"))
+        back = request.POST.get("next") or request.GET.get("next") or ""
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = ""
+        back = back or reverse("admin:reconstruct_modelversion_changelist")
+        if request.method == "POST" and request.POST.get("confirmed") == "yes":
+            model_version_activate(version=version, user=request.user, note=request.POST.get("note", "")[:500])
+            self.message_user(
+                request, f"{version.name} is now the active model; every process uses it from its next job."
+            )
+            return HttpResponseRedirect(back)
+        active = model_version_active()
+        comparison = None
+        if active is not None and active != version:
+            try:
+                comparison = model_version_compare(a=version, b=active, sample=8)
+            except (OSError, ValueError):
+                comparison = None  # the registry's own metrics stand in (activation_difference says so)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Activate {version.name}?",
+            "version": version,
+            "active": active,
+            "difference": activation_difference(version, active, comparison),
+            "back": back,
+        }
+        return TemplateResponse(request, "admin/curation/modelversion/activate_confirm.html", context)
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         if request.method != "POST" or not self._can_activate(request):

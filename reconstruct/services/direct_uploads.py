@@ -27,9 +27,10 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from reconstruct.images import sizes_text
 from reconstruct.models import Reconstruction
 from reconstruct.services.reconstructions import reconstruction_create
-from reconstruct.services.uploads import UploadTooLarge, reconstruction_rate_check, size_text, upload_size_error
+from reconstruct.services.uploads import UploadTooLarge, reconstruction_rate_check, upload_size_error
 from reconstruct.storage import storage_is_s3, storage_s3_key
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ def inline_upload_limited() -> bool:
 def inline_upload_size_error(size: int) -> str:
     """Why a request of ``size`` bytes is refused on Lambda, and what to do instead."""
     limit = settings.RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES
+    have, most = sizes_text(size, limit)
     message = (
-        f"This upload is {size_text(size)}, more than the {size_text(limit)} one request to this server may carry "
+        f"This upload is {have}, more than the {most} one request to this server may carry "
         "(AWS Lambda accepts at most 6 MB per request, and an upload grows by a third on the way). "
     )
     if direct_uploads_enabled():

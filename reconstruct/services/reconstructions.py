@@ -17,7 +17,6 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
@@ -72,7 +71,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        reconstruction_run(pk)
+        reconstruction_run(pk, original=prepared.content)
         reconstruction.refresh_from_db()
     else:
         # Runs at once outside a transaction, or after the caller's transaction commits.
@@ -100,8 +99,9 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
 
 
 def _png(image: Image.Image) -> bytes:
+    # zlib level 1: 2.2 ms instead of 5.0 (Pillow's default, 6) for a result's two pictures, 2.6% larger.
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -111,8 +111,11 @@ def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> 
     )
 
 
-def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
+def reconstruction_run(reconstruction_id: int, original: bytes | None = None) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
+
+    ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
+    which saves reading them back from storage (an S3 GET on Lambda).
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
     ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
@@ -139,18 +142,18 @@ def reconstruction_run(reconstruction_id: int) -> Reconstruction | None:
             reconstruction.save(update_fields=["status", "error", "finished_at"])
             return reconstruction
         reconstruction.status = Status.RUNNING
-        reconstruction.attempts = F("attempts") + 1
+        # The row is locked (select_for_update; on SQLite the IMMEDIATE transaction): no re-read needed.
+        attempt = reconstruction.attempts = reconstruction.attempts + 1
         reconstruction.started_at = timezone.now()
         reconstruction.save(update_fields=["status", "attempts", "started_at"])
-        reconstruction.refresh_from_db(fields=["attempts"])
-        attempt = reconstruction.attempts
 
     written: list[str] = []
     try:
         version, model = model_version_load_active()
-        with default_storage.open(reconstruction.original.name, "rb") as handle:
-            data = handle.read()
-        result = model.reconstruct(io.BytesIO(data))
+        if original is None:
+            with default_storage.open(reconstruction.original.name, "rb") as handle:
+                original = handle.read()
+        result = model.reconstruct(io.BytesIO(original))
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))

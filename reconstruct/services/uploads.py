@@ -5,11 +5,8 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -17,18 +14,15 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import File
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
-from PIL import Image, ImageOps
 
-from ml.preprocess import DECODE_ERRORS, to_rgb
-from reconstruct.images import STORED_FORMATS
+from ml.decode import ImageDecodeError, image_decode
+from reconstruct.images import UPLOAD_FORMATS, display_name, original_for_storage, sizes_text, thumbnail_jpeg
 from reconstruct.models import Reconstruction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 THUMBNAIL_SIZE = (480, 480)
-ORIENTATION_TAG = 0x0112  # EXIF
-_PNG_MODES = {"1", "L", "LA", "RGB", "RGBA", "I;16", "I"}
 
 
 class UploadTooLarge(ValidationError):
@@ -90,9 +84,9 @@ def size_text(n: int) -> str:
 
 def upload_size_error(size: int) -> str:
     """Why an upload of ``size`` bytes is refused, and what to do instead."""
-    limit = settings.RECONSTRUCT_MAX_UPLOAD_BYTES
+    have, most = sizes_text(size, settings.RECONSTRUCT_MAX_UPLOAD_BYTES)
     return (
-        f"The file is {size_text(size)}; the limit is {size_text(limit)}. "
+        f"The file is {have}; the limit is {most}. "
         "Please upload a smaller photo (for example resized to 4000 pixels wide, or saved as JPEG)."
     )
 
@@ -100,99 +94,39 @@ def upload_size_error(size: int) -> str:
 def upload_prepare(uploaded: File) -> PreparedUpload:
     """Decode an uploaded file for real and return it normalised, or raise ValidationError.
 
-    Checks, in order: byte size (before anything is decoded), that Pillow recognises the format,
-    the pixel count (read from the header, before the pixels are decoded: a small file can hold a
-    "decompression bomb"), a full decode (catches truncated or corrupt files), the smallest side.
-    EXIF orientation is applied and metadata (camera, GPS position) dropped.
+    Checks, in order: byte size (before anything is decoded), then ``ml.decode.image_decode``: a format of
+    UPLOAD_FORMATS, the pixel count (from the header, before the pixels are decoded: a small file can hold a
+    "decompression bomb"), a decode of the first frame (catches truncated or corrupt files), the smallest side.
+    The stored original carries no metadata (camera, GPS position) and is upright; it is the file's own bytes
+    when nothing has to change (reconstruct/images.py: original_for_storage). ValidationError's ``code`` is
+    ImageDecodeError's (``not_an_image``, ``corrupt``, ...), or ``too_large`` / ``empty``.
     """
     size = uploaded.size or 0
     if size > settings.RECONSTRUCT_MAX_UPLOAD_BYTES:
         raise UploadTooLarge(upload_size_error(size), code="too_large")
-    if size == 0:
-        raise ValidationError("The file is empty. Please choose a photo.", code="empty")
     uploaded.seek(0)
+    data = uploaded.read(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1)
+    if len(data) > settings.RECONSTRUCT_MAX_UPLOAD_BYTES:
+        raise UploadTooLarge(upload_size_error(max(size, len(data))), code="too_large")
+    max_pixels = settings.RECONSTRUCT_MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            # We enforce our own pixel limit below, with a clearer message than Pillow's warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(uploaded)
-            width, height = image.size
-            pixels = width * height
-            if pixels > settings.RECONSTRUCT_MAX_IMAGE_PIXELS:
-                raise ValidationError(
-                    f"The image is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels); the limit is "
-                    f"{settings.RECONSTRUCT_MAX_IMAGE_PIXELS / 1e6:.0f} megapixels. Please resize it and try again.",
-                    code="too_many_pixels",
-                )
-            source_format = image.format or "?"
-            image.load()
-    except ValidationError:
-        raise
-    except Image.DecompressionBombError:
-        raise ValidationError(
-            "The image has too many pixels to process safely. Please resize it and try again.", code="too_many_pixels"
-        ) from None
-    except Image.UnidentifiedImageError:
-        raise ValidationError(
-            "This file is not an image we can read. Please upload a photo as JPEG, PNG or WebP.", code="not_an_image"
-        ) from None
-    except DECODE_ERRORS as error:
-        raise ValidationError(
-            f"The image could not be decoded; the file may be damaged or cut short ({error}). "
-            "Please try another copy of the photo.",
-            code="corrupt",
-        ) from None
-    smallest = settings.RECONSTRUCT_MIN_IMAGE_SIDE
-    if min(width, height) < smallest:
-        raise ValidationError(
-            f"The image is only {width}x{height} pixels; it needs at least {smallest} pixels on each side.",
-            code="too_small",
+        decoded = image_decode(
+            data,
+            max_pixels=max_pixels,
+            formats=UPLOAD_FORMATS,
+            reduce_to=THUMBNAIL_SIZE,
+            min_side=settings.RECONSTRUCT_MIN_IMAGE_SIDE,
         )
-
-    # A JPEG that needs no turning keeps its own quantisation tables (quality="keep"): no second
-    # generation of compression artefacts and about the same size; a turned one is re-encoded.
-    keep_jpeg = (
-        source_format in ("JPEG", "MPO") and image.getexif().get(ORIENTATION_TAG, 1) == 1 and image.mode in ("RGB", "L")
-    )
-    if not keep_jpeg:
-        image = ImageOps.exif_transpose(image)
-    stored_format, extension = STORED_FORMATS.get(source_format, ("PNG", "png"))
-    if stored_format == "JPEG":
-        image = to_rgb(image)
-    elif image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif stored_format == "PNG" and image.mode not in _PNG_MODES:
-        image = to_rgb(image)
-    elif stored_format == "WEBP" and image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    content = io.BytesIO()
-    # Saved without the EXIF/XMP blocks: the stored original is upright and carries no location.
-    if keep_jpeg:
-        image.save(content, "JPEG", quality="keep")
-    elif stored_format == "JPEG":
-        image.save(content, "JPEG", quality=92)
-    elif stored_format == "WEBP":
-        image.save(content, "WEBP", quality=95)
-    else:
-        image.save(content, "PNG", compress_level=4)
-
-    # resize() returns a new picture: thumbnail() would shrink an RGB upload in place (to_rgb returns it as is), and
-    # the recorded size with it; a full-size copy first would cost another 300 MB for a 100-megapixel photo.
-    thumb = to_rgb(image)
-    scale = min(1.0, THUMBNAIL_SIZE[0] / thumb.width, THUMBNAIL_SIZE[1] / thumb.height)
-    if scale < 1.0:
-        size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
-        thumb = thumb.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
-    thumbnail = io.BytesIO()
-    thumb.save(thumbnail, "JPEG", quality=85)
-
-    name = Path(getattr(uploaded, "name", "") or "upload").name[:255]
+        content, _stored_format, extension, (width, height) = original_for_storage(data, decoded, max_pixels=max_pixels)
+    except ImageDecodeError as problem:
+        raise ValidationError(problem.message, code=problem.code) from None
+    name = display_name(getattr(uploaded, "name", "") or "")
     return PreparedUpload(
-        content=content.getvalue(),
+        content=content,
         extension=extension,
-        format=source_format,
-        width=image.width,
-        height=image.height,
-        thumbnail=thumbnail.getvalue(),
+        format=decoded.format,
+        width=width,
+        height=height,
+        thumbnail=thumbnail_jpeg(decoded.image, THUMBNAIL_SIZE),
         name=name,
     )

@@ -1,5 +1,6 @@
-// The result page while the job runs: poll the JSON status endpoint and show the result as soon as
-// it is there (the page reloads itself once; no manual reload).
+// The result page while the job runs: ask the JSON status endpoint with ?wait= (a long-poll that
+// answers the moment the job finishes) and show the result at once (the page reloads itself once; no
+// manual reload). After a failed request it falls back to polling, more slowly each time.
 (function () {
   "use strict";
   const box = document.getElementById("progress");
@@ -9,6 +10,7 @@
   const warning = document.getElementById("progress-warning");
   const fill = document.getElementById("bar-fill");
   const created = Date.parse(box.dataset.created);
+  const WAIT_SECONDS = 25;  // the server's limit for ?wait=
   let delay = 700;
   let failures = 0;
 
@@ -30,8 +32,10 @@
   }
 
   async function poll() {
+    const url = box.dataset.statusUrl + (failures === 0 ? "?wait=" + WAIT_SECONDS : "");
+    const asked = Date.now();
     try {
-      const response = await fetch(box.dataset.statusUrl, {
+      const response = await fetch(url, {
         headers: { Accept: "application/json" },
         credentials: "same-origin",
         cache: "no-store",
@@ -43,6 +47,9 @@
       warning.hidden = true;
       if (data.status === "done" || data.status === "failed") { window.location.reload(); return; }
       render(data.status);
+      // A long-poll that waited asks again at once; a server that answered at once (no waiting there)
+      // is polled, a little more slowly each time.
+      delay = Date.now() - asked > 1000 ? 0 : Math.min(Math.max(delay, 700) * 1.3, 3000);
     } catch (error) {
       failures += 1;
       if (failures >= 3) {
@@ -50,8 +57,8 @@
         warning.hidden = false;
       }
     }
-    delay = Math.min(delay * 1.3, 3000);
+    if (failures > 0) delay = Math.min(Math.max(delay, 700) * 1.3, 3000);
     window.setTimeout(poll, delay);
   }
-  window.setTimeout(poll, delay);
+  poll();
 })();

@@ -6,12 +6,15 @@ import zipfile
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from reconstruct.curation.models import DatasetImage, TrainingRun
 from reconstruct.curation.selectors import dataset_approved
 from reconstruct.curation.services.arrival import dataset_image_add
+from reconstruct.curation.services.compare import model_version_compare
 from reconstruct.curation.services.review import dataset_image_approve
 from reconstruct.models import ModelActivation
+from reconstruct.registry.services import model_version_activate
 
 pytestmark = pytest.mark.django_db
 
@@ -142,7 +145,12 @@ def test_it_compares_activates_and_rolls_back_in_one_click(staff_client, staff, 
     page = compare.content.decode()
     assert compare.context["comparison"]["count"] == 1
     assert page.count("data:image/png;base64,") == 3  # the photo and both reconstructions
-    staff_client.post(reverse("admin:reconstruct_modelversion_activate", args=[second_model.pk]))
+    activate = reverse("admin:reconstruct_modelversion_activate", args=[second_model.pk])
+    confirmation = staff_client.post(activate)  # the list's and Compare's buttons ask first
+    assert confirmation.status_code == 200 and 'name="confirmed" value="yes"' in confirmation.content.decode()
+    second_model.refresh_from_db()
+    assert not second_model.is_active
+    staff_client.post(activate, {"confirmed": "yes"})
     second_model.refresh_from_db()
     assert second_model.is_active
     latest = ModelActivation.objects.first()
@@ -152,3 +160,81 @@ def test_it_compares_activates_and_rolls_back_in_one_click(staff_client, staff, 
     assert first.is_active
     audit = staff_client.get(reverse("admin:reconstruct_modelactivation_changelist")).content.decode()
     assert second_model.name in audit and "Rolled back" in audit
+
+
+def test_it_asks_before_activating_a_worse_model_and_names_the_difference(staff_client, second_model, draw) -> None:
+    first = second_model.__class__.objects.get(is_active=True)
+    for seed in (1, 2):
+        _add(draw, seed)
+    compared = model_version_compare(a=second_model, b=first, sample=8)["means"]
+    mine, theirs = compared[second_model.pk]["psnr"], compared[first.pk]["psnr"]
+    worse, better = (second_model, first) if mine < theirs else (first, second_model)
+    worse.is_active, better.is_active = False, False
+    worse.save()
+    model_version_activate(version=better, user=None)
+
+    # From Compare, "Activate A…" posts with where to come back to.
+    back = reverse("admin:reconstruct_modelversion_compare") + f"?a={worse.pk}&b={better.pk}"
+    url = reverse("admin:reconstruct_modelversion_activate", args=[worse.pk])
+    page = staff_client.post(url, {"next": back}).content.decode()
+    low, high = sorted((mine, theirs))
+    assert (
+        f"{worse.name} is worse than the active model {better.name} on the 2 compared photos: "
+        f"PSNR {low:.2f} dB against {high:.2f} dB ({high - low:.2f} dB lower)."
+    ) in page
+    assert 'class="errornote" id="activate-verdict"' in page and "Activate the worse model anyway" in page
+    assert f"<td>{low - high:+.2f}</td>" in page  # the difference in the table
+    worse.refresh_from_db()
+    assert not worse.is_active
+
+    response = staff_client.post(url, {"next": back, "confirmed": "yes", "note": "on purpose"})
+    assert response["Location"] == back
+    assert ModelActivation.objects.first().version == worse and ModelActivation.objects.first().note == "on purpose"
+
+
+def test_it_says_a_worse_candidate_from_the_registry_when_no_photo_can_be_compared(staff_client, second_model) -> None:
+    first = second_model.__class__.objects.get(is_active=True)
+    first.metrics, second_model.metrics = {"psnr": 19.14, "ssim": 0.54}, {"psnr": 12.84, "ssim": 0.31}
+    first.save()
+    second_model.save()
+    page = staff_client.get(reverse("admin:reconstruct_modelversion_activate", args=[second_model.pk])).content.decode()
+    assert (
+        f"{second_model.name} is worse than the active model {first.name} on their own validation photos: "
+        "PSNR 12.84 dB against 19.14 dB (6.30 dB lower)."
+    ) in page
+    assert "<td>-0.230</td>" in page
+    second_model.refresh_from_db()
+    assert not second_model.is_active
+
+
+def test_it_shows_checks_in_words_and_scores_rounded(staff_client, active_model, draw) -> None:
+    image = _add(draw, 1)
+    DatasetImage.objects.filter(pk=image.pk).update(car_likeness=0.5277948438686063)
+    page = staff_client.get(reverse("admin:curation_datasetimage_change", args=[image.pk])).content.decode()
+    assert "No (at least 128\N{MULTIPLICATION SIGN}64 in one direction)" in page
+    assert "0.53, car-like" in page and "0.5277948" not in page
+    assert "icon-no.svg" not in page  # no red cross for a check that passed
+
+
+def test_it_keeps_the_run_page_current_and_says_why_a_run_stopped_early(staff_client, active_model, settings, draw):
+    settings.CURATION_MIN_TRAINING_IMAGES = 2
+    for seed in range(2):
+        _add(draw, seed)
+    dataset_image_approve(images=DatasetImage.objects.all(), user=None)
+    staff_client.post(reverse("admin:curation_trainingrun_add"), {"config": "quick", "epochs": 20})
+    run = TrainingRun.objects.get()
+    started = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(status="running", attempts=1, started_at=started, epoch=4)
+    progress = reverse("admin:curation_trainingrun_progress", args=[run.pk])
+    status = staff_client.get(progress).json()["status_display"]
+    assert status == f"Training · attempt 1, started {timezone.localtime(started):%Y-%m-%d %H:%M:%S}"
+    page = staff_client.get(reverse("admin:curation_trainingrun_change", args=[run.pk])).content.decode()
+    assert "Attempts:" not in page and "Started at:" not in page  # nothing drawn once that goes stale
+
+    patience = run.config["patience"]
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded", epoch=17, best_epoch=11, finished_at=started)
+    page = staff_client.get(reverse("admin:curation_trainingrun_change", args=[run.pk])).content.decode()
+    assert (
+        f"Stopped early at epoch 17 of 20 because the validation loss had not improved for {patience} epochs in "
+        "a row, even at the lowest learning rate; the weights of its best epoch (11) became the model."
+    ) in page

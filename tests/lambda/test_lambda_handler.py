@@ -153,7 +153,7 @@ def test_it_refuses_a_file_that_is_not_an_image(migrated_container: LambdaContai
     sign_up(container)
     response = upload(container, "car.jpg", "image/jpeg", b"%PDF-1.4 this is a document, not a photo\n" * 50)
     assert response.status == 400
-    assert "not an image we can read" in error_text(response)
+    assert "This file is a PDF document, not a photo. Please use a photo saved as JPEG, PNG" in error_text(response)
 
 
 def noise_image(width: int, height: int, image_format: str) -> bytes:

@@ -2,9 +2,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ml.config import ModelConfig
+from ml.decode import ImageDecodeError
 from ml.preprocess import enlarge, fit_box, open_image, prepare, to_image
 
 CONFIG = ModelConfig()
@@ -101,8 +102,9 @@ def test_it_prepares_a_large_photo() -> None:
 
 
 def test_it_refuses_data_that_is_not_an_image() -> None:
-    with pytest.raises(UnidentifiedImageError):
+    with pytest.raises(ImageDecodeError, match="This file is text, not a photo") as caught:
         prepare(io.BytesIO(b"this is not a picture"), CONFIG)
+    assert caught.value.code == "not_an_image"
 
 
 def test_it_maps_model_output_back_to_the_photo_region() -> None:

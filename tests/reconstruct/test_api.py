@@ -143,3 +143,15 @@ def test_it_accepts_session_posts_with_a_csrf_token(alice, car_png: bytes) -> No
     csrf = browser.cookies["csrftoken"].value
     response = browser.post(LIST_URL, {"image": upload(car_png)}, HTTP_X_CSRFTOKEN=csrf)
     assert response.status_code == 201
+
+
+def test_it_answers_an_image_url_without_credentials_with_a_json_401(client, alice, car_png: bytes) -> None:
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    url = reverse("reconstruct:file", args=[reconstruction.uuid, "reconstruction"])
+    for accept in ("*/*", "application/json", "image/avif,image/webp,image/png,*/*;q=0.8"):  # curl, scripts, <img>
+        response = client.get(url, HTTP_ACCEPT=accept)
+        assert response.status_code == 401 and response["WWW-Authenticate"] == "Token"
+        assert response.json()["error"].startswith("Authentication required: send 'Authorization: Token <key>'")
+    # A browser opening the link is sent to log in, and back to the picture afterwards.
+    response = client.get(url, HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8")
+    assert response.status_code == 302 and response["Location"] == f"{reverse('login')}?next={url}"

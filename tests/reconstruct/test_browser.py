@@ -47,12 +47,15 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
     page.get_by_role("button", name="Sign up").click()
     page.wait_for_url(re.compile(r"/reconstruct/$"))
 
+    status_requests: list[str] = []
+    page.on("request", lambda request: "/api/reconstructions/" in request.url and status_requests.append(request.url))
     page.set_input_files("#id_image", str(photo))
     expect(page.locator("#preview")).to_be_visible()  # the chosen photo is previewed before sending
     page.get_by_role("button", name="Reconstruct").click()
     page.wait_for_url(re.compile(r"/r/[0-9a-f-]{36}/$"))
-    # The page polls the status endpoint and shows the result without a manual reload.
+    # The page waits on the status endpoint (a long-poll) and shows the result without a manual reload.
     page.locator(".compare").wait_for(timeout=90_000)
+    assert status_requests and all("?wait=" in url for url in status_requests), status_requests
     assert page.locator(".compare img").count() == 3
     # All three pictures arrive (through presigned S3 URLs) and decode.
     page.wait_for_function(ALL_IMAGES_LOADED)

@@ -106,7 +106,9 @@ def test_it_refuses_a_direct_upload_that_is_not_an_image(client: Any, alice: Any
     post_to_s3(ticket, b"%PDF-1.4 not a photo\n" * 20)
     refused = client.post(f"/api/uploads/{ticket['upload_id']}/complete/")
     assert refused.status_code == 400
-    assert "not an image we can read" in refused.json()["error"]
+    assert refused.json()["error"] == (
+        "This file is a PDF document, not a photo. Please use a photo saved as JPEG, PNG, WebP, GIF, TIFF, BMP or AVIF."
+    )
     assert on_s3.client().list_objects_v2(Bucket=on_s3.bucket, Prefix=ticket["fields"]["key"])["KeyCount"] == 0
 
 

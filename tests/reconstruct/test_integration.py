@@ -90,7 +90,7 @@ def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3
     token = api_token_regenerate(alice)
     data = wait_until_finished(client, token, f"{API}{reconstruction.uuid}/")
     assert data["status"] == "failed"
-    assert "not an image format we can read" in data["error"]
+    assert data["error"].startswith("This file is text, not a photo. Please use a photo saved as JPEG, PNG")
 
 
 def test_it_switches_every_worker_to_a_newly_activated_model(queued: S3Server, alice, car_png: bytes, tmp_path: Path):

@@ -94,7 +94,7 @@ def test_it_fails_with_a_readable_reason_when_the_stored_photo_is_unreadable(set
     default_storage.save(reconstruction.original.name, ContentFile(b"garbage, not a PNG"))
     result = reconstruction_run(reconstruction.pk)
     assert result.status == Status.FAILED
-    assert "not an image format we can read" in result.error
+    assert result.error.startswith("This file is text, not a photo. Please use a photo saved as JPEG, PNG")
     assert not result.model_input and not result.reconstruction
 
 

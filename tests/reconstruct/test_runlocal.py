@@ -111,6 +111,10 @@ def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> N
         code = process.wait(60)
     assert code == 0, "".join(output[-30:])
     assert "Stopped." in "".join(output)
+    # Every line is one a newcomer needs: no warning that is not theirs to act on (Celery's against root, Redis's
+    # memory overcommit, a task's output logged as WARNING), no gunicorn control socket in the home folder.
+    noise = [line for line in output if re.search(r"WARNING|Warning|overcommit|Control socket|oO0OoO0OoO0Oo", line)]
+    assert noise == []
     for stopped in (port, redis_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", stopped), timeout=2).close()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from datetime import datetime, timedelta
 
 import pytest
+from django.contrib.auth.tokens import default_token_generator
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 
 from reconstruct.models import ApiToken, Reconstruction
@@ -107,7 +111,9 @@ def test_it_explains_a_bad_upload(client, alice, not_an_image: bytes) -> None:
     client.force_login(alice)
     response = client.post(reverse("reconstruct:upload"), {"image": upload(not_an_image, "car.jpg")})
     assert response.status_code == 400
-    assert "not an image we can read" in response.content.decode()
+    assert (
+        "This file is a PDF document, not a photo. Please use a photo saved as JPEG, PNG" in response.content.decode()
+    )
     assert not Reconstruction.objects.exists()
 
 
@@ -225,3 +231,40 @@ def test_it_answers_unknown_pages_with_a_404_page(client, db) -> None:
     response = client.get("/no/such/page/")
     assert response.status_code == 404
     assert "Page not found" in response.content.decode()
+
+
+def _reset_link(client: Client) -> str:
+    client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    return re.search(r"https?://[^/]+(/accounts/reset/\S+/)", mail.outbox[-1].body).group(1)
+
+
+def test_it_says_a_login_since_cancelled_the_reset_link_and_offers_a_new_one(client, alice) -> None:
+    link = _reset_link(client)
+    time.sleep(1)  # a token counts whole seconds: the login must come after it
+    assert client.login(username="alice", password=PASSWORD)
+    page = client.get(link, follow=True).content.decode()
+    assert "Your account was logged in after this link was sent" in page
+    assert "was used already or it expired" not in page
+    assert f'href="{reverse("password_reset")}">Send me a new link</a>' in page
+
+
+def test_it_says_a_reset_link_expired(client, alice, monkeypatch) -> None:
+    link = _reset_link(client)
+    four_days_later = datetime.now() + timedelta(days=4)
+    monkeypatch.setattr(default_token_generator, "_now", lambda: four_days_later)  # how Django's tests age tokens
+    page = client.get(link, follow=True).content.decode()
+    assert "It expired: a link works for 3\xa0days after it is sent, and this one was sent 4\xa0days ago." in page
+
+
+def test_it_says_a_used_reset_link_no_longer_works_because_the_password_changed(client, alice) -> None:
+    link = _reset_link(client)
+    form_url = client.get(link, follow=True).redirect_chain[-1][0]
+    client.post(form_url, {"new_password1": "another-pass-4567", "new_password2": "another-pass-4567"})
+    page = client.get(link, follow=True).content.decode()
+    assert "its password was changed (perhaps with this very link)" in page
+
+
+def test_it_says_a_cut_reset_link_is_incomplete(client, alice) -> None:
+    uid = _reset_link(client).split("/")[-3]
+    for path in (f"/accounts/reset/{uid}/c3v2/", "/accounts/reset/Mzk5/c3v2-1a2b3c/"):  # token cut; no such user
+        assert "The link is incomplete" in client.get(path).content.decode()

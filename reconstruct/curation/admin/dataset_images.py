@@ -39,7 +39,7 @@ from reconstruct.curation.services.review import (
     dataset_image_reject,
     dataset_image_set_orientation,
 )
-from reconstruct.http import wants_json
+from reconstruct.http import LENGTH_REQUIRED, length_missing, wants_json
 from reconstruct.presenters import img_tag
 from reconstruct.storage import storage_serve
 
@@ -123,14 +123,8 @@ class DatasetImageAdmin(admin.ModelAdmin):
         (
             "Checks",
             {
-                "fields": [
-                    "near_duplicate",
-                    "too_small",
-                    "greyscale",
-                    "extreme_aspect",
-                    "car_likeness",
-                    "car_likeness_model",
-                ]
+                # Each check in words ("No (at least ...)"): the raw booleans showed a passed check as a red cross.
+                "fields": ["near_duplicate", "size_check", "greyscale_check", "aspect_check", "likeness_check"]
             },
         ),
         (
@@ -373,7 +367,13 @@ class DatasetImageAdmin(admin.ModelAdmin):
         json_wanted = wants_json(request)
         report = None
         form = BulkUploadForm(request.POST or None, request.FILES or None)
-        if request.method == "POST":
+        if request.method == "POST" and length_missing(request):
+            if json_wanted:
+                return JsonResponse({"error": LENGTH_REQUIRED}, status=411)
+            form = BulkUploadForm({})
+            form.is_valid()
+            form.add_error(None, LENGTH_REQUIRED)
+        elif request.method == "POST":
             arrivals: list[Arrival] = []
             for uploaded in request.FILES.getlist("files"):
                 arrivals.append((uploaded.name, uploaded.read))

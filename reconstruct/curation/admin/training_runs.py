@@ -46,16 +46,15 @@ class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "config_name", "progress", "snapshot", "created_by", "created_at", "version"]
     list_filter = ["status", "config_name"]
     list_select_related = ["snapshot", "created_by", "model_version"]
-    # Status, phase and errors are in the live progress section above these (which the page updates).
+    # Status, phase, attempts, start and errors are in the live progress section above these (which the page
+    # updates); these fields are drawn once, so nothing here may change while the run runs.
     readonly_fields = [
         "config_name",
         "epochs",
         "snapshot",
         "created_by",
         "created_at",
-        "started_at",
         "finished_at",
-        "attempts",
     ]
     fields = readonly_fields
 

@@ -7,8 +7,10 @@ Every way in ends in ``dataset_image_add``: the admin's bulk upload (files or a 
 from __future__ import annotations
 
 import logging
+import lzma
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from PIL import Image
 from ml import runtime
 from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
+from reconstruct.images import display_name, sizes_text
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.storage import storage_delete_keys
@@ -42,7 +45,8 @@ _ZIP_JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
 
 def _too_large(size: int) -> str:
-    return f"the file is {size / 1e6:.1f} MB, over the {settings.CURATION_MAX_IMAGE_BYTES / 1e6:.0f} MB limit"
+    have, most = sizes_text(size, settings.CURATION_MAX_IMAGE_BYTES)
+    return f"the file is {have}; the limit is {most}"
 
 
 def dataset_files_store(*, data: bytes, extension: str, picture: Image.Image) -> list[str]:
@@ -222,7 +226,7 @@ def dataset_image_add(
     computed. The file is written under a fresh key before the row exists, and removed again if
     the row cannot be created, so no row points at a missing file and no file is left unowned.
     """
-    name = Path(name or "photo").name[:255]
+    name = display_name(name, default="photo")
     if len(data) > settings.CURATION_MAX_IMAGE_BYTES:
         return AddResult(
             name,
@@ -304,9 +308,11 @@ def dataset_image_add_many(
         try:
             data = read()
         except checks.CheckError as error:
-            result = AddResult(Path(name).name, skipped=str(error))
+            result = AddResult(display_name(name, default="photo"), skipped=str(error))
         except OSError as error:
-            result = AddResult(Path(name).name, skipped=f"could not be read ({error.strerror or error})")
+            result = AddResult(
+                display_name(name, default="photo"), skipped=f"could not be read ({error.strerror or error})"
+            )
         else:
             result = dataset_image_add(
                 data=data, name=name, source=source, added_by=added_by, index=index, scorer=scorer
@@ -317,44 +323,78 @@ def dataset_image_add_many(
     return report
 
 
+def zip_member_name(member: zipfile.ZipInfo) -> str:
+    """A member's path as its maker meant it: ``/`` between folders (zips made on Windows may use ``\\``), and
+    UTF-8 when the bytes are valid UTF-8 although the UTF-8 flag is unset (zips made by macOS's Archive Utility;
+    Python then reads them as CP437, giving ``K\u251c\u00f1fer.jpg`` for ``K\u00e4fer.jpg``)."""
+    name = member.filename
+    if not member.flag_bits & 0x800:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return name.replace("\\", "/")
+
+
 def zip_arrivals(archive: IO[bytes]) -> Iterator[Arrival]:
     """The photos in a zip file, read one at a time (the archive is never unpacked whole).
 
     Members larger than the per-image limit are refused from their header before any byte is
-    inflated, which also defuses zip bombs; folders and system files are left out.
+    inflated, which also defuses zip bombs; folders and system files are left out. A member that
+    cannot be unpacked (a damaged deflate or LZMA stream, a CRC mismatch, encryption) is reported as
+    skipped and the others are read.
     """
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         raise ValidationError("The zip file is damaged or not a zip file.") from None
-    members = [
-        m
-        for m in zf.infolist()
-        if not m.is_dir()
-        and not any(junk in m.filename for junk in _ZIP_JUNK)
-        and not Path(m.filename).name.startswith(".")
-    ]
+    members = []
+    for member in zf.infolist():
+        name = zip_member_name(member)
+        if member.is_dir() or name.endswith("/") or any(junk in name for junk in _ZIP_JUNK):
+            continue
+        if name.rsplit("/", 1)[-1].startswith("."):
+            continue
+        members.append((name, member))
     if len(members) > settings.CURATION_MAX_ZIP_MEMBERS:
         raise ValidationError(
             f"The zip holds {len(members)} files; the limit is {settings.CURATION_MAX_ZIP_MEMBERS}. Split it, "
             "or put the photos in a folder on the server and use `python manage.py import_dataset`."
         )
-    for member in members:
-        yield member.filename, _zip_reader(zf, member)
+    for name, member in members:
+        yield name, _zip_reader(zf, member)
+
+
+ZIP_MEMBER_DAMAGED = "damaged: its compressed data in the zip is broken, so it was skipped; the other files were read"
+# What reading a member raises when its compressed data is damaged: zlib (deflate), lzma, bz2 (OSError),
+# zipfile's CRC check (BadZipFile), encryption (RuntimeError), an unknown method (NotImplementedError).
+_ZIP_MEMBER_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 def _zip_reader(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
         if member.file_size > settings.CURATION_MAX_IMAGE_BYTES:
-            raise checks.CheckError(_too_large(member.file_size))
+            raise checks.CheckError(_too_large(member.file_size), "too_large")
         try:
             # Read at most one byte past the limit: a header that lies about the size cannot inflate more.
             with zf.open(member) as handle:
                 data = handle.read(settings.CURATION_MAX_IMAGE_BYTES + 1)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError) as error:
-            raise checks.CheckError(f"could not be unpacked from the zip ({error})") from None
+        except RuntimeError as error:  # encrypted
+            raise checks.CheckError(f"could not be unpacked from the zip ({error})", "encrypted") from None
+        except _ZIP_MEMBER_ERRORS as error:
+            logger.info("zip member %r is damaged: %s", member.filename, error)
+            raise checks.CheckError(ZIP_MEMBER_DAMAGED, "damaged") from None
         if len(data) > settings.CURATION_MAX_IMAGE_BYTES:
-            raise checks.CheckError("the file is over the size limit once unpacked")
+            raise checks.CheckError(_too_large(len(data)) + " once unpacked", "too_large")
         return data
 
     return read

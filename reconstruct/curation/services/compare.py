@@ -11,10 +11,12 @@ import io
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.files.storage import default_storage
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ml import runtime
+from ml.decode import ImageDecodeError, image_decode
 from reconstruct.curation.models import DatasetImage, TrainingRun
 from reconstruct.curation.selectors import dataset_approved
 from reconstruct.models import ModelVersion
@@ -62,7 +64,10 @@ def model_version_compare(*, a: ModelVersion, b: ModelVersion, sample: int = 8) 
     for image in images:
         with default_storage.open(image.file.name, "rb") as handle:
             data = handle.read()
-        photo = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        try:
+            photo = image_decode(data, max_pixels=settings.RECONSTRUCT_MAX_IMAGE_PIXELS, reduce_to=(256, 256)).image
+        except ImageDecodeError:
+            continue  # checked on arrival; a file damaged in storage since has nothing to compare
         photo.thumbnail((256, 256), Image.Resampling.LANCZOS)
         row: dict[str, Any] = {"image": image, "input": _data_uri(photo), "results": []}
         for version in (a, b):

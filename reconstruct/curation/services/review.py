@@ -14,11 +14,12 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from PIL import Image, ImageOps
+from PIL import Image
 
 from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
 from reconstruct.curation.services.arrival import dataset_files_store
+from reconstruct.images import STORED_FORMATS
 from reconstruct.storage import storage_delete_keys
 
 if TYPE_CHECKING:
@@ -62,10 +63,14 @@ _MIRRORED = {
 }
 
 
+# A flip of a picture too large to decode whole is stored reduced, but never with a long side under this.
+FLIP_MIN_LONG_SIDE = 1024
+
+
 def _encode_like(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     if fmt in ("JPEG", "MPO"):
-        image.convert("RGB").save(out, "JPEG", quality=95, subsampling=0)
+        image.save(out, "JPEG", quality=95, subsampling=0)
     elif fmt == "WEBP":
         image.save(out, "WEBP", lossless=True)
     else:
@@ -103,10 +108,22 @@ def dataset_image_flip(*, image: DatasetImage, user: AbstractBaseUser | None) ->
 
     with default_storage.open(image.file.name, "rb") as handle:
         data = handle.read()
-    facts, upright = checks.examine(data, max_pixels=settings.RECONSTRUCT_MAX_IMAGE_PIXELS)
-    mirrored = ImageOps.mirror(upright)
-    flipped = _encode_like(mirrored, facts.format)
-    written = dataset_files_store(data=flipped, extension=facts.extension, picture=mirrored)
+    try:
+        # Full size (within ml.decode's memory budget), as every path decodes: upright, 16-bit stretched, on
+        # white, in sRGB; mirrored in the same pass.
+        decoded = checks.decode_photo(data, settings.RECONSTRUCT_MAX_IMAGE_PIXELS, mirror=True)
+    except checks.CheckError as error:
+        raise ValidationError(f"#{image.pk} cannot be flipped: {error}") from None
+    mirrored = decoded.image
+    if decoded.reduced and max(mirrored.size) < FLIP_MIN_LONG_SIDE:
+        # Decoded small to stay within the memory budget: a flipped version this small would be a poor copy.
+        raise ValidationError(
+            f"#{image.pk} is {decoded.width}x{decoded.height} pixels: too large to flip within the memory a "
+            f"decode may take (it would be kept at {mirrored.width}x{mirrored.height}). Flip it before uploading."
+        )
+    flipped = _encode_like(mirrored, decoded.format)
+    extension = STORED_FORMATS[decoded.format][1]
+    written = dataset_files_store(data=flipped, extension=extension, picture=mirrored)
     try:
         with transaction.atomic():
             child = DatasetImage.objects.create(
@@ -124,8 +141,8 @@ def dataset_image_flip(*, image: DatasetImage, user: AbstractBaseUser | None) ->
                 reviewed_by=user,
                 reviewed_at=timezone.now(),
                 content_hash=checks.content_hash(flipped),
-                # The parent's hashes mirrored: the same picture, so the same checks.
-                phash=checks.hash_to_hex(facts.phash_mirrored),
+                # The mirrored file's hash as an arrival computes it; the other checks are the parent's.
+                phash=checks.hash_to_hex(checks.examine(flipped, settings.RECONSTRUCT_MAX_IMAGE_PIXELS)[0].phash),
                 near_duplicate_of=image.near_duplicate_of,
                 near_duplicate_distance=image.near_duplicate_distance,
                 near_duplicate_mirrored=image.near_duplicate_mirrored,

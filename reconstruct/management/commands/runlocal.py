@@ -26,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.staticfiles.finders import get_finders
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -67,15 +68,38 @@ def _die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def gunicorn_args(host: str, port: int, workers: int) -> list[str]:
-    """The web server: gunicorn, ``workers`` processes of 4 threads each (uploads wait on storage,
-    not on the CPU: the model runs in the Celery worker). SIGTERM lets requests in flight finish."""
+def gunicorn_args(host: str, port: int, workers: int, threads: int = 16) -> list[str]:
+    """The web server: gunicorn, ``workers`` processes of ``threads`` threads each (gthread). A status
+    long-poll (``?wait=``) holds a thread while it waits, idle, so there are enough for every waiting
+    client; the CPU work runs in the Celery worker. Idle connections are kept 30 s (gunicorn's default,
+    2 s, closes them under clients that are about to reuse them: connection resets). SIGTERM lets
+    requests in flight finish."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return [
         *(sys.executable, "-m", "gunicorn", "carsite.wsgi:application", "--bind", bind),
-        *("--workers", str(workers), "--threads", "4", "--worker-class", "gthread"),
-        *("--graceful-timeout", "10", "--timeout", "60", "--access-logfile", "-"),
+        *("--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread"),
+        *("--keep-alive", "30", "--graceful-timeout", "10", "--timeout", "60", "--access-logfile", "-"),
+        # No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every gunicorn of the user.
+        "--no-control-socket",
     ]
+
+
+# Start-up chatter that tells a newcomer nothing the banner does not (every other line is printed): Redis's
+# greeting and its memory-overcommit advice (it concerns forking for snapshots of a large data set; this Redis
+# holds a few queued jobs), gunicorn's worker bookkeeping, each Celery worker's connection (its "ready" follows).
+CELERY_QUIET = ("celery.worker.consumer.connection: Connected to",)
+QUIET_LINES = {
+    "worker": CELERY_QUIET,
+    "training": CELERY_QUIET,
+    "redis": (
+        "Redis is starting",
+        "Redis version=",
+        "Configuration loaded",
+        "Server initialized",
+        "Memory overcommit must be enabled",
+    ),
+    "web": ("Starting gunicorn", "Using worker:", "Booting worker with pid"),
+}
 
 
 @dataclass
@@ -102,7 +126,10 @@ class Child:
     def _pump(self, out: Any) -> None:
         assert self.process is not None and self.process.stdout is not None
         prefix = f"[{self.name}] ".encode()
+        quiet = tuple(words.encode() for words in QUIET_LINES.get(self.name, ()))
         for line in self.process.stdout:
+            if any(words in line for words in quiet):
+                continue
             out.buffer.write(prefix + line)
             out.buffer.flush()
 
@@ -133,7 +160,7 @@ class Command(BaseCommand):
             "--web-workers",
             type=int,
             default=int(os.environ.get("WEB_CONCURRENCY", 2)),
-            help="Web server (gunicorn) processes, 4 threads each (default 2).",
+            help="Web server (gunicorn) processes, 16 threads each (default 2).",
         )
         parser.add_argument("--no-training-worker", action="store_true", help="Do not start a training worker.")
 
@@ -149,11 +176,19 @@ class Command(BaseCommand):
 
         self.stdout.write("Preparing the database…")
         call_command("migrate", interactive=False, verbosity=0)
+        self._collect_static()
         version = model_version_ensure_active()
         self.stdout.write(f"Active model: {version.name}")
         login = self._demo_account(run_dir)
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if os.geteuid() == 0:
+            # README: `make run` as root on a fresh machine. Celery's warning against a root worker is for servers;
+            # this one listens on loopback only (Redis bound to 127.0.0.1), so it would only alarm a newcomer.
+            root_warning = "ignore:You're running the worker with superuser privileges"
+            env["PYTHONWARNINGS"] = ",".join(filter(None, (env.get("PYTHONWARNINGS"), root_warning)))
+        # Each web thread and worker keeps its database connection (a new one per request costs ~0.7 ms of CPU).
+        env.setdefault("DATABASE_CONN_MAX_AGE", "600")
         children: list[Child] = []
         broker = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
         if broker:
@@ -164,13 +199,18 @@ class Command(BaseCommand):
             env["REDIS_URL"] = env["CELERY_BROKER_URL"] = broker
             children.append(self._redis_child(run_dir, redis_port, env))
 
-        worker = [sys.executable, "-m", "celery", "-A", "carsite", "worker", "--loglevel", "INFO"]
+        # --quiet: no banner (the site's own banner below says what runs where).
+        worker = [sys.executable, "-m", "celery", "-A", "carsite", "--quiet", "worker", "--loglevel", "INFO"]
         worker += ["--without-gossip", "--without-mingle"]
         concurrency = str(options["concurrency"])
         children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
-            children.append(Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], env))
+            # TORCH_LOGS=-onnx: the ONNX exporter logs errors only, not "torchvision is not installed" at each export.
+            training_env = {**env, "TORCH_LOGS": env.get("TORCH_LOGS", "-onnx")}
+            children.append(
+                Child("training", [*worker, "-Q", "training", "-c", "1", "-n", "training@%h"], training_env)
+            )
         children.append(Child("web", gunicorn_args(host, port, options["web_workers"]), env))
 
         stopping = threading.Event()
@@ -202,6 +242,18 @@ class Command(BaseCommand):
             raise CommandError(f"{failed.name} stopped unexpectedly (exit code {code}); see its output above.")
         self.stdout.write("Stopped.")
 
+    def _collect_static(self) -> None:
+        """Hashed, compressed copies of the static files in STATIC_ROOT (carsite/staticfiles.py), which browsers
+        may cache for a year; made again only when a source file is newer than the last collection (it takes
+        10-30 s on a busy machine, mostly compressing the admin's scripts)."""
+        manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
+        sources = (Path(storage.path(name)) for finder in get_finders() for name, storage in finder.list([]))
+        newest = max((path.stat().st_mtime for path in sources), default=0.0)
+        if manifest.exists() and manifest.stat().st_mtime >= newest:
+            return
+        self.stdout.write("Preparing the static files…")
+        call_command("collectstatic", interactive=False, verbosity=0)
+
     def _redis_child(self, run_dir: Path, port: int, env: dict[str, str]) -> Child:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
@@ -210,7 +262,7 @@ class Command(BaseCommand):
         data.mkdir(exist_ok=True)
         args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data), "--protected-mode", "yes"]
         # The append-only file keeps queued jobs across restarts; no snapshots.
-        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", ""]
+        args += ["--appendonly", "yes", "--save", "", "--daemonize", "no", "--logfile", "", "--loglevel", "warning"]
         return Child("redis", args, env)
 
     def _wait_for_redis(self, url: str, child: Child) -> None:

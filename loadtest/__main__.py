@@ -1,0 +1,330 @@
+"""python -m loadtest: N simulated users for T seconds against the real local stack; last line JSON.
+
+1. Starts ``manage.py runlocal`` (Redis, the Celery worker, gunicorn: the very code of ``make run``) on
+   loopback, with its own SQLite database, media folder and run folder in a temporary directory, and no
+   hourly upload limit.
+2. Creates N accounts with API tokens and uploads a few warm-up photos (each worker loads the model).
+3. Runs Locust headless (``loadtest/locustfile.py``) for T seconds: each user uploads photos from the folder,
+   waits for the result, fetches it and opens the gallery.
+4. Waits until no accepted upload is pending or running, then checks every one: done, and its four files
+   in storage.
+5. Prints a summary, then one JSON object (the last line): users, seconds, requests, errors, accepted, done,
+   failed, lost, recon_per_s, p50_s, p95_s (upload request start to result known to the client),
+   cpu_ms_per_recon (CPU time of the stack's processes, from /proc, per reconstruction, the load generator
+   excluded), cpu_ms_per_recon_by_process (web, worker, redis, supervisor, and loadgen for Locust itself),
+   and the machine's load average before and after.
+
+Speed is measured here, never asserted: tests run this for a few seconds only to see that it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from loadtest import photos_in, site_env
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WARMUP_UPLOADS = 4
+STACK_START_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """``root`` and its descendants: pid -> (role, CPU seconds so far, user + system, from /proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        stats[pid] = (process_role(cmdline), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return {pid: stats[pid] for pid in tree if pid in stats}
+
+
+def process_role(cmdline: str) -> str:
+    """What a process of the stack is, from its command line."""
+    if "redis-server" in cmdline:
+        return "redis"
+    if "celery" in cmdline:
+        return "worker"
+    if "gunicorn" in cmdline:
+        return "web"
+    return "supervisor"  # manage.py runlocal
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two ``process_tree`` readings, per role (a process born meanwhile counts whole)."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        earlier = before.get(pid, (role, 0.0))[1]
+        spent[role] = spent.get(role, 0.0) + max(0.0, seconds - earlier)
+    return spent
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The ``fraction`` quantile (nearest rank) of ``values``; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Stack:
+    """``manage.py runlocal`` in a throwaway directory; stopped with SIGINT (its own orderly shutdown)."""
+
+    def __init__(self, workdir: Path, port: int, concurrency: int | None, web_workers: int | None) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")}
+        env.update(site_env(workdir))
+        if concurrency:
+            env["WORKER_CONCURRENCY"] = str(concurrency)
+        if web_workers:
+            env["WEB_CONCURRENCY"] = str(web_workers)
+        self.env = env
+        self.log = workdir / "stack.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = [sys.executable, "manage.py", "runlocal", "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*args, "--no-training-worker"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STACK_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the stack stopped while starting; its output:\n{self.log_tail()}")
+            if "carsite is running at" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.3)
+        raise SystemExit(f"the stack did not start within {STACK_START_TIMEOUT:.0f} s; its output:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def accounts_create(users: int, path: Path) -> None:
+    """``users`` accounts, each with an API token and a signed-in session, written to ``path`` (JSON).
+
+    The sessions are made here, not through the login form: a password check costs ~0.3 s of CPU
+    (PBKDF2), which is not what this test measures.
+    """
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from reconstruct.services.tokens import api_token_regenerate
+
+    accounts = []
+    for index in range(users):
+        user = get_user_model()(username=f"load{index}", email=f"load{index}@localhost")
+        user.set_unusable_password()
+        user.save()
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        cookie = f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+        accounts.append({"username": user.username, "token": api_token_regenerate(user), "cookie": cookie})
+    path.write_text(json.dumps(accounts))
+
+
+def warm_up(stack: Stack, images: Path, accounts: Path, timeout: float = 60.0) -> None:
+    """A few uploads, waited for: every worker process loads the model before the measurement starts."""
+    from urllib3 import encode_multipart_formdata
+
+    token = json.loads(accounts.read_text())[0]["token"]
+    photos = photos_in(images)
+    ids = []
+    for photo in photos[:WARMUP_UPLOADS]:
+        body, content_type = encode_multipart_formdata({"image": (photo.name, photo.read_bytes())})
+        request = urllib.request.Request(
+            f"{stack.url}/api/reconstructions/",
+            data=body,
+            headers={"Authorization": f"Token {token}", "Content-Type": content_type, "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            ids.append(json.loads(response.read())["id"])
+    drain(ids, timeout)
+
+
+def drain(ids: list[str], timeout: float) -> bool:
+    """Wait until none of ``ids`` (public ids) is pending or running; False on timeout."""
+    from reconstruct.models import Reconstruction
+
+    deadline = time.monotonic() + timeout
+    unfinished = [Reconstruction.Status.PENDING, Reconstruction.Status.RUNNING]
+    while time.monotonic() < deadline:
+        if not Reconstruction.objects.filter(uuid__in=ids, status__in=unfinished).exists():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def check(ids: list[str]) -> dict[str, object]:
+    """Every accepted upload: its row's status, and for a done one its four files in storage."""
+    from django.core.files.storage import default_storage
+
+    from reconstruct.models import FILE_KINDS, Reconstruction
+
+    rows = {str(r.uuid): r for r in Reconstruction.objects.filter(uuid__in=ids)}
+    counts = {"done": 0, "failed": 0, "unfinished": 0, "lost": 0, "missing_files": 0}
+    finished = []
+    reasons: dict[str, int] = {}
+    for public_id in ids:
+        row = rows.get(public_id)
+        if row is None:
+            counts["lost"] += 1
+        elif row.status == Reconstruction.Status.DONE:
+            counts["done"] += 1
+            finished.append(row.finished_at)
+            if not all(getattr(row, kind) and default_storage.exists(getattr(row, kind).name) for kind in FILE_KINDS):
+                counts["missing_files"] += 1
+        elif row.status == Reconstruction.Status.FAILED:
+            counts["failed"] += 1
+            reasons[row.error] = reasons.get(row.error, 0) + 1
+        else:
+            counts["unfinished"] += 1
+    return {**counts, "last_finished": max(finished) if finished else None, "failure_reasons": reasons}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/cars")
+    parser.add_argument("--port", type=int, default=0, help="the web server's port (default: a free one)")
+    parser.add_argument("--poll", action="store_true", help="poll the status every second instead of ?wait=")
+    parser.add_argument("--concurrency", type=int, help="reconstruction worker processes (runlocal's default)")
+    parser.add_argument("--web-workers", type=int, help="gunicorn processes (runlocal's default)")
+    parser.add_argument("--drain-timeout", type=float, default=180.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, media, logs)")
+    args = parser.parse_args(argv)
+    if not args.images.is_dir():
+        parser.error(f"no folder of photos at {args.images} (pass --images DIR)")
+
+    workdir = Path(tempfile.mkdtemp(prefix="carsite-loadtest-"))
+    stack = Stack(workdir, args.port or free_port(), args.concurrency, args.web_workers)
+    load_before = load_average()
+    try:
+        stack.start()
+        os.environ.update(stack.env)
+        import django
+
+        django.setup()
+        accounts = workdir / "accounts.json"
+        accounts_create(args.users, accounts)
+        warm_up(stack, args.images, accounts)
+
+        results = workdir / "results.json"
+        locust_env = {**stack.env, "LOADTEST_ACCOUNTS": str(accounts), "LOADTEST_IMAGES": str(args.images)}
+        locust_env.update(LOADTEST_RESULTS=str(results), LOADTEST_POLL="1" if args.poll else "0")
+        locust = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless"]
+        locust += ["--users", str(args.users), "--spawn-rate", str(args.users), "--run-time", f"{args.seconds}s"]
+        locust += ["--host", stack.url, "--stop-timeout", "60", "--only-summary", "--loglevel", "WARNING"]
+        locust += ["--exit-code-on-error", "0"]
+        assert stack.process is not None
+        cpu_before = process_tree(stack.process.pid)
+        loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.time()
+        subprocess.run(locust, cwd=ROOT, env=locust_env, check=True, stdout=sys.stderr)
+        loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        summary = json.loads(results.read_text())
+        ids = [u["id"] for u in summary["uploads"] if u["id"]]
+        drained = drain(ids, args.drain_timeout)
+        cpu_after = process_tree(stack.process.pid)
+        outcome = check(ids)
+    finally:
+        stack.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    latencies = [u["latency_s"] for u in summary["uploads"] if u["latency_s"] is not None and u["status"] == "done"]
+    done = outcome["done"]
+    spent = cpu_by_role(cpu_before, cpu_after)
+    loadgen = (loadgen_after.ru_utime + loadgen_after.ru_stime) - (loadgen_before.ru_utime + loadgen_before.ru_stime)
+    last = outcome["last_finished"].timestamp() if outcome["last_finished"] else started
+    per_recon = {role: round(1000 * s / done, 1) if done else None for role, s in sorted(spent.items())}
+    per_recon["loadgen"] = round(1000 * loadgen / done, 1) if done else None
+    report = {
+        "users": args.users,
+        "seconds": args.seconds,
+        "mode": "poll" if args.poll else "wait",
+        "requests": summary["requests"],
+        "errors": summary["errors"] + outcome["missing_files"] + outcome["lost"] + (0 if drained else 1),
+        "accepted": len(ids),
+        "done": done,
+        "failed": outcome["failed"],
+        "lost": outcome["lost"],
+        "unfinished": outcome["unfinished"],
+        "recon_per_s": round(done / max(last - started, args.seconds), 2),
+        "p50_s": round(percentile(latencies, 0.5), 3) if latencies else None,
+        "p95_s": round(percentile(latencies, 0.95), 3) if latencies else None,
+        "cpu_ms_per_recon": round(1000 * sum(spent.values()) / done, 1) if done else None,
+        "cpu_ms_per_recon_by_process": per_recon,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "cpus": os.cpu_count(),
+    }
+    for kind, count in summary["error_kinds"].items():
+        print(f"error x{count}: {kind}")
+    for reason, count in outcome["failure_reasons"].items():
+        print(f"failed x{count}: {reason}")
+    if not drained:
+        print(f"the queue did not drain within {args.drain_timeout:.0f} s")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""In headless Chromium at a phone's width (390 px): no page of the site scrolls sideways, the header's links
+share one line, and a long file name is shortened with an ellipsis in the gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from reconstruct.services.reconstructions import reconstruction_create
+from tests.support import upload
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PHONE = {"width": 390, "height": 844}
+# A phone's file name: one long word, the worst case for a heading.
+LONG_NAME = "a_very_long_file_name_from_a_phone_camera_IMG_20261130_114512345_HDR.png"
+# The page's width in CSS pixels against the window's, and the elements that reach past the window's right edge.
+OVERFLOW = """() => ({
+  width: document.documentElement.scrollWidth,
+  offenders: [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5 && !e.closest('pre'))
+    .slice(0, 3).map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')),
+})"""
+
+
+@pytest.fixture
+def phone(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(20_000)
+    yield context
+    context.close()
+
+
+def _sideways(page: Any, url: str) -> str | None:
+    """ "<url>: 442 px wide (h1, ...)" when the page at ``url`` is wider than the window, else None."""
+    response = page.goto(url)
+    assert response is not None and response.status < 500, url
+    layout = page.evaluate(OVERFLOW)
+    if layout["width"] <= PHONE["width"]:
+        return None
+    return f"{url}: {layout['width']} px wide ({', '.join(layout['offenders'])})"
+
+
+def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png: bytes) -> None:
+    done = reconstruction_create(user=alice, upload=upload(car_png, LONG_NAME))
+    assert done.status == "done"
+    page = phone.new_page()
+    base = live_server.url
+    anonymous = ["/", "/accounts/login/", "/accounts/signup/", "/accounts/password_reset/", "/accounts/reset/MQ/x-y/"]
+    problems = [_sideways(page, base + path) for path in [*anonymous, "/no-such-page/"]]
+
+    client = Client()
+    client.force_login(alice)
+    phone.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": base}])
+    signed_in = [
+        "/",
+        reverse("reconstruct:upload"),
+        reverse("reconstruct:detail", args=[done.uuid]),
+        reverse("reconstruct:gallery"),
+        reverse("reconstruct:delete", args=[done.uuid]),
+        reverse("account"),
+        reverse("password_change"),
+        reverse("explore:new_cars"),
+        reverse("explore:morph_pick"),
+        reverse("explore:map"),
+    ]
+    problems += [_sideways(page, base + path) for path in signed_in]
+    assert [problem for problem in problems if problem] == []
+
+    # The header: the brand, then every link on one line (Log out does not drop to a line of its own).
+    page.goto(base + reverse("reconstruct:gallery"))
+    tops = page.evaluate("[...document.querySelectorAll('.nav-links > *')].map(e => e.getBoundingClientRect().top)")
+    assert len(tops) >= 4 and max(tops) - min(tops) < 4, tops
+    # The gallery card shortens the long name with an ellipsis inside the card instead of clipping it.
+    caption = page.locator(".thumb-caption").first
+    assert caption.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
+    assert caption.evaluate("e => e.scrollWidth > e.clientWidth")  # the name is longer than the card...
+    assert LONG_NAME in caption.inner_text()  # ...and whole in the page, for search and screen readers

@@ -1,0 +1,101 @@
+"""The status long-poll (``GET /api/reconstructions/<id>/?wait=``): it answers when the worker's notice
+arrives through a real Redis, falls back to reading the row without Redis, and refuses a bad ``wait``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from reconstruct.models import Reconstruction
+from reconstruct.services import waiting
+from reconstruct.services.tokens import api_token_regenerate
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Far longer than a notice takes to arrive: a wait that ends well before it was ended by the notice.
+WAIT_S = 20
+
+
+@pytest.fixture
+def pending(alice) -> Reconstruction:
+    return Reconstruction.objects.create(owner=alice, original_name="car.png", original="x/original.png")
+
+
+def finish_later(reconstruction: Reconstruction, delay: float, notify: bool = True) -> threading.Thread:
+    """In another thread (its own database connection), like a worker: mark the row done, then notify."""
+
+    def finish() -> None:
+        time.sleep(delay)
+        try:
+            Reconstruction.objects.filter(pk=reconstruction.pk).update(
+                status=Reconstruction.Status.DONE, psnr=20.0, finished_at=timezone.now()
+            )
+            if notify:
+                waiting.reconstruction_finished_notify(reconstruction.uuid)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def get_with_wait(alice, reconstruction: Reconstruction, wait: str) -> tuple[Any, float]:
+    client = Client()
+    started = time.monotonic()
+    response = client.get(
+        f"/api/reconstructions/{reconstruction.uuid}/?wait={wait}",
+        HTTP_AUTHORIZATION=f"Token {api_token_regenerate(alice)}",
+    )
+    return response, time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_it_answers_as_soon_as_the_worker_says_the_job_finished(
+    settings, celery_app_on_test_redis, alice, pending
+) -> None:
+    settings.RECONSTRUCT_MODE = "celery"
+    thread = finish_later(pending, 0.5)
+    response, elapsed = get_with_wait(alice, pending, str(WAIT_S))
+    thread.join()
+    assert response.status_code == 200
+    assert response.json()["status"] == "done" and "Retry-After" not in response
+    assert 0.5 <= elapsed < WAIT_S / 2
+
+
+@pytest.mark.integration
+def test_it_answers_when_the_time_is_up_with_the_job_still_pending(
+    settings, celery_app_on_test_redis, alice, pending
+) -> None:
+    settings.RECONSTRUCT_MODE = "celery"
+    response, elapsed = get_with_wait(alice, pending, "0.5")
+    assert response.json()["status"] == "pending" and response["Retry-After"] == "1"
+    assert elapsed >= 0.5
+
+
+def test_it_reads_the_row_when_redis_cannot_be_reached(settings, monkeypatch, alice, pending) -> None:
+    settings.RECONSTRUCT_MODE = "celery"
+    monkeypatch.setattr(waiting, "_client", lambda: waiting._client_for("redis://127.0.0.1:1/0"))
+    thread = finish_later(pending, 0.5, notify=False)
+    response, elapsed = get_with_wait(alice, pending, str(WAIT_S))
+    thread.join()
+    assert response.json()["status"] == "done"
+    assert elapsed < WAIT_S / 2
+
+
+def test_it_does_not_wait_where_nothing_runs_elsewhere(settings, alice, pending) -> None:
+    settings.RECONSTRUCT_MODE = "sync"  # Lambda: the job ran in the upload's request
+    response, elapsed = get_with_wait(alice, pending, str(WAIT_S))
+    assert response.json()["status"] == "pending" and elapsed < WAIT_S / 2
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "nan", "inf"])
+def test_it_refuses_a_wait_that_is_not_a_number_of_seconds(alice, pending, wait: str) -> None:
+    response, _ = get_with_wait(alice, pending, wait)
+    assert response.status_code == 400 and "wait must be a number of seconds" in response.json()["error"]
