@@ -21,7 +21,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
 
-from ml import runtime
+from ml import framing, runtime
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import PreparedUpload, reconstruction_rate_check, upload_prepare
@@ -153,7 +153,8 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
         if original is None:
             with default_storage.open(reconstruction.original.name, "rb") as handle:
                 original = handle.read()
-        result = model.reconstruct(io.BytesIO(original))
+        framed = framing.photo_reconstruct(model, io.BytesIO(original))
+        result = framed.result
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
@@ -188,7 +189,11 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
         psnr=scores.psnr,
         ssim=scores.ssim,
         kl=scores.kl,
-        car_likeness=scores.car_likeness,
+        car_likeness=framed.car_likeness if framed.car_likeness is not None else scores.car_likeness,
+        car_box=framed.box.as_list() if framed.box else None,
+        frame=framed.frame.as_list(),
+        facing=framed.facing or "",
+        mirrored=framed.mirrored,
         model_version=version,
         latent=[float(value) for value in result.latent],
         finished_at=timezone.now(),
