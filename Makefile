@@ -61,6 +61,18 @@ train: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train --data $(DATA) --out runs/default --config ml/configs/default.json --resume
 	$(BIN)/python -m ml.export runs/default/best.pt --out ml/weights/default --data $(DATA)
 
+# Issue 10's recipe: cars/ + cars-more/, every photo turned to face left (ml/labels/facings.csv), config
+# ml/configs/canonical.json, into runs/canonical/. Resumable: after an interruption run it again.
+DATA_ALL ?= ../shared/data/cars ../shared/data/cars-more
+.PHONY: train-canonical orientation
+train-canonical: $(VENV)/.installed-train
+	nice -n 10 $(BIN)/python -m ml.train --data $(DATA_ALL) --out runs/canonical --config ml/configs/canonical.json --resume
+
+# The facing classifier from the hand labels (ml/weights/orientation/), then every photo's facing for training.
+orientation: $(VENV)/.installed-train
+	$(BIN)/python -m ml.train_orientation --labels ml/labels/orientation.csv --data $(DATA_ALL) --out ml/weights/orientation
+	$(BIN)/python -m ml.orientation --data $(DATA_ALL) --labels ml/labels/orientation.csv --out ml/labels/facings.csv
+
 # ONNX Runtime vs torch eager (same weights) vs this CPU's FLOP bound, cold start, memory; last line JSON.
 MODEL ?= ml/weights/default
 bench: $(VENV)/.installed-train

@@ -93,6 +93,11 @@ class TrainConfig:
     patience: int = 6
     min_delta: float = 1e-4
     hflip: bool = True
+    # A ``file,facing`` CSV (``python -m ml.orientation --out``; left / right / front / rear) that turns
+    # every photo to face left: ``right`` photos are mirrored, in training and validation alike. With
+    # it, ``hflip`` mirrors only the ``front`` and ``rear`` photos (a mirrored side view would face
+    # right again). Empty: photos are used as they are.
+    facings: str = ""
     # Random shifts of the photo inside the frame (pixels, each way) and colour jitter (relative
     # brightness / contrast / saturation change), drawn per image and epoch.
     shift: int = 0

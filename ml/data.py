@@ -118,3 +118,20 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(max(1, round(n * val_fraction)), n - 1) if n >= 2 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def facing_flips(names: list[str], facings_csv: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical direction from a ``file,facing`` CSV (see ``ml.orientation``).
+
+    Returns ``(mirror, symmetric)``, bool ``[N]`` each: ``mirror`` for photos that face right (turned
+    to face left), ``symmetric`` for head-on ``front`` / ``rear`` photos (free to mirror at random).
+    Raises ``ValueError`` when a photo has no row, so a run never mixes directions by accident.
+    """
+    from ml.orientation import read_labels
+
+    labels = read_labels(facings_csv)
+    missing = [name for name in names if name not in labels]
+    if missing:
+        raise ValueError(f"{facings_csv} has no facing for {len(missing)} photos, e.g. {missing[:3]}")
+    facing = np.array([labels[name] for name in names])
+    return facing == "right", np.isin(facing, ["front", "rear"])

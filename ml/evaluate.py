@@ -1,10 +1,14 @@
 """Quality of an exported model on a folder of photos (numpy + Pillow + onnxruntime; no torch).
 
     python -m ml.evaluate --model ml/weights/default --data DIR [--noncars DIR] [--held-out]
+        [--boxes CSV] [--grid PNG] [--no-search]
 
-Prints a human summary and, as its last line, one JSON object. All metrics are means over images
-of per-image values, computed on the model-input pixels inside the letterbox box (the bars added by
-preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, see
+Each photo goes through what the site does (``ml.framing.photo_reconstruct``): the VAE searches it for
+the car, the frame around the car is letterboxed into the model's input and mirrored to face left
+when the car faces right (``--no-search``: the whole photo, as ``ml.export`` measures the model on its
+validation crops). Prints a human summary and, as its last line, one JSON object. All metrics are
+means over images of per-image values, computed on the frame the model saw, inside the letterbox box
+(the bars added by preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, see
 ``ml.runtime.ssim``), ``kl`` (nats). Reference predictors on the same target pixels:
 
 - ``baseline_mean_psnr``: the model directory's ``mean_image.png`` (the per-pixel mean of the
@@ -22,28 +26,39 @@ Is the reconstruction recognisably the same car? Three numbers answer it without
 - ``colour_error``: the mean absolute difference between the average colour of photo and
   reconstruction inside the box, in 0-255 levels per channel.
 
-With ``--noncars`` also ``car_likeness_auroc``: the probability that a random car from ``--data`` gets a
-higher ``car_likeness`` than a random non-car (1.0 separates them perfectly, 0.5 is chance).
+The car check (the search's most car-like box, ``ml.framing``): ``car_likeness_median`` over the cars,
+``car_false_reject_rate`` (cars told no car was found). With ``--noncars DIR`` also ``ood_auroc``: the
+probability that a random car from ``--data`` gets a higher ``car_likeness`` than a random non-car (1.0
+separates them perfectly, 0.5 is chance), ``noncar_likeness_median`` and ``noncar_false_accept_rate``
+(non-cars in which a car was found). With ``--boxes CSV`` (the true boxes, e.g. of composites made by
+``python -m ml.composites``): ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5).
+
+With ``--orientation-labels CSV`` (columns ``file,facing``: left / right / front / rear, e.g.
+``ml/labels/orientation.csv``) also ``orientation_accuracy``: the fraction of the labelled left/right
+photos among those evaluated whose facing is predicted correctly (``orientation_rows`` of them): on the
+frame the site gives ``ml.orientation`` (a photo in which no car was found counts as wrong), or on the
+whole photo with ``--no-search``. The hand labels include the classifier's training photos: its
+held-out accuracy is in ``ml/weights/orientation/metadata.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 
-from ml import runtime
+from ml import framing, runtime
 from ml.data import list_images
-from ml.preprocess import Prepared
+from ml.preprocess import open_image, prepare
 
-BATCH = 32
 THUMB_SIZES = (8, 16)
 # car_likeness = P(N(0,1) > sum_i w_i z_i / |w|), z_i the z-score of feature i (ml.runtime.score_features)
 # against the held-out cars. Chosen by the cars-vs-non-cars AUROC (measurements in the model card): how far
@@ -69,11 +84,6 @@ def load_mean_image(model: runtime.Model) -> np.ndarray | None:
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     array = array.transpose(2, 0, 1)
     return array.mean(axis=0, keepdims=True) if model.config.channels == 1 else array
-
-
-def _batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class PairStore:
@@ -131,36 +141,78 @@ def same_car_measures(pairs: PairStore) -> dict[str, float]:
     }
 
 
-def score_files(model: runtime.Model, files: Sequence[Path], pairs: PairStore | None = None) -> list[dict[str, Any]]:
-    """Per-image metrics and baselines; an undecodable file gets ``{"name", "error"}``. With
-    ``pairs``, also keeps each target and reconstruction there for ``same_car_measures``."""
-    mean = load_mean_image(model)
+def _as_array(image: Image.Image, channels: int) -> np.ndarray:
+    """An RGB picture -> ``[C, h, w]`` float32 in [0, 1]."""
+    array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return array.mean(axis=0, keepdims=True) if channels == 1 else array
+
+
+def score_file(
+    model: runtime.Model, path: Path, pairs: PairStore | None = None, *, locate: bool = True, method: str = "locator"
+) -> dict[str, Any]:
+    """One photo through ``ml.framing.photo_reconstruct`` (the site's search, frame and facing; the whole
+    photo with ``locate=False``): its scores, features and baselines on the frame the model saw, where the
+    car was found. Raises ``runtime.ImageError`` for an undecodable file."""
+    framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
+    result = framed.result
+    # What the model saw and what it gave back, in the same (model's) direction, letterbox bars removed.
+    target = _as_array(result.model_input, model.config.channels)
+    output = ImageOps.mirror(result.reconstruction) if framed.mirrored else result.reconstruction
+    thumb_mse = {size: runtime.thumbnail_mse(target, size) for size in THUMB_SIZES}
+    scores = result.scores
+    seen = prepare(result.model_input, model.config)
+    logvar = model.encode_array(seen.array[None])[1][0]  # the Result keeps only the mean
+    record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
+    record.update(runtime.score_features(scores.mse, scores.kl, logvar, thumb_mse[16]))
+    if framed.car_likeness is not None:  # the page's car check replaces the frame's own car-likeness
+        record["frame_car_likeness"] = record["car_likeness"]
+        record["car_likeness"] = framed.car_likeness
+    record.update(
+        car_found=framed.car_found,
+        car_evidence=framed.car_z,
+        box=framed.box.as_list() if framed.box else None,
+        frame=framed.frame.as_list(),
+        facing=framed.facing,
+        mirrored=framed.mirrored,
+    )
+    mean = _mean_image_cache(model)
+    if mean is not None:
+        record["baseline_mean_psnr"] = runtime.psnr_from_mse(_mse(runtime.crop_box(mean, seen.box), target))
+    for size in THUMB_SIZES:
+        record[f"baseline_thumb{size}_psnr"] = runtime.psnr_from_mse(thumb_mse[size])
+    if pairs is not None:
+        pairs.add(seen.array, prepare(output, model.config).array, seen.box)
+    return record
+
+
+_mean_images: dict[str, np.ndarray | None] = {}
+
+
+def _mean_image_cache(model: runtime.Model) -> np.ndarray | None:
+    key = str(model.model_dir)
+    if key not in _mean_images:
+        _mean_images[key] = load_mean_image(model)
+    return _mean_images[key]
+
+
+def score_files(
+    model: runtime.Model,
+    files: Sequence[Path],
+    pairs: PairStore | None = None,
+    *,
+    locate: bool = False,
+    method: str = "locator",
+) -> list[dict[str, Any]]:
+    """Per-image metrics and baselines (``score_file``); an undecodable file gets ``{"name", "error"}``.
+    With ``pairs``, also keeps each target and reconstruction there for ``same_car_measures``.
+    ``locate=True`` searches each photo for the car as the site does; False gives the model the whole
+    photo (how export calibrates and measures the model on its validation crops)."""
     records: list[dict[str, Any]] = []
-    for chunk in _batched(list(files), BATCH):
-        prepared: list[tuple[Path, Prepared]] = []
-        for path in chunk:
-            try:
-                prepared.append((path, model.prepare(path)))
-            except runtime.ImageError as error:
-                records.append({"name": Path(path).name, "error": str(error)})
-        if not prepared:
-            continue
-        out = model.run(np.stack([p.array for _, p in prepared]))
-        for i, (path, item) in enumerate(prepared):
-            target = runtime.crop_box(item.array, item.box)
-            thumb_mse = {size: runtime.thumbnail_mse(target, size) for size in THUMB_SIZES}
-            scores = runtime.scores_from_arrays(
-                item.array, out.recon[i], item.box, out.mu[i], out.logvar[i], model.calibration, thumb_mse[16]
-            )
-            if pairs is not None:
-                pairs.add(item.array, out.recon[i], item.box)
-            record: dict[str, Any] = {"name": Path(path).name, **scores.to_dict()}
-            record.update(runtime.score_features(scores.mse, scores.kl, out.logvar[i], thumb_mse[16]))
-            if mean is not None:
-                record["baseline_mean_psnr"] = runtime.psnr_from_mse(_mse(runtime.crop_box(mean, item.box), target))
-            for size in THUMB_SIZES:
-                record[f"baseline_thumb{size}_psnr"] = runtime.psnr_from_mse(thumb_mse[size])
-            records.append(record)
+    for path in files:
+        try:
+            records.append(score_file(model, Path(path), pairs, locate=locate, method=method))
+        except runtime.ImageError as error:
+            records.append({"name": Path(path).name, "error": str(error)})
     return records
 
 
@@ -224,49 +276,138 @@ def car_likeness_evidence(record: dict[str, Any]) -> float:
     return -sum(weight * float(record[name]) for name, weight in SCORE_WEIGHTS.items())
 
 
+def orientation_scores(
+    files: Sequence[Path], labels: dict[str, str], facings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``orientation_accuracy`` and ``orientation_rows`` (see the module docstring) of the facing
+    classifier on the photos in ``files`` that ``labels`` ({file name: facing}) covers: its ``facings``
+    ({file name: facing}, as the site decided them on the frames) when given, else on each whole photo."""
+    from ml import orientation
+
+    predicted = dict(facings) if facings is not None else {}
+    for path in files if facings is None else []:
+        if Path(path).name in labels:
+            rgb = np.asarray(open_image(str(path)))
+            predicted[Path(path).name] = orientation.facing_predict(rgb).label
+    measures = orientation.orientation_accuracy(predicted, labels)
+    accuracy = measures["orientation_accuracy"]
+    return {
+        "orientation_accuracy": None if accuracy is None else round(accuracy, 4),
+        "orientation_rows": measures["orientation_rows"],
+    }
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     files: Sequence[str | os.PathLike],
     noncar_files: Sequence[str | os.PathLike] | None = None,
     threads: int | None = None,
+    *,
+    locate: bool = False,
+    boxes: dict[str, framing.Box] | None = None,
+    method: str = "locator",
+    orientation_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the model in ``model_dir`` on ``files`` (and ``car_likeness_auroc`` against ``noncar_files``)."""
+    """Metrics of the model in ``model_dir`` on ``files`` (see the module docstring): with ``noncar_files``
+    also ``ood_auroc``, the car-likeness medians and the car check's error rates; ``locate`` searches each
+    photo for the car as the site does (else the model sees each whole photo); ``boxes`` (file name ->
+    true box of the car) adds ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5); ``orientation_labels``
+    ({file name: facing}) adds ``orientation_accuracy``."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
-    records = score_files(model, [Path(f) for f in files], pairs)
+    records = score_files(model, [Path(f) for f in files], pairs, locate=locate, method=method)
     result: dict[str, Any] = {"model": model.version, **summarize(records), **same_car_measures(pairs)}
+    cars = [r for r in records if "error" not in r]
+    if locate and cars:
+        result["car_false_reject_rate"] = round(float(np.mean([not r["car_found"] for r in cars])), 4)
+    if boxes:
+        ious = [framing.Box(*r["box"]).iou(boxes[r["name"]]) if r["box"] else 0.0 for r in cars if r["name"] in boxes]
+        if ious:
+            result["box_iou_mean"] = round(float(np.mean(ious)), 4)
+            result["box_hit_rate"] = round(float(np.mean(np.array(ious) >= 0.5)), 4)
     if noncar_files:
-        noncars = [r for r in score_files(model, [Path(f) for f in noncar_files]) if "error" not in r]
-        cars = [r for r in records if "error" not in r]
+        noncar_records = score_files(model, [Path(f) for f in noncar_files], locate=locate, method=method)
+        noncars = [r for r in noncar_records if "error" not in r]
         result["n_noncars"] = len(noncars)
+        if locate and noncars:
+            result["noncar_false_accept_rate"] = round(float(np.mean([bool(r["car_found"]) for r in noncars])), 4)
         if cars and noncars:
-            result["car_likeness_auroc"] = round(
+            result["ood_auroc"] = round(
                 auroc([car_likeness_evidence(r) for r in cars], [car_likeness_evidence(r) for r in noncars]), 4
             )
-            # Each feature alone, "higher = less car-like": the evidence behind SCORE_WEIGHTS.
-            result["car_likeness_auroc_by_feature"] = {
+            # Each feature of the frame alone, "higher = less car-like": the evidence behind SCORE_WEIGHTS.
+            result["ood_auroc_by_feature"] = {
                 name: round(auroc([-r[name] for r in cars], [-r[name] for r in noncars]), 4) for name in FEATURES
             }
             likeness = [r["car_likeness"] for r in noncars if r.get("car_likeness") is not None]
             if likeness:
                 result["noncar_likeness_median"] = round(float(np.median(likeness)), 4)
+    if orientation_labels is not None:
+        # Searched: the facing the site decided on each photo's frame ("front", never mirrored, when no car was found).
+        facings = {r["name"]: r["facing"] or "front" for r in cars} if locate else None
+        result.update(orientation_scores([Path(f) for f in files], orientation_labels, facings))
     return result
 
 
-def reconstruction_grid(model_dir: str | os.PathLike, files: Sequence[Path], columns: int = 4) -> Image.Image:
-    """Pairs of (what the model saw, its reconstruction) side by side, ``columns`` pairs a row."""
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` scaled to fit ``width x height``, centred on white."""
+    cell = Image.new("RGB", (width, height), "white")
+    copy = image.copy()
+    copy.thumbnail((width, height), Image.Resampling.LANCZOS)
+    cell.paste(copy, ((width - copy.width) // 2, (height - copy.height) // 2))
+    return cell
+
+
+def reconstruction_grid(
+    model_dir: str | os.PathLike,
+    files: Sequence[Path],
+    *,
+    locate: bool = True,
+    cell: int = 160,
+    method: str = "locator",
+) -> Image.Image:
+    """One row a photo: the photo with the car's box (yellow) and the frame (white), what the model saw
+    (mirrored when the car faced right), the reconstruction (mirrored back), each fitted in ``cell`` x
+    ``cell / 2`` pixels (the photo in a ``cell`` square)."""
     model = runtime.load_model(model_dir)
-    cell_w, cell_h = model.config.width, model.config.height
-    rows = max(1, -(-len(files) // columns))
-    grid = Image.new("RGB", (columns * (2 * cell_w + 8), rows * (cell_h + 8)), "white")
-    for i, path in enumerate(files):
-        result = model.reconstruct(path)
-        x = (i % columns) * (2 * cell_w + 8)
-        y = (i // columns) * (cell_h + 8)
-        offset = ((cell_w - result.model_input.width) // 2, (cell_h - result.model_input.height) // 2)
-        grid.paste(result.model_input, (x + offset[0], y + offset[1]))
-        grid.paste(result.reconstruction, (x + cell_w + offset[0], y + offset[1]))
+    half = cell // 2
+    grid = Image.new("RGB", (3 * (cell + 8), max(1, len(files)) * (cell + 8)), "white")
+    draw_grid = ImageDraw.Draw(grid)
+    for row, path in enumerate(files):
+        framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
+        photo = runtime.open_source(path)
+        shown = _fit(photo, cell, cell)
+        scale = min(cell / photo.width, cell / photo.height)
+        offset = ((cell - round(photo.width * scale)) // 2, (cell - round(photo.height * scale)) // 2)
+        draw = ImageDraw.Draw(shown)
+        for box, colour, width in ((framed.frame, "white", 1), (framed.box, (245, 196, 0), 3)):
+            if box is not None:
+                draw.rectangle(
+                    [
+                        offset[0] + box.left * scale,
+                        offset[1] + box.top * scale,
+                        offset[0] + box.right * scale - 1,
+                        offset[1] + box.bottom * scale - 1,
+                    ],
+                    outline=colour,
+                    width=width,
+                )
+        y = row * (cell + 8)
+        grid.paste(shown, (0, y))
+        grid.paste(_fit(framed.result.model_input, cell, half), (cell + 8, y + half // 2))
+        grid.paste(_fit(framed.result.reconstruction, cell, half), (2 * (cell + 8), y + half // 2))
+        words = "no car" if framed.car_found is False else (framed.facing or "")
+        draw_grid.text((cell + 10, y + 2), f"{words}{' (mirrored)' if framed.mirrored else ''}", fill="black")
     return grid
+
+
+def read_boxes(path: Path) -> dict[str, framing.Box]:
+    """A CSV with columns ``file,left,top,right,bottom`` (photo pixels) -> file name -> box."""
+    with open(path, newline="") as handle:
+        return {
+            row["file"]: framing.Box(int(row["left"]), int(row["top"]), int(row["right"]), int(row["bottom"]))
+            for row in csv.DictReader(handle)
+        }
 
 
 def held_out_names(model: runtime.Model, checkpoint: Path | None) -> set[str]:
@@ -300,8 +441,23 @@ def _human(result: dict[str, Any]) -> str:
             f" {1 / result['n']:.1%}), facing the same way {result['orientation_agreement']:.1%},"
             f" colour off by {result['colour_error']:.1f}/255"
         )
-    if "car_likeness_auroc" in result:
-        lines.append(f"  cars vs {result['n_noncars']} non-cars: AUROC {result['car_likeness_auroc']:.3f}")
+    if "box_iou_mean" in result:
+        lines.append(f"  car boxes: mean IoU {result['box_iou_mean']:.2f}, IoU >= 0.5 for {result['box_hit_rate']:.0%}")
+    if "ood_auroc" in result:
+        medians = (result.get("car_likeness_median", float("nan")), result.get("noncar_likeness_median", float("nan")))
+        lines.append(
+            f"  cars vs {result['n_noncars']} non-cars: AUROC {result['ood_auroc']:.3f},"
+            f" car-likeness median {medians[0]:.2f} vs {medians[1]:.2f}"
+        )
+    if "noncar_false_accept_rate" in result:
+        lines.append(
+            f"  car check: {result['car_false_reject_rate']:.1%} of cars told no car was found,"
+            f" {result['noncar_false_accept_rate']:.1%} of non-cars told they are a car"
+        )
+    if result.get("orientation_accuracy") is not None:
+        lines.append(
+            f"  facing: {result['orientation_accuracy']:.1%} of {result['orientation_rows']} labelled side views right"
+        )
     return "\n".join(lines)
 
 
@@ -309,13 +465,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=runtime.DEFAULT_MODEL_DIR, help="exported model directory")
     parser.add_argument("--data", type=Path, required=True, help="folder of car photos")
-    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds car_likeness_auroc)")
+    parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds ood_auroc, FAR)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--held-out", action="store_true", help="only the validation images recorded in the model")
     split.add_argument("--val-of", type=Path, metavar="CHECKPOINT", help="only this checkpoint's validation images")
     parser.add_argument("--limit", type=int, help="use only the first N photos (of each folder)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default 1)")
-    parser.add_argument("--grid", type=Path, help="also write a PNG of the first 16 photos and their reconstructions")
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        help="also write a PNG of the first 16 photos: box, frame, what the model saw, reconstruction",
+    )
+    parser.add_argument(
+        "--no-search", action="store_true", help="give the model each whole photo (no car search; how export measures)"
+    )
+    parser.add_argument(
+        "--boxes",
+        type=Path,
+        metavar="CSV",
+        help="true car boxes (columns file,left,top,right,bottom): adds box_iou_mean",
+    )
+    parser.add_argument(
+        "--finder",
+        choices=("locator", "vae"),
+        default="locator",
+        help="how the car is found: the locator CNN (the site's) or the VAE's own box search",
+    )
+    parser.add_argument(
+        "--orientation-labels", type=Path, metavar="CSV", help="file,facing hand labels (adds orientation_accuracy)"
+    )
     args = parser.parse_args(argv)
     try:
         files = list_images(args.data)
@@ -330,9 +508,24 @@ def main(argv: list[str] | None = None) -> int:
         noncars = noncars[: args.limit] if noncars else noncars
     if not files:
         parser.error(f"no images to evaluate in {args.data}")
-    result = evaluate(args.model, files, noncars, threads=args.threads)
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    labels = None
+    if args.orientation_labels:
+        from ml.orientation import read_labels
+
+        labels = read_labels(args.orientation_labels)
+    result = evaluate(
+        args.model,
+        files,
+        noncars,
+        threads=args.threads,
+        locate=not args.no_search,
+        boxes=boxes,
+        method=args.finder,
+        orientation_labels=labels,
+    )
     if args.grid:
-        reconstruction_grid(args.model, files[:16]).save(args.grid)
+        reconstruction_grid(args.model, files[:16], locate=not args.no_search, method=args.finder).save(args.grid)
     print(_human(result))
     print(json.dumps(result))
     return 0

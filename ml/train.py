@@ -1,6 +1,8 @@
 """Train the VAE on a folder of photos.
 
     python -m ml.train --data ../shared/data/cars --out runs/default --config ml/configs/default.json
+    python -m ml.train --data ../shared/data/cars ../shared/data/cars-more --out runs/canonical \
+        --config ml/configs/canonical.json --resume
 
 Splits off a seeded validation set, shows a progress bar with the loss terms, checkpoints every
 epoch (``last.pt``, and ``best.pt`` on a validation improvement), resumes with ``--resume``, drops
@@ -12,6 +14,7 @@ steps on tiny generated images (it needs no data and runs in the test suite).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from ml.config import ModelConfig, TrainConfig
-from ml.data import ImageSet, list_images, load_images, masks, split_indices
+from ml.data import ImageSet, facing_flips, list_images, load_images, masks, split_indices
 from ml.losses import vae_loss
 from ml.model import VAE, count_parameters
 
@@ -122,12 +125,23 @@ def _ema_update(ema: VAE, model: VAE, decay: float, step: int) -> None:
 
 @torch.no_grad()
 def evaluate_split(
-    model: VAE, images: ImageSet, index: np.ndarray, config: TrainConfig, beta: float
+    model: VAE,
+    images: ImageSet,
+    index: np.ndarray,
+    config: TrainConfig,
+    beta: float,
+    flip: np.ndarray | None = None,
+    groups: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Validation metrics from the posterior mean: MSE and PSNR on valid pixels, KL, and loss."""
+    """Validation metrics from the posterior mean: MSE and PSNR on valid pixels, KL, and loss.
+
+    ``flip`` (bool, aligned with ``index``) mirrors those photos first (the canonical direction);
+    ``groups`` {name: bool mask aligned with ``index``} adds ``psnr_<name>``, the mean over that group.
+    """
     model.eval()
     se_sum, n_sum, kl_sum, psnr_sum = 0.0, 0.0, 0.0, 0.0
-    for x, mask in _batches(images, index, 64, None):
+    psnrs = []
+    for x, mask in _batches(images, index, 64, flip):
         mu, logvar = model.encode(x)
         recon = model.decode(mu)
         se = (((recon - x) ** 2) * mask).flatten(1).sum(1)
@@ -135,7 +149,9 @@ def evaluate_split(
         se_sum += float(se.sum())
         n_sum += float(n.sum())
         kl_sum += float((0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).sum())
-        psnr_sum += float((10 * torch.log10(1.0 / (se / n).clamp_min(1e-10))).sum())
+        psnr = 10 * torch.log10(1.0 / (se / n).clamp_min(1e-10))
+        psnr_sum += float(psnr.sum())
+        psnrs.append(psnr.numpy())
     count = len(index)
     mse = se_sum / n_sum
     kl = kl_sum / count
@@ -144,7 +160,30 @@ def evaluate_split(
         loss = 0.5 * per_image_values * (math.log(max(mse, 1e-6)) + 1) + beta * kl
     else:
         loss = se_sum / count + beta * kl
-    return {"loss": loss, "mse": mse, "psnr": psnr_sum / count, "kl": kl}
+    result = {"loss": loss, "mse": mse, "psnr": psnr_sum / count, "kl": kl}
+    per_image = np.concatenate(psnrs)
+    for name, member in (groups or {}).items():
+        if member.any():
+            result[f"psnr_{name}"] = float(per_image[member].mean())
+    return result
+
+
+def thumbnail_psnr(images: ImageSet, index: np.ndarray, flip: np.ndarray | None = None, size: int = 16) -> np.ndarray:
+    """Per-image PSNR (dB) ``[len(index)]`` of a ``size x size`` thumbnail of each photo (inside its
+    letterbox box), the reference ``ml.evaluate`` reports as ``baseline_thumb16_psnr``."""
+    from ml.runtime import crop_box, psnr_from_mse, thumbnail_mse
+
+    values = []
+    for i, image in enumerate(index):
+        target = images.pixels[image].astype(np.float32) / 255.0
+        if flip is not None and flip[i]:
+            target = target[..., ::-1]  # the box moves with the photo (centring may be off by a pixel)
+            left, top, right, bottom = images.boxes[image]
+            box = (target.shape[2] - right, top, target.shape[2] - left, bottom)
+        else:
+            box = tuple(images.boxes[image])
+        values.append(psnr_from_mse(thumbnail_mse(crop_box(target, box), size)))
+    return np.array(values)
 
 
 def beta_at(config: TrainConfig, epoch: float) -> float:
@@ -188,6 +227,15 @@ def train(
     if len(images) < 2:
         raise ValueError(f"need at least 2 readable images, found {len(images)} ({len(images.skipped)} unreadable)")
     train_index, val_index = split_indices(len(images), config.val_fraction, config.seed)
+    # Canonical direction: photos facing right are mirrored (every epoch, and in validation);
+    # random flips, if any, only for the head-on photos.
+    mirror, symmetric = np.zeros(len(images), bool), np.ones(len(images), bool)
+    facings_sha256 = None
+    if config.facings:
+        mirror, symmetric = facing_flips(images.names, config.facings)
+        facings_sha256 = hashlib.sha256(Path(config.facings).read_bytes()).hexdigest()
+    val_flip = mirror[val_index] if config.facings else None
+    val_groups = {"side": ~symmetric[val_index], "head_on": symmetric[val_index]} if config.facings else {}
     model = VAE(config.model).to(memory_format=torch.channels_last)
     ema = None
     if config.ema_decay > 0:
@@ -210,6 +258,8 @@ def train(
         # The thread count changes speed, not the recipe: a run may resume with another one.
         if {**checkpoint["config"], "threads": config.threads} != config.to_dict():
             raise ValueError(f"{last} was trained with another config; use a new --out or the same --config")
+        if checkpoint.get("facings_sha256") != facings_sha256:
+            raise ValueError(f"{last} was trained with another {config.facings}; restore that file or use a new --out")
         model.load_state_dict(checkpoint.get("train_model", checkpoint["model"]))
         optimizer.load_state_dict(checkpoint["optimizer"])
         if ema is not None:
@@ -217,11 +267,15 @@ def train(
         state = checkpoint["state"]
         torch.set_rng_state(checkpoint["torch_rng"])
 
+    val_thumb16 = thumbnail_psnr(images, val_index, val_flip)
     data_summary = {
         **images.summary(),
+        "val_thumb16_psnr": float(val_thumb16.mean()),
+        **{f"val_thumb16_psnr_{name}": float(val_thumb16[m].mean()) for name, m in val_groups.items() if m.any()},
+        "mirrored": int(mirror.sum()),
         "train": len(train_index),
         "val": len(val_index),
-        "source": str(Path(files[0]).parent) if files else "",
+        "source": ", ".join(sorted({str(Path(f).parent) for f in files})),
     }
     generator = np.random.default_rng(config.seed)
     for _ in range(state["epoch"]):  # replay the shuffles so a resumed run matches an unbroken one
@@ -241,6 +295,8 @@ def train(
             group["lr"] = state["lr"]
         order = train_index[generator.permutation(len(train_index))]
         flips = generator.random(len(train_index)) < 0.5 if config.hflip else None
+        if config.facings:
+            flips = mirror[order] ^ (flips & symmetric[order] if flips is not None else False)
         model.train()
         totals = {"mse": 0.0, "kl": 0.0, "loss": 0.0}
         bar = None
@@ -283,7 +339,7 @@ def train(
             bar.close()
         n_steps = step + 1
         served = ema if ema is not None else model
-        val = evaluate_split(served, images, val_index, config, beta_at(config, epoch + 1))
+        val = evaluate_split(served, images, val_index, config, beta_at(config, epoch + 1), val_flip, val_groups)
         state["epoch"] = epoch + 1
         state["seconds"] = time.monotonic() - started
         record = {
@@ -297,6 +353,7 @@ def train(
             "val_psnr": val["psnr"],
             "val_kl": val["kl"],
             "val_loss": val["loss"],
+            **{f"val_{key}": value for key, value in val.items() if key.startswith("psnr_")},
         }
         state["history"].append(record)
 
@@ -309,6 +366,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "state": state,
             "torch_rng": torch.get_rng_state(),
+            "facings_sha256": facings_sha256,
             "data": data_summary,
             "val_names": [images.names[i] for i in val_index],
             "parameters": count_parameters(model),
@@ -334,7 +392,9 @@ def train(
         (out / "history.json").write_text(json.dumps(state["history"], indent=1))
         eta = state["seconds"] / state["epoch"] * (config.epochs - state["epoch"])
         line = (
-            f"epoch {epoch + 1}: val psnr {val['psnr']:.2f} dB, mse {val['mse']:.5f}, kl {val['kl']:.1f}, "
+            f"epoch {epoch + 1}: val psnr {val['psnr']:.2f} dB "
+            f"(16x16 thumbnail {data_summary['val_thumb16_psnr']:.2f}), "
+            f"mse {val['mse']:.5f}, kl {val['kl']:.1f}, "
             f"lr {record['lr']:g}, {state['seconds']:.0f}s"
         )
         print(line + (" *" if state["best_epoch"] == epoch + 1 else ""), file=sys.stderr, flush=True)
@@ -437,7 +497,7 @@ DRY_RUN_CONFIG = TrainConfig(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="folder of photos")
+    parser.add_argument("--data", type=Path, nargs="+", help="folder(s) of photos")
     parser.add_argument("--out", type=Path, help="folder for checkpoints and reports")
     parser.add_argument("--config", type=Path, help="JSON training config (ml/configs/*.json)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
@@ -451,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         config = DRY_RUN_CONFIG
         with tempfile.TemporaryDirectory() as tmp:
-            files = list_images(args.data)[:12] if args.data else _dry_run_data(Path(tmp))
+            files = list_images(args.data[0])[:12] if args.data else _dry_run_data(Path(tmp))
             result = train(config, files, args.out or Path(tmp) / "run", max_steps=4, show_bar=False)
             print(json.dumps({"dry_run": True, "epochs": result.epochs_run, **result.best_val}))
         return 0
@@ -465,14 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         config = config.replace(threads=args.threads)
     try:
-        files = list_images(args.data)
+        files = [path for folder in args.data for path in list_images(folder)]
     except FileNotFoundError as error:
         parser.error(str(error))
     if args.limit:
         files = files[: args.limit]
     if not files:
         parser.error(f"no images in {args.data}")
-    print(f"training on {len(files)} photos from {args.data} -> {args.out}", file=sys.stderr)
+    print(f"training on {len(files)} photos from {', '.join(map(str, args.data))} -> {args.out}", file=sys.stderr)
     result = train(config, files, args.out, resume=args.resume)
     print(
         json.dumps(

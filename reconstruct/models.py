@@ -49,6 +49,13 @@ class Reconstruction(models.Model):
     ssim = models.FloatField(null=True, blank=True)
     kl = models.FloatField(null=True, blank=True)
     car_likeness = models.FloatField(null=True, blank=True)
+    # Where the model looked (see ml/framing.py), in pixels of the upright original: the car's box
+    # [left, top, right, bottom] (null: no car found, or a result from before the search), the frame
+    # the model saw, which way the car faced ("" not decided) and whether the frame was mirrored.
+    car_box = models.JSONField(null=True, blank=True)
+    frame = models.JSONField(null=True, blank=True)
+    facing = models.CharField(max_length=5, blank=True)
+    mirrored = models.BooleanField(default=False)
     model_version = models.ForeignKey(
         "reconstruct.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="reconstructions"
     )

@@ -61,6 +61,7 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
         "width": reconstruction.width,
         "height": reconstruction.height,
         "scores": reconstruction.scores(),
+        **framing_json(reconstruction),
         "model_version": reconstruction.model_version.name if reconstruction.model_version else None,
         "images": {kind: absolute(file_url(reconstruction, kind)) for kind in FILE_KINDS},
         "url": absolute(reverse("reconstruct:detail", args=[reconstruction.uuid])),
@@ -69,6 +70,59 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
         "stuck": stuck,
         "retry_url": absolute(reverse("api:retry", args=[reconstruction.uuid])) if can_retry else None,
     }
+
+
+def framing_json(reconstruction: Reconstruction) -> dict[str, object]:
+    """Where the model looked, for the API: ``car_found`` (None before it ran, or for a result from
+    before the car search), ``box`` and ``frame`` as ``[left, top, right, bottom]`` in pixels of the
+    upright photo (right and bottom exclusive; ``box`` None when no car was found), ``facing`` ("left",
+    "right", "front", "rear" or None) and ``mirrored`` (the frame was mirrored for the model, and the
+    reconstruction mirrored back)."""
+    done = reconstruction.status == Reconstruction.Status.DONE
+    searched = done and reconstruction.frame is not None
+    return {
+        "car_found": (reconstruction.car_box is not None) if searched else None,
+        "box": reconstruction.car_box if done else None,
+        "frame": reconstruction.frame if done else None,
+        "facing": (reconstruction.facing or None) if done else None,
+        "mirrored": reconstruction.mirrored if done else None,
+    }
+
+
+def svg_rect(box: list[int] | None) -> dict[str, int] | None:
+    """``[left, top, right, bottom]`` -> the x, y, width and height of an SVG ``<rect>`` (None stays None)."""
+    if not box:
+        return None
+    left, top, right, bottom = box
+    return {"x": left, "y": top, "width": right - left, "height": bottom - top}
+
+
+# Above this car-likeness a found car is told it looks like the training photos (ml/weights/locator/README.md:
+# the median held-out car scores 0.96 or more, the median non-car 0.01; below 0.5 no car is found).
+CLEARLY_A_CAR = 0.9
+
+
+def car_check(reconstruction: Reconstruction) -> tuple[str, str] | None:
+    """The car check in words, ``(headline, verdict)``, following the stored decision: a photo where the
+    search found no car is told so and never that a car is recognisable; a found car is never told it
+    may not be one. None before the search existed (older results) or without a car-likeness score."""
+    if reconstruction.status != Reconstruction.Status.DONE or reconstruction.frame is None:
+        return None
+    if reconstruction.car_likeness is None:
+        return None
+    if reconstruction.car_box is None:
+        return (
+            "No car found",
+            "We found no car in this photo, so the model saw the whole picture. It learned only from car "
+            "photos, so expect a poor reconstruction.",
+        )
+    if reconstruction.car_likeness >= CLEARLY_A_CAR:
+        return "A car", "We found a car and framed it: it looks like the car photos the model learned from."
+    return (
+        "A car",
+        "We found what is most likely a car and framed it; the view or the photo is less usual for the model, so "
+        "expect a rougher reconstruction.",
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +200,20 @@ def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
         )
     )
 
-    if reconstruction.car_likeness is not None:
+    check = car_check(reconstruction)
+    if check is not None and reconstruction.car_likeness is not None:
+        likeness = reconstruction.car_likeness
+        explanations.append(
+            ScoreExplanation(
+                "Car check",
+                check[0],
+                check[1],
+                f"{'Under 1%' if likeness < 0.005 else f'{likeness:.0%}'} sure: how likely the photo shows a car, from "
+                "the car finder's confidence and how well the model, which learned only from cars, reproduces what "
+                "it framed. Under 50% counts as no car.",
+            )
+        )
+    elif reconstruction.car_likeness is not None:
         likeness = reconstruction.car_likeness
         if likeness >= 0.25:
             words = "Looks like the cars the model learned from."

@@ -254,7 +254,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 comparison = model_version_compare(a=a, b=b, sample=8)
             except (OSError, ValueError) as failure:
                 error = f"Could not run both models: {failure}"
-        keys = ("psnr", "ssim", "mse", "kl", "car_likeness", "n", "car_likeness_auroc")
+        keys = ("psnr", "ssim", "mse", "kl", "car_likeness", "n", "ood_auroc")
         metric_rows = [
             (key, [(v.metrics or {}).get(key) for v in (a, b)]) for key in keys if a is not None and b is not None
         ]

@@ -23,7 +23,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
 
-from ml import runtime
+from ml import framing, runtime
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import (
@@ -204,7 +204,8 @@ def reconstruction_run(
         if original is None:
             with default_storage.open(reconstruction.original.name, "rb") as handle:
                 original = handle.read()
-        result = model.reconstruct(io.BytesIO(original))
+        framed = framing.photo_reconstruct(model, io.BytesIO(original))
+        result = framed.result
         if not _result_is_finite(result):
             raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
@@ -261,7 +262,11 @@ def reconstruction_run(
         psnr=scores.psnr,
         ssim=scores.ssim,
         kl=scores.kl,
-        car_likeness=scores.car_likeness,
+        car_likeness=framed.car_likeness if framed.car_likeness is not None else scores.car_likeness,
+        car_box=framed.box.as_list() if framed.box else None,
+        frame=framed.frame.as_list(),
+        facing=framed.facing or "",
+        mirrored=framed.mirrored,
         model_version=version,
         latent=[float(value) for value in result.latent],
         finished_at=timezone.now(),

@@ -9,16 +9,16 @@ from ml import evaluate
 from ml.data import list_images
 
 
-def test_it_evaluates_a_folder_with_baselines_and_car_likeness_auroc(tiny_export: Any) -> None:
+def test_it_evaluates_a_folder_with_baselines_and_ood_auroc(tiny_export: Any) -> None:
     files = list_images(tiny_export.data_dir)
     result = evaluate.evaluate(tiny_export.model_dir, files, list_images(tiny_export.noncar_dir))
     assert result["n"] == 8 and result["skipped"] == 0 and result["n_noncars"] == 4
     for key in ("psnr", "ssim", "mse", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr"):
         assert np.isfinite(result[key]), key
-    assert 0 <= result["car_likeness_auroc"] <= 1
-    assert set(result["car_likeness_auroc_by_feature"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
+    assert 0 <= result["ood_auroc"] <= 1
+    assert set(result["ood_auroc_by_feature"]) == {"log_mse", "kl", "logvar", "excess_error_db"}
     # car_likeness ranks images by the error in excess of a 16x16 thumbnail alone (SCORE_WEIGHTS).
-    assert result["car_likeness_auroc"] == result["car_likeness_auroc_by_feature"]["excess_error_db"]
+    assert result["ood_auroc"] == result["ood_auroc_by_feature"]["excess_error_db"]
     assert 0 <= result["same_car_top1"] <= 1 and 0 <= result["orientation_agreement"] <= 1
     assert result["colour_error"] >= 0
     # Flat blocks of colour: a 16x16 thumbnail keeps them better than an 8x8 one.
@@ -35,7 +35,7 @@ def test_it_skips_undecodable_files_and_counts_them(tiny_export: Any, tmp_path: 
 def test_it_reproduces_the_validation_metrics_recorded_at_export(
     tiny_export: Any, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--held-out"]
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--held-out", "--no-search"]
     assert evaluate.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
@@ -91,8 +91,8 @@ def test_it_writes_a_grid_of_inputs_and_reconstructions(tiny_export: Any, tmp_pa
     from PIL import Image
 
     with Image.open(grid) as image:
-        # 8 photos, 4 pairs a row: 2 rows of (model input | reconstruction) cells 32x16 plus gaps.
-        assert image.size == (4 * (2 * 32 + 8), 2 * (16 + 8))
+        # 8 photos, one a row: photo with box and frame | what the model saw | reconstruction, 160 px cells.
+        assert image.size == (3 * (160 + 8), 8 * (160 + 8))
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 8
 
 
@@ -138,3 +138,26 @@ def test_it_counts_a_mirrored_or_swapped_reconstruction_as_a_miss() -> None:
         "orientation_agreement": 1.0,
         "colour_error": 0.0,
     }
+
+
+def test_it_scores_the_facing_classifier_on_the_labelled_side_views(
+    tiny_export: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from ml.orientation import facing_predict
+    from ml.preprocess import open_image
+
+    files = list_images(tiny_export.data_dir)
+    predicted = [facing_predict(np.asarray(open_image(str(f)))).label for f in files[:4]]
+    # Two rows labelled as predicted, one labelled the other way, one head-on (not counted); the rest unlabelled.
+    other = {"left": "right", "right": "left", "front": "left", "rear": "left"}
+    labels = [predicted[0], predicted[1], other[predicted[2]], "front"]
+    side = [(p == lab) for p, lab in zip(predicted[:3], labels[:3], strict=True) if lab in ("left", "right")]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,facing\n" + "".join(f"{f.name},{lab}\n" for f, lab in zip(files, labels, strict=False)))
+    # --no-search: the classifier on each whole photo (searched, it sees the frame the site gives it).
+    args = ["--model", str(tiny_export.model_dir), "--data", str(tiny_export.data_dir), "--no-search"]
+    assert evaluate.main([*args, "--orientation-labels", str(csv)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["orientation_rows"] == len(side)
+    assert result["orientation_accuracy"] == pytest.approx(sum(side) / len(side), abs=1e-4)
+    assert sum(side) < len(side)  # the row labelled the other way is a miss

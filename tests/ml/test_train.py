@@ -139,3 +139,54 @@ def test_it_trains_with_augmentation_and_weight_averaging_and_resumes_identicall
     assert part[-1]["val_mse"] == pytest.approx(full[-1]["val_mse"], rel=1e-5)
     model, _ = load_checkpoint(unbroken.best_checkpoint)
     assert model.reconstruct(torch.rand(1, 3, 16, 32)).shape == (1, 3, 16, 32)
+
+
+def _facings_csv(path: Path, photos: list[Path], facing_of) -> Path:
+    rows = ["file,facing"] + [f"{p.name},{facing_of(i)}" for i, p in enumerate(photos) if p.name != "broken.jpg"]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_it_turns_right_facing_photos_to_face_left_and_resumes_identically(tiny_photos, tmp_path: Path) -> None:
+    facings = _facings_csv(tmp_path / "facings.csv", tiny_photos, lambda i: ("left", "right", "front", "rear")[i % 4])
+    config = DRY_RUN_CONFIG.replace(epochs=3, patience=10, facings=str(facings))
+    train(config, tiny_photos, tmp_path / "full", show_bar=False)
+    train(config.replace(epochs=2), tiny_photos, tmp_path / "part", show_bar=False)
+    checkpoint = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    checkpoint["config"] = config.to_dict()
+    torch.save(checkpoint, tmp_path / "part" / "last.pt")
+    train(config, tiny_photos, tmp_path / "part", resume=True, show_bar=False)
+    full = json.loads((tmp_path / "full" / "history.json").read_text())
+    part = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert part[-1]["val_mse"] == pytest.approx(full[-1]["val_mse"], rel=1e-5)
+    data = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["data"]
+    assert data["mirrored"] == 3  # photos 1, 5 and 9 face right
+    assert np.isfinite(data["val_thumb16_psnr"])
+    # The one validation photo is reported in its group (side or head-on) as well as overall.
+    assert {"val_psnr_side", "val_psnr_head_on"} & set(full[-1])
+
+
+def test_it_mirrors_what_validation_sees_by_the_facings_file(tiny_photos, tmp_path: Path) -> None:
+    config = DRY_RUN_CONFIG.replace(epochs=1, hflip=False)
+    runs = {}
+    for facing in ("left", "right"):
+        facings = _facings_csv(tmp_path / f"{facing}.csv", tiny_photos, lambda i, f=facing: f)
+        runs[facing] = train(config.replace(facings=str(facings)), tiny_photos, tmp_path / facing, show_bar=False)
+    assert runs["left"].best_val["mse"] != runs["right"].best_val["mse"]
+    assert torch.load(tmp_path / "right" / "last.pt", weights_only=False)["data"]["mirrored"] == 10
+
+
+def test_it_refuses_a_facings_file_that_misses_photos(tiny_photos, tmp_path: Path) -> None:
+    facings = tmp_path / "facings.csv"
+    facings.write_text(f"file,facing\n{tiny_photos[0].name},left\n")
+    with pytest.raises(ValueError, match="no facing for 9 photos"):
+        train(DRY_RUN_CONFIG.replace(facings=str(facings)), tiny_photos, tmp_path / "run", show_bar=False)
+
+
+def test_it_refuses_to_resume_when_the_facings_file_changed(tiny_photos, tmp_path: Path) -> None:
+    facings = _facings_csv(tmp_path / "facings.csv", tiny_photos, lambda i: "left")
+    config = DRY_RUN_CONFIG.replace(facings=str(facings))
+    train(config, tiny_photos, tmp_path / "run", show_bar=False)
+    _facings_csv(facings, tiny_photos, lambda i: "right")
+    with pytest.raises(ValueError, match=r"another .*facings\.csv"):
+        train(config, tiny_photos, tmp_path / "run", resume=True, show_bar=False)

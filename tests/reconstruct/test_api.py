@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from django.test import Client
 from django.urls import reverse
+from PIL import Image
 
+from ml import framing
 from reconstruct.models import Reconstruction
+from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.reconstructions import reconstruction_create
 from reconstruct.services.tokens import api_token_regenerate
-from tests.support import upload
+from tests.support import draw_car, encode, upload
 
 LIST_URL = "/api/reconstructions/"
 
@@ -143,6 +147,34 @@ def test_it_accepts_session_posts_with_a_csrf_token(alice, car_png: bytes) -> No
     csrf = browser.cookies["csrftoken"].value
     response = browser.post(LIST_URL, {"image": upload(car_png)}, HTTP_X_CSRFTOKEN=csrf)
     assert response.status_code == 201
+
+
+def test_it_returns_where_the_model_looked_as_the_framing_found_it(client, token: str, alice) -> None:
+
+    scene = Image.new("RGB", (480, 320), (70, 110, 80))
+    scene.paste(draw_car((240, 120)), (180, 150))
+    photo = encode(scene, "PNG")
+    reconstruction = reconstruction_create(user=alice, upload=upload(photo, "street.png"))
+    data = client.get(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).json()
+    expected = framing.photo_reconstruct(model_version_load_active()[1], photo)
+    assert data["car_found"] is expected.car_found
+    assert data["box"] == (expected.box.as_list() if expected.box else None)
+    assert data["frame"] == expected.frame.as_list()
+    assert data["facing"] == expected.facing and data["mirrored"] is expected.mirrored
+    assert data["scores"]["car_likeness"] == pytest.approx(expected.car_likeness)
+    left, top, right, bottom = data["frame"]
+    assert 0 <= left < right <= 480 and 0 <= top < bottom <= 320
+    if data["box"] is not None:  # the box lies inside the frame the model saw
+        assert left <= data["box"][0] < data["box"][2] <= right and top <= data["box"][1] < data["box"][3] <= bottom
+
+
+def test_it_tells_a_photo_without_a_car_that_no_car_was_found(client, token: str, alice) -> None:
+    noise = Image.fromarray(np.random.default_rng(3).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    reconstruction = reconstruction_create(user=alice, upload=upload(encode(noise, "PNG"), "noise.png"))
+    data = client.get(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).json()
+    assert data["status"] == "done" and data["car_found"] is False
+    assert data["box"] is None and data["frame"] == [0, 0, 320, 240] and data["facing"] is None
+    assert data["mirrored"] is False
 
 
 def test_it_answers_an_image_url_without_credentials_with_a_json_401(client, alice, car_png: bytes) -> None:

@@ -60,6 +60,16 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
     # All three pictures arrive (through presigned S3 URLs) and decode.
     page.wait_for_function(ALL_IMAGES_LOADED)
     expect(page.get_by_text("Closeness (PSNR)")).to_be_visible()
+    # The car check, and where the model looked: the found car's box drawn on the photo, or "no car found".
+    expect(page.get_by_text("Car check")).to_be_visible()
+    found = page.locator(".compare .overlay .box-rect")
+    if found.count():
+        box = found.bounding_box()
+        photo = page.locator(".compare .located img").bounding_box()
+        assert photo["x"] - 2 <= box["x"] and box["x"] + box["width"] <= photo["x"] + photo["width"] + 2
+        expect(page.get_by_text("the car we found")).to_be_visible()
+    else:
+        expect(page.get_by_text("No car found", exact=True)).to_be_visible()
     expect(page.get_by_role("link", name=re.compile("Download the reconstruction"))).to_be_visible()
     result_url = page.url
 

@@ -248,6 +248,44 @@ def test_it_answers_unknown_pages_with_a_404_page(client, db) -> None:
     assert "Page not found" in response.content.decode()
 
 
+def _done(**fields) -> Reconstruction:
+    values = {"status": Reconstruction.Status.DONE, "psnr": 19.0, "ssim": 0.5, "kl": 700.0, "width": 400, "height": 300}
+    return Reconstruction(**(values | fields))
+
+
+@pytest.mark.parametrize("likeness", [0.001, 0.3, 0.6, 0.95])
+def test_it_words_the_car_check_by_what_the_search_decided(likeness: float) -> None:
+    from reconstruct.presenters import car_check, explain_scores
+
+    no_car = _done(car_likeness=likeness, frame=[0, 0, 400, 300], car_box=None)
+    headline, verdict = car_check(no_car)
+    assert headline == "No car found" and "recognisable" not in verdict and "looks like" not in verdict
+    car = _done(car_likeness=likeness, frame=[40, 50, 360, 210], car_box=[40, 50, 360, 210])
+    headline, verdict = car_check(car)
+    assert headline == "A car" and "not a car" not in verdict and verdict.startswith("We found")
+    assert ("looks like the car photos" in verdict) is (likeness >= 0.9)
+    assert [s.value for s in explain_scores(car) if s.name == "Car check"] == ["A car"]
+    # Results from before the search keep the old car-likeness words.
+    assert car_check(_done(car_likeness=likeness)) is None
+    assert [s.name for s in explain_scores(_done(car_likeness=likeness))][-1] == "Car-likeness"
+
+
+def test_it_draws_the_found_car_and_the_frame_on_the_photo(client, alice, alices) -> None:
+    Reconstruction.objects.filter(pk=alices.pk).update(car_box=[10, 20, 110, 70], frame=[5, 15, 115, 75], mirrored=True)
+    client.force_login(alice)
+    body = client.get(reverse("reconstruct:detail", args=[alices.uuid])).content.decode()
+    assert f'viewBox="0 0 {alices.width} {alices.height}"' in body
+    assert 'class="box-rect" x="10" y="20" width="100" height="50"' in body
+    assert 'class="frame-rect" x="5" y="15" width="110" height="60"' in body
+    assert "the car we found" in body and "mirrored to face left" in body and "mirrored back" in body
+    Reconstruction.objects.filter(pk=alices.pk).update(
+        car_box=None, frame=[0, 0, alices.width, alices.height], mirrored=False
+    )
+    body = client.get(reverse("reconstruct:detail", args=[alices.uuid])).content.decode()
+    assert "box-rect" not in body and "no car found" in body and "the whole photo" in body
+    assert "<script>" not in body  # no inline script: the page's JavaScript lives in static files
+
+
 def _reset_link(client: Client) -> str:
     client.post(reverse("password_reset"), {"email": "alice@example.com"})
     return re.search(r"https?://[^/]+(/accounts/reset/\S+/)", mail.outbox[-1].body).group(1)

@@ -19,7 +19,7 @@ def count_the_last_hours_uploads(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reconstruct", "0003_reconstruction_queued_at"),
+        ("reconstruct", "0004_reconstruction_queued_at"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reconstruct", "0002_latent_origin_sharing"),
+        ("reconstruct", "0003_reconstruction_car_box_frame"),
     ]
 
     operations = [

@@ -1,0 +1,247 @@
+"""Train the facing classifier on hand labels and export it to ONNX (torch; see ``ml/orientation.py``).
+
+    python -m ml.train_orientation --labels ml/labels/orientation.csv \\
+        --data ../shared/data/cars ../shared/data/cars-more --out ml/weights/orientation
+
+The labelled photos are split by a hash of their file name: 30% are held out (``test``) and never
+used for training or for choosing anything; the rest train the model. The script reports the
+held-out accuracy on the left/right rows (the measure of issue 10), over all four labels, and the
+confusion matrix, and writes them into ``metadata.json`` beside ``facing.onnx``.
+
+The network (``FacingNet``): four 3x3 conv / BatchNorm / ReLU / 2x2 max-pool stages (16-32-64-96
+channels) on a 2:1 letterboxed input, then two linear heads on the flattened features ``a = f(x)``
+and ``b = f(mirror(x))``: ``side = w . a - w . b`` (log-odds of left over right; mirroring the photo
+flips its sign exactly) and ``view = V (a + b) + c`` (side / front / rear; unchanged by mirroring).
+Training mirrors half of each batch (a mirrored left is a right), jitters brightness and contrast
+and zooms out by up to 25% (a framed car has a margin that tight crops lack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ml.config import ModelConfig
+from ml.orientation import (
+    FACINGS,
+    METADATA_FILE,
+    MODEL_FILE,
+    VIEWS,
+    FacingClassifier,
+    orientation_accuracy,
+    read_labels,
+)
+from ml.preprocess import prepare
+
+# Input frame (2:1, like the VAE's); --height changes it.
+HEIGHT = 32
+PAD = 0.5
+TEST_PERCENT = 30
+
+
+def is_test(name: str) -> bool:
+    """The held-out 30%: decided by the file name alone, so it never changes with the label file."""
+    return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < TEST_PERCENT
+
+
+class FacingNet(nn.Module):
+    """``x [B, 3, H, W]`` in [0, 1] -> ``side [B]`` (left-vs-right log-odds), ``view [B, 3]`` logits."""
+
+    def __init__(self, height: int = HEIGHT, channels: tuple[int, ...] = (16, 32, 64, 96)) -> None:
+        super().__init__()
+        self.height = height
+        layers: list[nn.Module] = []
+        previous = 3
+        for count in channels:
+            layers += [nn.Conv2d(previous, count, 3, padding=1, bias=False), nn.BatchNorm2d(count), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2))
+            previous = count
+        self.features = nn.Sequential(*layers)
+        size = previous * (height >> len(channels)) * (2 * height >> len(channels))
+        self.dropout = nn.Dropout(0.3)
+        self.side_head = nn.Linear(size, 1, bias=False)
+        self.view_head = nn.Linear(size, len(VIEWS))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.dropout(self.features(x).flatten(1))
+        b = self.dropout(self.features(torch.flip(x, dims=[3])).flatten(1))
+        return (self.side_head(a) - self.side_head(b)).squeeze(1), self.view_head(a + b)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random mirror (returned as +-1 per image), brightness/contrast jitter, zoom-out and shift."""
+    count = len(x)
+    mirror = torch.rand(count, generator=generator) < 0.5
+    x = torch.where(mirror[:, None, None, None], torch.flip(x, dims=[3]), x)
+    contrast = 1 + 0.3 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5)
+    brightness = 0.15 * (torch.rand(count, 1, 1, 1, generator=generator) - 0.5)
+    x = (x - PAD) * contrast + PAD + brightness
+    theta = torch.zeros(count, 2, 3)
+    scale = 1 + 0.33 * torch.rand(count, generator=generator) - 0.08  # output shows 0.92x to 1.25x the frame
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = 0.12 * (torch.rand(count, 2, generator=generator) - 0.5)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = nn.functional.grid_sample(x - PAD, grid, padding_mode="zeros", align_corners=False) + PAD
+    return x.clamp(0, 1), torch.where(mirror, -1.0, 1.0)
+
+
+def load_labelled(labels: dict[str, str], folders: list[Path], height: int = HEIGHT) -> tuple[np.ndarray, list[str]]:
+    """Prepared inputs ``[N, 3, height, 2 * height]`` float32 for the labelled photos found in ``folders``."""
+    config = ModelConfig(height=height, width=2 * height, pad_value=PAD, widths=())
+    arrays, names = [], []
+    for name in sorted(labels):
+        path = next((folder / name for folder in folders if (folder / name).is_file()), None)
+        if path is not None:
+            arrays.append(prepare(str(path), config).array)
+            names.append(name)
+    return np.stack(arrays), names
+
+
+def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=print) -> FacingNet:
+    """Fit :class:`FacingNet` on prepared inputs and their facing labels."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.from_numpy(x)
+    side = torch.tensor([{"left": 1.0, "right": -1.0}.get(f, 0.0) for f in facings])
+    view = torch.tensor([{"left": 0, "right": 0, "front": 1, "rear": 2}[f] for f in facings])
+    net = FacingNet(height=x.shape[2])
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
+    steps = epochs * ((len(x) + 31) // 32)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    started = time.monotonic()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), 32):
+            batch = order[start : start + 32]
+            images, sign = _augment(inputs[batch], generator)
+            side_logit, view_logit = net(images)
+            target = side[batch] * sign
+            is_side = target != 0
+            loss = nn.functional.cross_entropy(view_logit, view[batch])
+            if is_side.any():
+                loss = loss + nn.functional.binary_cross_entropy_with_logits(
+                    side_logit[is_side], (target[is_side] > 0).float()
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss) * len(batch)
+        if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
+            log(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}, {time.monotonic() - started:.0f}s")
+    net.eval()
+    return net
+
+
+def export(net: FacingNet, out: Path) -> dict:
+    """Write ``facing.onnx`` (``x [B, 3, H, W]`` -> ``side_logit [B]``, ``view_logits [B, 3]``) into ``out``."""
+    import onnx
+
+    net.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            net,
+            (torch.rand(2, 3, net.height, 2 * net.height),),
+            None,
+            dynamo=True,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["side_logit", "view_logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    proto.ir_version = min(proto.ir_version, 9)  # onnxruntime 1.16.3 (Lambda) reads IR <= 9
+    onnx.checker.check_model(proto, full_check=True)
+    path = out / MODEL_FILE
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml.train_orientation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=Path, required=True, help="file,facing CSV of hand labels")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="folders holding the labelled photos")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument(
+        "--extra-labels", type=Path, help="more file,facing rows used for training only (never held out)"
+    )
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--height", type=int, default=HEIGHT, help="input height in pixels (width: twice that)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    labels = read_labels(args.labels)
+    extra = {n: f for n, f in (read_labels(args.extra_labels) if args.extra_labels else {}).items() if n not in labels}
+    x, names = load_labelled({**labels, **extra}, args.data, args.height)
+    # Only rows of --labels are ever held out; --extra-labels rows always train.
+    test = np.array([name in labels and is_test(name) for name in names])
+    labels = {**labels, **extra}
+    counts = f"{int((~test).sum())} train, {int(test.sum())} held out"
+    print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
+    started = time.monotonic()
+    net = train(
+        x[~test],
+        [labels[n] for n, t in zip(names, test, strict=True) if not t],
+        args.epochs,
+        args.seed,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    seconds = time.monotonic() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
+        tmp_dir = Path(tmp)
+        info = export(net, tmp_dir)
+        metadata = {
+            "format": "carsite-facing-classifier",
+            "input": {
+                "height": args.height,
+                "width": 2 * args.height,
+                "pad_value": PAD,
+                "preprocessing": "letterbox (ml.preprocess)",
+            },
+            "outputs": {"side_logit": "[B] log-odds left over right", "view_logits": f"[B, 3] logits of {list(VIEWS)}"},
+            "labels": str(args.labels),
+            "extra_labels": str(args.extra_labels) if args.extra_labels else None,
+            "train_rows": int((~test).sum()),
+            "test_rows": int(test.sum()),
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "train_seconds": round(seconds, 1),
+            "file": info,
+        }
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        # Measure the exported graph, as the site runs it, on the held-out rows.
+        classifier = FacingClassifier(tmp_dir)
+        held_out = [n for n, t in zip(names, test, strict=True) if t]
+        predicted = {n: f.label for n, f in zip(held_out, classifier.predict_arrays(x[test]), strict=True)}
+        metrics = orientation_accuracy(predicted, {n: labels[n] for n in held_out})
+        metadata["held_out"] = metrics
+        (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        for name in (MODEL_FILE, METADATA_FILE):
+            (tmp_dir / name).replace(args.out / name)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+    print("confusion (rows: label, columns: predicted " + " ".join(FACINGS) + ")", file=sys.stderr)
+    for label in FACINGS:
+        print(f"  {label:>5}: " + " ".join(f"{metrics['confusion'][label][p]:5d}" for p in FACINGS), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
