@@ -39,11 +39,13 @@ run: $(VENV)/.installed-train redis-server
 	$(BIN)/python manage.py runlocal --host $(HOST) --port $(PORT)
 
 # ruff, then the whole suite (unit, integration with Redis + Celery worker processes + S3 over HTTP,
-# browser tests in Debian's Chromium, the Lambda bundle test).
+# browser tests in Debian's Chromium, the Lambda bundle test) on SQLite, then every test that touches the
+# database again on PostgreSQL (a throwaway cluster of Debian's server: tests/on_postgres.py).
 test: $(VENV)/.installed-dev redis-server chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.on_postgres $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -120,7 +122,7 @@ lambda-undeploy: $(VENV)/.installed-dev
 lambda-bench: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
 
-# Debian's PostgreSQL server binaries: the Lambda test starts its own throwaway cluster with them.
+# Debian's PostgreSQL server binaries: the tests start their own throwaway clusters with them.
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }

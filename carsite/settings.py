@@ -12,6 +12,7 @@ import os
 import secrets
 import tempfile
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -126,6 +127,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",  # naturaltime: "finished 12 seconds ago", never "0 minutes ago"
+    "axes",
+    "csp",
     "reconstruct",
 ]
 if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():
@@ -142,6 +145,10 @@ MIDDLEWARE = [
     # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/middleware.py).
     "reconstruct.middleware.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+    # Last: turns a throttled login into its 429 page (reconstruct/throttle.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "carsite.urls"
@@ -229,7 +236,15 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "carsite.staticfiles.StaticFilesStorage"},
 }
+# S3 calls time out and retry with boto's exponential back-off ("standard" mode) rather than hang a request or a job
+# for boto's default 60 s; a job whose storage stays unreachable is retried later (RECONSTRUCT_STORAGE_RETRIES).
+# An upload makes four S3 calls (an existence check and a write, for the photo and its thumbnail): with a hung
+# server it waits at most 4 x AWS_S3_MAX_ATTEMPTS x AWS_S3_TIMEOUT s (40 s), within gunicorn's 60 s, then answers 503.
+AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 5.0, minimum=0.1)
+AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 2, minimum=1)
 if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as BotoConfig
+
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
@@ -246,6 +261,14 @@ if AWS_STORAGE_BUCKET_NAME:
             "addressing_style": envchoice("AWS_S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
         },
     }
+    # With a client_config django-storages ignores its own addressing_style and signature_version: repeated here.
+    STORAGES["default"]["OPTIONS"]["client_config"] = BotoConfig(
+        s3={"addressing_style": STORAGES["default"]["OPTIONS"]["addressing_style"]},
+        signature_version="s3v4",
+        connect_timeout=AWS_S3_TIMEOUT,
+        read_timeout=AWS_S3_TIMEOUT,
+        retries={"max_attempts": AWS_S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
 
 # Uploads. Phones write 3-12 MB JPEGs; the byte limit is checked before the body is read, the pixel
 # limit before the pixels are decoded (a small file can hold a huge "decompression bomb").
@@ -271,10 +294,20 @@ RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STOR
 RECONSTRUCT_MODE = envchoice("RECONSTRUCT_MODE", "sync" if ON_LAMBDA else "celery", ("celery", "sync"))
 # A reconstruction is retried this many times after its worker died; then it is failed.
 RECONSTRUCT_MAX_ATTEMPTS = envint("RECONSTRUCT_MAX_ATTEMPTS", 3, minimum=1)
+# A job whose storage does not answer is retried this many times, RECONSTRUCT_STORAGE_RETRY_DELAY s later and
+# three times longer each time (5, 15, 45 s: about a minute), then failed with a reason; "Try again" works once the
+# storage is back.
+RECONSTRUCT_STORAGE_RETRIES = envint("RECONSTRUCT_STORAGE_RETRIES", 3, minimum=0)
+RECONSTRUCT_STORAGE_RETRY_DELAY = envfloat("RECONSTRUCT_STORAGE_RETRY_DELAY", 5.0, minimum=0)
 # Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
 RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
-# Where each process keeps its copy of the active model's files (downloaded once per version).
-MODEL_CACHE_DIR = Path(envstr("MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "carsite-models")
+# Where each process keeps its copy of the active model's files (downloaded once per version, each file checked
+# against its SHA-256 before use): this site's own folder (.run/model-cache), never one shared by every site on the
+# host; on Lambda, whose code folder is read-only, the function's own /tmp.
+MODEL_CACHE_DIR = Path(
+    envstr("MODEL_CACHE_DIR")
+    or (Path(tempfile.gettempdir()) / "carsite-models" if ON_LAMBDA else RUN_DIR / "model-cache")
+)
 
 # Curation (reconstruct/curation; README "Admin: curating photos and training models"). Photos are
 # flagged, not refused, by these checks: a perceptual-hash distance at most this is a near duplicate
@@ -325,9 +358,30 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 30
 if CELERY_TASK_TIME_LIMIT >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("RECONSTRUCT_SOFT_TIME_LIMIT + 30 must stay below CELERY_VISIBILITY_TIMEOUT")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Publishing from a web request must not hang when Redis is down: fail fast and tell the user.
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
-CELERY_BROKER_CONNECTION_TIMEOUT = 4
+# Publishing from a web request must not hang when Redis is down (connection refused) or hung (accepts, never
+# answers: SIGSTOP, a full disk): every connect and every command times out after RECONSTRUCT_BROKER_TIMEOUT s,
+# one retry, then the upload is kept pending and the sweep below queues it once Redis answers again.
+RECONSTRUCT_BROKER_TIMEOUT = envfloat("RECONSTRUCT_BROKER_TIMEOUT", 3.0, minimum=0.1)
+CELERY_BROKER_TRANSPORT_OPTIONS |= {
+    "socket_timeout": RECONSTRUCT_BROKER_TIMEOUT,
+    "socket_connect_timeout": RECONSTRUCT_BROKER_TIMEOUT,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
+CELERY_BROKER_CONNECTION_TIMEOUT = RECONSTRUCT_BROKER_TIMEOUT
+# The sweep (reconstruct/services/recovery.py), run by Celery beat (`make run` starts it): a job running longer
+# than RECONSTRUCT_STUCK_AFTER s (the hard time limit plus a margin) lost its worker, and is queued again (or
+# failed after RECONSTRUCT_MAX_ATTEMPTS); a pending one the broker did not take is queued.
+RECONSTRUCT_SWEEP_INTERVAL = envint("RECONSTRUCT_SWEEP_INTERVAL", 60, minimum=1)
+RECONSTRUCT_STUCK_AFTER = envint("RECONSTRUCT_STUCK_AFTER", CELERY_TASK_TIME_LIMIT + 30, minimum=1)
+RECONSTRUCT_REQUEUE_AFTER = envint("RECONSTRUCT_REQUEUE_AFTER", 30, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "reconstruction-sweep": {
+        "task": "reconstruct.tasks.reconstruction_sweep_task",
+        "schedule": float(RECONSTRUCT_SWEEP_INTERVAL),
+        # A sweep nobody ran in time is dropped: the next one does the same work.
+        "options": {"expires": float(RECONSTRUCT_SWEEP_INTERVAL)},
+    }
+}
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # What a task prints (ml.train's line per epoch) is logged as INFO, not as a WARNING that reads as trouble.
@@ -344,14 +398,69 @@ EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "carsite <noreply@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
-# HTTPS hardening, for a site behind TLS (on by SECURE_COOKIES=1; Lambda sits behind API Gateway's TLS).
-SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA)
+# HTTPS hardening, for a site behind TLS: on by default in production (Lambda, which sits behind API Gateway's TLS,
+# or any site with a public host name in ALLOWED_HOSTS), off for a local site; SECURE_COOKIES=0/1 decides otherwise.
+# With it: secure cookies, HTTP redirected to HTTPS, and HSTS (browsers use HTTPS only, for SECURE_HSTS_SECONDS).
+SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA or not _LOCAL_ONLY)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
-if envbool("SECURE_PROXY_SSL_HEADER", ON_LAMBDA):
+# In production the site sits behind TLS terminated by a proxy (API Gateway, nginx) that must set X-Forwarded-Proto
+# (and drop a client's own): without it the HTTPS redirect below would loop.
+if envbool("SECURE_PROXY_SSL_HEADER", SECURE_COOKIES):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", SECURE_COOKIES)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if SECURE_COOKIES else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the whole domain to HTTPS in browsers' built-in lists: the owner's decision, off unless asked.
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]  # "SECURE_HSTS_PRELOAD is not True": decided above
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): scripts only from the site's own static files, never inline; pictures and
+# direct uploads may also reach the S3 endpoint (presigned URLs). Inline styles stay allowed (Django's admin uses them).
+CSP_S3_DIRECTIVES = ("img-src", "connect-src", "form-action")
+_S3_ORIGINS = []
+if AWS_STORAGE_BUCKET_NAME:
+    from urllib.parse import urlsplit
+
+    _endpoint = urlsplit(envstr("AWS_S3_ENDPOINT_URL"))
+    _S3_ORIGINS = [f"{_endpoint.scheme}://{_endpoint.netloc}"] if _endpoint.netloc else ["https://*.amazonaws.com"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", "blob:", *_S3_ORIGINS],  # blob: the upload page's preview
+        "connect-src": ["'self'", *_S3_ORIGINS],
+        "form-action": ["'self'", *_S3_ORIGINS],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Permissions-Policy (django-permissions-policy): no page here needs these browser features.
+PERMISSIONS_POLICY = {
+    feature: [] for feature in ("accelerometer", "camera", "geolocation", "gyroscope", "microphone", "payment", "usb")
+}
+
+# Guessing is throttled (django-axes): after AXES_FAILURE_LIMIT failures within AXES_COOLOFF_MINUTES, from one address
+# or against one account, further tries are refused (429) until the cool-off has passed. This covers the login page,
+# the admin's login, API tokens and password resets (reconstruct/throttle.py); a success resets the count.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = "reconstruct.throttle.lockout_parameters"
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "reconstruct.throttle.lockout_response"
+AXES_VERBOSE = False
+# Behind this many reverse proxies (nginx, a load balancer), each appending to X-Forwarded-For, the client's
+# address is the one they were given (reconstruct/throttle.py: client_address); 0: the connection's own address
+# (right locally, and on Lambda, where zappa sets it from API Gateway's sourceIp). A wrong value either lets one
+# client pass for many or makes every visitor one address.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "reconstruct.throttle.client_address"
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
 LOGGING = {

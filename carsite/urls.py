@@ -9,8 +9,9 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("examples/<int:index>/<str:kind>.png", views.example_image, name="example_image"),
     path("accounts/signup/", views.signup, name="signup"),
-    # Before Django's own: a link that does not work says why.
-    path("accounts/reset/<uidb64>/<token>/", views.PasswordResetConfirm.as_view(), name="password_reset_confirm"),
+    # Before Django's own: throttled reset views (reconstruct/throttle.py); a link that does not work says why.
+    path("accounts/password_reset/", views.PasswordResetView.as_view(), name="password_reset"),
+    path("accounts/reset/<uidb64>/<token>/", views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("account/", views.account, name="account"),
     # Before "api/": its catch-all answers every other path under /api/ with a JSON 404.

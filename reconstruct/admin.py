@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+import uuid
 
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
+
+from reconstruct import presenters
 from reconstruct.models import Reconstruction
 from reconstruct.presenters import img_tag
 from reconstruct.registry import admin as registry_admin  # noqa: F401  (registers ModelVersion, ModelActivation)
@@ -76,7 +81,22 @@ class ReconstructionAdmin(admin.ModelAdmin):
     def thumb(self, obj: Reconstruction) -> str:
         if not obj.thumbnail:
             return "-"
-        return img_tag(reverse("reconstruct:file", args=[obj.uuid, "thumbnail"]))
+        return img_tag(reverse("admin:reconstruct_reconstruction_file", args=[obj.uuid, "thumbnail"]))
+
+    def get_urls(self) -> list[URLPattern]:
+        file_view = self.admin_site.admin_view(self.file_view)
+        return [
+            path("<uuid:public_id>/file/<str:kind>/", file_view, name="reconstruct_reconstruction_file"),
+            *super().get_urls(),
+        ]
+
+    def file_view(self, request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
+        """Any user's stored file, for staff who may view reconstructions: the one way staff see other people's
+        files (on the site itself every reconstruction is its owner's alone, reconstruct/views.py)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        reconstruction = get_object_or_404(Reconstruction, uuid=public_id)
+        return presenters.file_response(reconstruction, kind, download="download" in request.GET)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -29,11 +29,13 @@ from reconstruct.http import (
     length_missing,
     part_unreadable,
     rate_limited_response,
+    storage_unavailable_response,
 )
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
-from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete
+from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete, reconstruction_retry
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
 from reconstruct.services.waiting import MAX_WAIT_S, reconstruction_wait
+from reconstruct.storage import StorageUnavailable
 
 PAGE_SIZE = 50
 
@@ -92,6 +94,8 @@ def _create(request: HttpRequest) -> HttpResponse:
         reconstruction = reconstruction_create(user=request.user, upload=upload)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    except StorageUnavailable:
+        return storage_unavailable_response()
     except UploadTooLarge as problem:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
@@ -128,6 +132,20 @@ def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     if not item.is_finished:
         response["Retry-After"] = "1"
     return response
+
+
+@api_view(("POST",))
+def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """POST: queue a failed (or stuck) reconstruction again, as the page's button does -> 202 and its new state;
+    409 when it is neither (its ``retry_url`` is null)."""
+    item = selectors.reconstruction_get(request.user, public_id)
+    if item is None:
+        return json_error("No such reconstruction.", 404)
+    try:
+        item = reconstruction_retry(item)
+    except ValidationError as problem:
+        return json_error(problem.messages[0], 409, code="not_retryable")
+    return created_response(request, item)
 
 
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
@@ -170,6 +188,8 @@ def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
         reconstruction = direct_upload_complete(user=request.user, upload_id=upload_id, filename=filename)
     except UploadRateLimited as problem:
         return rate_limited_response(problem)
+    except StorageUnavailable:
+        return storage_unavailable_response()
     except DirectUploadsUnavailable:
         return json_error("Direct uploads need the media in S3 (AWS_STORAGE_BUCKET_NAME).", 404)
     except UploadTooLarge as problem:

@@ -19,10 +19,9 @@ class SignupForm(UserCreationForm):
         fields = ("username", "email")
 
     def clean_email(self) -> str:
-        email = self.cleaned_data["email"].strip()
-        if User.objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("An account with this email address exists already. Log in instead?")
-        return email
+        # Never "this address has an account": that would let anyone test addresses. The address's owner is told
+        # of the new account instead (reconstruct/services/accounts.py: account_signup_notify).
+        return self.cleaned_data["email"].strip()
 
 
 class UploadForm(forms.Form):

@@ -18,6 +18,7 @@ from reconstruct import presenters
 from reconstruct.auth import TokenError, authenticate_token
 from reconstruct.models import Reconstruction
 from reconstruct.services.uploads import UploadRateLimited
+from reconstruct.throttle import throttle_failure, throttle_refusal
 
 # Multipart framing and the other form fields (CSRF token) come on top of the photo's own bytes.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -93,6 +94,18 @@ def rate_limited_response(problem: UploadRateLimited) -> JsonResponse:
     return response
 
 
+STORAGE_DOWN_MESSAGE = (
+    "The site's file storage is not answering right now, so your photo was not saved. Please try again in a minute."
+)
+
+
+def storage_unavailable_response() -> JsonResponse:
+    """503 with ``Retry-After: 60``: the storage did not answer and nothing was stored."""
+    response = json_error(STORAGE_DOWN_MESSAGE, 503, code="storage_unavailable")
+    response["Retry-After"] = "60"
+    return response
+
+
 def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
     """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
     status = 201 if reconstruction.is_finished else 202
@@ -101,13 +114,19 @@ def created_response(request: HttpRequest, reconstruction: Reconstruction) -> Js
     return response
 
 
-def token_login(request: HttpRequest) -> JsonResponse | None:
+def token_login(request: HttpRequest) -> HttpResponse | None:
     """Authenticate by ``Authorization: Token <key>`` when the request carries one: ``request.user`` becomes the
-    token's owner. Returns a 401 JSON response for a malformed or unknown token, None otherwise (also when
-    there is no header: the session, if any, stays in charge)."""
+    token's owner. Returns a 401 JSON response for a malformed or unknown token (429 once a client has sent
+    too many), None otherwise (also when there is no header: the session, if any, stays in charge)."""
+    if request.headers.get("Authorization", "").strip():
+        # Guessing tokens is throttled per client address like passwords (reconstruct/throttle.py).
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
     try:
         token_user = authenticate_token(request)
     except TokenError as problem:
+        throttle_failure(request)
         return json_error(str(problem), 401)
     if token_user is not None:
         request.user = token_user

@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 # The stored files of a reconstruction, in the order a page shows them.
 FILE_KINDS = ("original", "thumbnail", "model_input", "reconstruction")
@@ -70,6 +71,9 @@ class Reconstruction(models.Model):
 
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When its job was last handed to the queue; null while pending means the broker did not take it
+    # (down or hung): reconstruct/services/recovery.py queues it once the broker is back.
+    queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -97,6 +101,22 @@ class Reconstruction(models.Model):
 
     def file_keys(self) -> list[str]:
         return [f.name for f in (self.original, self.thumbnail, self.model_input, self.reconstruction) if f.name]
+
+
+class UploadRecord(models.Model):
+    """One accepted upload, counted by the hourly limit (RECONSTRUCT_UPLOADS_PER_HOUR; reconstruct/services/uploads.py).
+
+    Not tied to the reconstruction: deleting a reconstruction never gives its upload back. Rows older than the
+    limit's hour are pruned by the periodic sweep."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"upload by {self.user_id} at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
 class ApiToken(models.Model):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
 from reconstruct.models import FILE_KINDS, ModelVersion, Reconstruction
+from reconstruct.services.reconstructions import reconstruction_is_stuck
+from reconstruct.storage import storage_serve
 
 
 def img_tag(url: str, height: int = 48, alt: str = "") -> str:
@@ -24,11 +26,29 @@ def file_url(reconstruction: Reconstruction, kind: str, download: bool = False) 
     return url + "?download=1" if download else url
 
 
+def file_response(reconstruction: Reconstruction, kind: str, download: bool = False) -> HttpResponse:
+    """One stored file of a reconstruction (``kind`` one of FILE_KINDS) as a response, saved by the browser as
+    "<photo name>-<kind>.<ext>"; raises Http404 for an unknown kind or a file that does not exist (yet).
+    Whoever calls it has checked that the caller may see it."""
+    if kind not in FILE_KINDS:
+        raise Http404("No such file.")
+    field = getattr(reconstruction, kind)
+    if not field:
+        raise Http404("This file does not exist yet.")
+    extension = field.name.rsplit(".", 1)[-1]
+    stem = (reconstruction.original_name.rsplit(".", 1)[0] or "car")[:80]
+    filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
+    return storage_serve(key=field.name, filename=filename, download=download, max_age=300)
+
+
 def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) -> dict[str, object]:
     """A reconstruction as the JSON API returns it, with absolute URLs."""
 
     def absolute(url: str | None) -> str | None:
         return request.build_absolute_uri(url) if url else None
+
+    stuck = reconstruction_is_stuck(reconstruction)
+    can_retry = stuck or reconstruction.status == Reconstruction.Status.FAILED
 
     return {
         "id": str(reconstruction.uuid),
@@ -46,6 +66,9 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
         "images": {kind: absolute(file_url(reconstruction, kind)) for kind in FILE_KINDS},
         "url": absolute(reverse("reconstruct:detail", args=[reconstruction.uuid])),
         "status_url": absolute(reverse("api:reconstruction", args=[reconstruction.uuid])),
+        # The page's "Try again" / "Queue it again": POST here when failed, or stuck (its job was lost).
+        "stuck": stuck,
+        "retry_url": absolute(reverse("api:retry", args=[reconstruction.uuid])) if can_retry else None,
     }
 
 

@@ -30,6 +30,29 @@ def storage_s3_key(name: str) -> str:
     return posixpath.join(location, name) if location else name
 
 
+class StorageUnavailable(Exception):
+    """The file storage did not answer (S3 unreachable, timing out or answering 5xx; a local disk error)."""
+
+
+def storage_error_is_transient(error: BaseException) -> bool:
+    """Whether ``error``, raised by a storage call, means the storage is unavailable for now (worth retrying),
+    rather than that this file is missing or refused. Connection failures and timeouts (botocore), S3's 5xx and
+    throttling answers, and local OS errors other than a missing file count."""
+    if isinstance(error, StorageUnavailable):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 support installed: only the local disk
+        BotoCoreError = ClientError = ()
+    if isinstance(error, ClientError):
+        response = getattr(error, "response", {}) or {}
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or response.get("Error", {}).get("Code") in ("SlowDown", "Throttling", "RequestTimeout")
+    if isinstance(error, BotoCoreError):
+        return True
+    return isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError)
+
+
 def storage_delete_keys(keys: Iterable[str]) -> None:
     """Delete each key from the default storage; a failure is logged, never raised.
 

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 
 from reconstruct.services.reconstructions import reconstruction_run
+from reconstruct.services.recovery import reconstruction_sweep
+from reconstruct.services.uploads import upload_records_prune
 from reconstruct.services.waiting import reconstruction_finished_notify
+from reconstruct.storage import StorageUnavailable
 
 
-@shared_task(name="reconstruct.tasks.reconstruction_run_task")
-def reconstruction_run_task(reconstruction_id: int) -> None:
-    """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue."""
-    reconstruction = reconstruction_run(reconstruction_id)
+@shared_task(bind=True, name="reconstruct.tasks.reconstruction_run_task", max_retries=None)
+def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
+    """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue.
+
+    While the storage does not answer it is tried again RECONSTRUCT_STORAGE_RETRIES times, after
+    RECONSTRUCT_STORAGE_RETRY_DELAY s and three times longer each time; the last try fails the row with the reason.
+    """
+    retries = self.request.retries
+    try:
+        reconstruction = reconstruction_run(
+            reconstruction_id, storage_retry=retries < settings.RECONSTRUCT_STORAGE_RETRIES
+        )
+    except StorageUnavailable as error:
+        raise self.retry(exc=error, countdown=settings.RECONSTRUCT_STORAGE_RETRY_DELAY * 3**retries) from error
     if reconstruction is not None and reconstruction.is_finished:
         reconstruction_finished_notify(reconstruction.uuid)
+
+
+@shared_task(name="reconstruct.tasks.reconstruction_sweep_task")
+def reconstruction_sweep_task() -> dict[str, list[int]]:
+    """Queue again (or fail) the reconstructions nobody is running, and forget uploads older than the hourly
+    limit's hour; Celery beat sends it every RECONSTRUCT_SWEEP_INTERVAL s."""
+    report = reconstruction_sweep()
+    upload_records_prune()
+    return {"requeued": report.requeued, "failed": report.failed}
+
+
+def reconstruction_sweep_event(event: dict, context: object) -> dict[str, list[int]]:
+    """The sweep on AWS Lambda, where no Celery beat runs: zappa calls this on a schedule (zappa_settings.json
+    "events"). In sync mode the jobs it finds run again right here (a request killed by Lambda's time limit
+    leaves its row running)."""
+    return reconstruction_sweep_task()

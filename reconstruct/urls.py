@@ -29,6 +29,7 @@ api_urlpatterns = (
     [
         path("reconstructions/", api.reconstructions, name="reconstructions"),
         path("reconstructions/<uuid:public_id>/", api.reconstruction, name="reconstruction"),
+        path("reconstructions/<uuid:public_id>/retry/", api.retry, name="retry"),
         re_path(r"^(?P<path>.*)$", api.not_found),
     ],
     "api",

@@ -17,7 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.cache import cache_control
+from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
@@ -26,6 +26,7 @@ from reconstruct import examples, presenters, selectors
 from reconstruct.forms import SignupForm, UploadForm
 from reconstruct.http import (
     LENGTH_REQUIRED,
+    STORAGE_DOWN_MESSAGE,
     UNREADABLE_PART,
     authentication_required,
     body_too_large,
@@ -39,7 +40,7 @@ from reconstruct.http import (
 )
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
-from reconstruct.services.accounts import password_reset_link_problem
+from reconstruct.services.accounts import account_signup_notify, password_reset_link_problem
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -48,7 +49,8 @@ from reconstruct.services.reconstructions import (
 )
 from reconstruct.services.tokens import api_token_regenerate, api_token_revoke
 from reconstruct.services.uploads import UploadRateLimited, reconstruction_rate_check, upload_size_error
-from reconstruct.storage import storage_serve
+from reconstruct.storage import StorageUnavailable
+from reconstruct.throttle import lockout_response, throttle_failure, throttle_refusal
 
 GALLERY_PAGE_SIZE = 24
 
@@ -99,6 +101,22 @@ def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
     return response
 
 
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset request, throttled (reconstruct/throttle.py): each request sends an email, so each counts
+    as an attempt from the client's address and against the address asked for."""
+
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        email = str(request.POST.get("email", "")).strip().lower()
+        account = f"password-reset:{email}" if email else None
+        refused = throttle_refusal(request, account)
+        if refused is not None:
+            return refused
+        throttle_failure(request, account)
+        if getattr(request, "axes_locked_out", False):  # that was one too many: no email
+            return lockout_response(request)
+        return super().post(request, *args, **kwargs)
+
+
 def signup(request: HttpRequest) -> HttpResponse:
     """Create an account and log in."""
     if request.user.is_authenticated:
@@ -106,6 +124,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
+        account_signup_notify(user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, f"Welcome, {user.username}! Upload a photo of a car to begin.")
         return redirect("reconstruct:upload")
@@ -114,6 +133,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@never_cache  # Cache-Control: no-store: it shows a new API token once; no cache may keep it
 def account(request: HttpRequest) -> HttpResponse:
     """The account page: API token (regenerate, revoke) and how to use the API."""
     if request.method == "POST":
@@ -169,6 +189,8 @@ def upload(request: HttpRequest) -> HttpResponse:
         reconstruction = reconstruction_create(user=request.user, upload=form.cleaned_data["image"])
     except UploadRateLimited as problem:  # another tab got the last upload of the hour meanwhile
         return _rate_limited_page(request, problem)
+    except StorageUnavailable:
+        return _upload_page(request, [STORAGE_DOWN_MESSAGE], status=503)
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
@@ -238,35 +260,18 @@ def retry(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 
-def _serve_file(reconstruction: Reconstruction, kind: str, download: bool) -> HttpResponse:
-    if kind not in FILE_KINDS:
-        raise Http404("No such file.")
-    field = getattr(reconstruction, kind)
-    if not field:
-        raise Http404("This file does not exist yet.")
-    extension = field.name.rsplit(".", 1)[-1]
-    stem = (reconstruction.original_name.rsplit(".", 1)[0] or "car")[:80]
-    filename = f"{stem}-{kind.replace('_', '-')}.{extension}"
-    return storage_serve(key=field.name, filename=filename, download=download, max_age=300)
-
-
 @require_GET
 def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -> HttpResponse:
-    """A stored file of one of the caller's reconstructions (session or API token), or 404. Without credentials a
-    browser opening it is sent to the login page; an API client (or an <img>) gets a JSON 401."""
+    """A stored file of one of the caller's reconstructions (session or API token), or 404 (also for staff). Without
+    credentials a browser opening it is sent to the login page; an API client (or an <img>) gets a JSON 401."""
     refused = token_login(request)
     if refused is not None:
         return refused
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
-    if request.user.is_staff and request.user.has_perm("reconstruct.view_reconstruction"):
-        # Staff see thumbnails in the admin's list of reconstructions.
-        reconstruction = Reconstruction.objects.filter(uuid=public_id).first()
-        if reconstruction is None:
-            raise Http404("No such reconstruction.")
-    else:
-        reconstruction = _get_reconstruction_for_user(request, public_id)
-    return _serve_file(reconstruction, kind, download="download" in request.GET)
+    # The owner's alone, like the result page: staff see other people's files in the admin (reconstruct/admin.py).
+    reconstruction = _get_reconstruction_for_user(request, public_id)
+    return presenters.file_response(reconstruction, kind, download="download" in request.GET)
 
 
 class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
@@ -281,6 +286,19 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
                 token = self.request.session.get(auth_views.INTERNAL_RESET_SESSION_TOKEN, "")
             context["problem"] = password_reset_link_problem(self.user, token)
         return context
+
+
+class PasswordResetConfirmView(PasswordResetConfirm):
+    """Django's "choose a new password" link, throttled: a link that does not verify counts as a failed attempt."""
+
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
+        response = super().dispatch(request, *args, **kwargs)
+        if not self.validlink:
+            throttle_failure(request)
+        return response
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -24,7 +24,27 @@ from tests.support import (
     redis_server,
     start_worker,
     stop_worker,
+    worker_environment,
 )
+
+# --- Which tests run -------------------------------------------------------------------------------
+
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_setup", "live_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL run (tests/on_postgres.py) only the tests that touch the database: those marked
+    django_db or using a database fixture, directly or through another fixture (alice, live_server, ...)."""
+    if not os.environ.get("CARSITE_DATABASE_TESTS_ONLY"):
+        return
+    keep, drop = [], []
+    for item in items:
+        uses_database = item.get_closest_marker("django_db") or DATABASE_FIXTURES.intersection(item.fixturenames)
+        (keep if uses_database else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 # --- Settings for every test ------------------------------------------------------------------------
 
@@ -188,15 +208,7 @@ def s3_worker(
     test_database_url: str, redis_url: str, s3_server: S3Server, model_cache_dir: Path, celery_app_on_test_redis: Any
 ) -> Iterator[WorkerProcess]:
     """A Celery worker process on the `reconstruct` queue: the test database, the test Redis, S3 on moto."""
-    env = {
-        **os.environ,
-        **s3_server.environment(),
-        "DATABASE_URL": test_database_url,
-        "CELERY_BROKER_URL": redis_url,
-        "MODEL_CACHE_DIR": str(model_cache_dir / "worker"),
-        "RECONSTRUCT_MODE": "celery",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = worker_environment(s3_server, test_database_url, redis_url, model_cache_dir / "worker")
     worker = start_worker("reconstruct", env, name="test-reconstruct")
     yield worker
     stop_worker(worker)
@@ -204,8 +216,13 @@ def s3_worker(
 
 @pytest.fixture
 def on_s3(settings: Any, s3_server: S3Server) -> S3Server:
-    """This test stores through S3 (moto over HTTP), like the worker."""
+    """This test stores through S3 (moto over HTTP), like the worker; pages may reach it (what settings.py
+    adds to the Content-Security-Policy for AWS_S3_ENDPOINT_URL)."""
     settings.STORAGES = s3_server.storages()
+    directives = settings.CONTENT_SECURITY_POLICY["DIRECTIVES"]
+    for name in settings.CSP_S3_DIRECTIVES:
+        directives = {**directives, name: [*directives[name], s3_server.endpoint_url]}
+    settings.CONTENT_SECURITY_POLICY = {**settings.CONTENT_SECURITY_POLICY, "DIRECTIVES": directives}
     return s3_server
 
 

@@ -237,12 +237,13 @@ S3_BUCKET = "carsite-test-media"
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's standalone server (S3 and the rest of AWS) over HTTP on 127.0.0.1, on the port the system gives
-    it; yields its endpoint URL. Other processes reach it too."""
+def moto_server(port: int = 0) -> Iterator[str]:
+    """moto's standalone server (S3 and the rest of AWS) over HTTP on 127.0.0.1, on ``port`` or the port the
+    system gives it; yields its endpoint URL. Other processes reach it too. Every moto server of this process
+    shares one state: a server started again on the same port finds the buckets and objects of the last."""
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -322,6 +323,8 @@ class S3Server:
 
     def storages(self) -> dict[str, Any]:
         """The STORAGES setting settings.py builds from environment()."""
+        from botocore.config import Config
+
         return {
             "default": {
                 "BACKEND": "storages.backends.s3.S3Storage",
@@ -335,6 +338,13 @@ class S3Server:
                     "file_overwrite": False,
                     "signature_version": "s3v4",
                     "addressing_style": "path",
+                    "client_config": Config(
+                        s3={"addressing_style": "path"},
+                        signature_version="s3v4",
+                        connect_timeout=5,
+                        read_timeout=10,
+                        retries={"max_attempts": 2, "mode": "standard"},
+                    ),
                 },
             },
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -399,6 +409,20 @@ def start_worker(queues: str, env: dict[str, str], name: str, timeout: float = 6
         return _start_until_ready([*args, *WORKER_OPTIONS], " ready.", timeout, cwd=ROOT, env=env)
     except RuntimeError as error:
         raise RuntimeError(f"the Celery worker did not start:\n{error}") from None
+
+
+def worker_environment(s3: S3Server, database_url: str, broker_url: str, model_cache: Path) -> dict[str, str]:
+    """The environment of a worker process that shares the test database, stores on ``s3`` and consumes from
+    ``broker_url``, with its model cache in ``model_cache``."""
+    return {
+        **os.environ,
+        **s3.environment(),
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "MODEL_CACHE_DIR": str(model_cache),
+        "RECONSTRUCT_MODE": "celery",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def stop_worker(worker: WorkerProcess) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from reconstruct.storage import storage_delete_keys
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
+logger = logging.getLogger(__name__)
+
 MODEL_REQUIRED_FILES = (runtime.ENCODER_FILE, runtime.DECODER_FILE, runtime.METADATA_FILE)
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -40,6 +43,17 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _model_files_problem(model_dir: Path, expected: dict[str, str]) -> str | None:
+    """What is wrong with the files of ``model_dir`` against ``expected`` ({file name: SHA-256 hex}), or None."""
+    for name, sha256 in sorted(expected.items()):
+        path = model_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256_file(path) != sha256:
+            return f"{name} does not match its recorded SHA-256 (truncated or altered)"
+    return None
 
 
 def model_version_register(
@@ -54,16 +68,24 @@ def model_version_register(
     """Copy an exported model directory into storage (models/<name>/...) and add it to the registry.
 
     This is where a training run's model becomes a version (reconstruct/curation/runner.py calls it).
-    The model is loaded once first, so a broken export never gets registered. The version is not
-    activated (see model_version_activate). ``name`` defaults to metadata.json's ``version``.
-    Raises ValueError for a folder that is not a loadable export, a bad name or a name taken.
+    Each file's SHA-256 is checked against the one the export recorded in metadata.json, and the model is
+    loaded once, so a broken or altered export never gets registered; every file's SHA-256 is recorded in
+    ModelVersion.files. The version is not activated (see model_version_activate). ``name`` defaults to
+    metadata.json's ``version``. Raises ValueError for a folder that is not a loadable export, a file that
+    does not match its recorded SHA-256, a bad name or a name taken.
     """
     model_dir = Path(model_dir)
     missing = [f for f in MODEL_REQUIRED_FILES if not (model_dir / f).is_file()]
     if missing:
         raise ValueError(f"{model_dir} is not an exported model: missing {', '.join(missing)}")
-    runtime.load_model(model_dir)  # raises if the ONNX files or the metadata are unusable
     metadata = json.loads((model_dir / runtime.METADATA_FILE).read_text())
+    # The export recorded each ONNX file's SHA-256 (ml/export.py): altered weights never get registered.
+    recorded = {
+        n: e["sha256"] for n, e in (metadata.get("files") or {}).items() if isinstance(e, dict) and "sha256" in e
+    }
+    if problem := _model_files_problem(model_dir, recorded):
+        raise ValueError(f"{model_dir} is not the model its {runtime.METADATA_FILE} describes: {problem}")
+    runtime.load_model(model_dir)  # raises if the ONNX files or the metadata are unusable
     name = name or str(metadata.get("version", ""))
     if not _VERSION_NAME.match(name):
         raise ValueError(f"invalid model version name {name!r}: use letters, digits, '.', '_' and '-'")
@@ -175,12 +197,19 @@ def model_version_local_dir(version: ModelVersion) -> Path:
 
     Named by the files' hashes, so it can never hold another version's files; filled in a
     temporary directory and renamed into place, so a crash or a concurrent process never sees it
-    half written.
+    half written. Every file of a cached copy is checked against its recorded SHA-256 before use
+    (once per process and version: model_version_load keeps the loaded model), and a copy that
+    does not match (truncated, altered on disk) is fetched again.
+    Raises ValueError when the files in storage themselves do not match.
     """
     root = Path(settings.MODEL_CACHE_DIR)
     target = root / f"{version.name}-{_model_version_digest(version)}"
     if (target / runtime.METADATA_FILE).is_file():
-        return target
+        problem = _model_files_problem(target, {name: entry["sha256"] for name, entry in version.files.items()})
+        if problem is None:
+            return target
+        logger.warning("model cache %s: %s; fetching it again from storage", target, problem)
+        shutil.rmtree(target, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
     try:
@@ -191,7 +220,17 @@ def model_version_local_dir(version: ModelVersion) -> Path:
                     digest.update(chunk)
                     target_file.write(chunk)
             if digest.hexdigest() != entry["sha256"]:
-                raise ValueError(f"model version {version.name}: {name} in storage does not match its recorded hash")
+                shipped = runtime.DEFAULT_MODEL_DIR / name
+                if (
+                    version.source != ModelVersion.Source.SHIPPED
+                    or _model_files_problem(runtime.DEFAULT_MODEL_DIR, {name: entry["sha256"]}) is not None
+                ):
+                    raise ValueError(
+                        f"model version {version.name}: {name} in storage does not match its recorded hash"
+                    )
+                # The shipped model's copy in storage was damaged: the checkout still has the right file.
+                logger.error("model version %s: %s in storage is damaged; using the shipped copy", version.name, name)
+                shutil.copyfile(shipped, staging / name)
         try:
             staging.rename(target)
         except OSError:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -24,8 +26,13 @@ from PIL import Image
 from ml import framing, runtime
 from reconstruct.models import Reconstruction
 from reconstruct.registry.services import model_version_load_active
-from reconstruct.services.uploads import PreparedUpload, reconstruction_rate_check, upload_prepare
-from reconstruct.storage import storage_delete_keys
+from reconstruct.services.uploads import (
+    PreparedUpload,
+    reconstruction_rate_check,
+    reconstruction_rate_consume,
+    upload_prepare,
+)
+from reconstruct.storage import StorageUnavailable, storage_delete_keys, storage_error_is_transient
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -43,11 +50,13 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     """Store an upload and queue its reconstruction; returns the new row (pending, or finished in sync mode).
 
     Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over the
-    hourly limit). The files are written before the row exists, so a row never points at a missing file;
-    the job is queued only once the row is committed, so a worker never looks for a row that is not there yet.
+    hourly limit), StorageUnavailable when the storage does not answer (nothing is kept then). The files are
+    written before the row exists, so a row never points at a missing file; the job is queued only once the row
+    is committed, so a worker never looks for a row that is not there yet.
     """
     reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
+    counted = reconstruction_rate_consume(user)  # the limit's own check, safe under concurrency
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
@@ -65,8 +74,12 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
             width=prepared.width,
             height=prepared.height,
         )
-    except BaseException:
+    except BaseException as error:
         storage_delete_keys(written)
+        if counted is not None:
+            counted.delete()  # nothing was kept: not an upload
+        if storage_error_is_transient(error):
+            raise StorageUnavailable(str(error)) from error
         raise
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
@@ -89,13 +102,21 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
     try:
         reconstruction_run_task.delay(reconstruction_id)
     except (QueueError, OSError) as error:
-        logger.error("could not queue reconstruction %s: %s", reconstruction_id, error)
-        Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(
-            status=Status.FAILED,
-            error="The job queue is not reachable, so the reconstruction could not start. "
-            "Please press “Try again” in a minute; if it keeps failing, the site's Redis server is down.",
-            finished_at=timezone.now(),
-        )
+        # The row stays pending with no queued_at: the sweep (reconstruct/services/recovery.py) queues it
+        # once the broker answers again, so the upload is kept and its 202 "pending" stays true.
+        logger.error("could not queue reconstruction %s (the sweep will queue it later): %s", reconstruction_id, error)
+        return
+    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=timezone.now())
+
+
+class NonFiniteResult(ValueError):
+    """The model's latent or scores hold NaN or infinity (damaged weights): never shown as a result."""
+
+
+def _result_is_finite(result: runtime.Result) -> bool:
+    """Whether the posterior mean and every score are finite numbers (car-likeness may be None: uncalibrated)."""
+    scores = [value for value in result.scores.to_dict().values() if value is not None]
+    return bool(np.isfinite(result.latent).all()) and all(math.isfinite(value) for value in scores)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -111,7 +132,31 @@ def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> 
     )
 
 
-def reconstruction_run(reconstruction_id: int, original: bytes | None = None) -> Reconstruction | None:
+def _reconstruction_release(reconstruction_id: int, attempt: int) -> bool:
+    """Hand a running attempt back (pending, the attempt not counted) for a retry; False if it is no longer ours."""
+    return bool(
+        Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
+            status=Status.PENDING, attempts=attempt - 1, queued_at=timezone.now()
+        )
+    )
+
+
+def _reconstruction_discard_leftovers(reconstruction: Reconstruction) -> None:
+    """Delete what an earlier attempt, killed between storing its PNGs and its UPDATE, left in the row's folder:
+    every file there but the ones the row references (the original and its thumbnail)."""
+    prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
+    keep = set(reconstruction.file_keys())
+    try:
+        _, names = default_storage.listdir(prefix)
+    except Exception:  # storage down: the attempt itself will say so; a leftover file is harmless
+        logger.warning("could not list %s for leftovers of an earlier attempt", prefix, exc_info=True)
+        return
+    storage_delete_keys(key for name in names if (key := f"{prefix}/{name}") not in keep)
+
+
+def reconstruction_run(
+    reconstruction_id: int, original: bytes | None = None, *, storage_retry: bool = False
+) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
 
     ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
@@ -122,6 +167,10 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
     only if the row is still this attempt's: a crash leaves at most unreferenced files, never a
     half result, and of two overlapping runs only the later one's files stay referenced.
     Returns the row, or None if it was deleted meanwhile.
+
+    When the storage does not answer (reconstruct/storage.py: storage_error_is_transient) and ``storage_retry``
+    is set, the row goes back to pending without counting the attempt and StorageUnavailable is raised for the
+    caller to try again later (the Celery task, with a back-off); otherwise the row fails with that reason.
     """
     with transaction.atomic():
         reconstruction = Reconstruction.objects.select_for_update().filter(pk=reconstruction_id).first()
@@ -147,6 +196,8 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
         reconstruction.started_at = timezone.now()
         reconstruction.save(update_fields=["status", "attempts", "started_at"])
 
+    if attempt > 1:
+        _reconstruction_discard_leftovers(reconstruction)
     written: list[str] = []
     try:
         version, model = model_version_load_active()
@@ -155,6 +206,8 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
                 original = handle.read()
         framed = framing.photo_reconstruct(model, io.BytesIO(original))
         result = framed.result
+        if not _result_is_finite(result):
+            raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
@@ -162,15 +215,35 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
         storage_delete_keys(written)
         _reconstruction_fail(reconstruction_id, attempt, f"{error} Please try another photo.")
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
+    except NonFiniteResult as error:
+        logger.error("reconstruction %s: %s", reconstruction_id, error)
+        _reconstruction_fail(
+            reconstruction_id,
+            attempt,
+            "The model gave invalid numbers for this photo (not finite), so there is no result to show. This is "
+            f"a fault on our side, not in your photo; please tell the site's staff (reference {reconstruction.uuid}).",
+        )
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
     except SoftTimeLimitExceeded:
         storage_delete_keys(written)
         _reconstruction_fail(
             reconstruction_id, attempt, "The reconstruction took too long and was stopped. Please try again later."
         )
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
-    except Exception:
-        logger.exception("reconstruction %s failed", reconstruction_id)
+    except Exception as error:
         storage_delete_keys(written)
+        if storage_error_is_transient(error):
+            logger.warning("reconstruction %s: the storage did not answer: %r", reconstruction_id, error)
+            if storage_retry and _reconstruction_release(reconstruction_id, attempt):
+                raise StorageUnavailable(str(error)) from error
+            _reconstruction_fail(
+                reconstruction_id,
+                attempt,
+                "The site's file storage did not answer, so the reconstruction could not finish (your photo is "
+                "kept). Please press “Try again” in a few minutes.",
+            )
+            return Reconstruction.objects.filter(pk=reconstruction_id).first()
+        logger.exception("reconstruction %s failed", reconstruction_id)
         _reconstruction_fail(
             reconstruction_id,
             attempt,
@@ -205,11 +278,13 @@ def reconstruction_run(reconstruction_id: int, original: bytes | None = None) ->
 
 
 def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:
-    """Pending or running for longer than any job may take: its queue message was lost (Redis wiped)."""
+    """Pending or running for longer than any job may take (RECONSTRUCT_STUCK_AFTER s): its worker died or its
+    queue message was lost. The sweep (reconstruct/services/recovery.py) queues such jobs again by itself; the
+    page and the API offer the same retry meanwhile."""
     if reconstruction.is_finished:
         return False
     since = reconstruction.started_at or reconstruction.created_at
-    return timezone.now() - since > timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    return timezone.now() - since > timedelta(seconds=settings.RECONSTRUCT_STUCK_AFTER)
 
 
 def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
@@ -218,7 +293,7 @@ def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:
         raise ValidationError("Only a failed reconstruction can be tried again.")
     pk = reconstruction.pk
     Reconstruction.objects.filter(pk=pk).update(
-        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None
+        status=Status.PENDING, error="", attempts=0, started_at=None, finished_at=None, queued_at=None
     )
     if settings.RECONSTRUCT_MODE == "sync":
         reconstruction_run(pk)

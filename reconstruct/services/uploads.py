@@ -10,14 +10,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import File
+from django.db import transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from ml.decode import ImageDecodeError, image_decode
 from reconstruct.images import UPLOAD_FORMATS, display_name, original_for_storage, sizes_text, thumbnail_jpeg
-from reconstruct.models import Reconstruction
+from reconstruct.models import UploadRecord
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -43,14 +45,16 @@ RATE_WINDOW = timedelta(hours=1)
 def reconstruction_rate_check(user: AbstractBaseUser) -> None:
     """Raise UploadRateLimited when ``user`` may not start another reconstruction now.
 
-    Counted from the reconstructions table, which every web process and Lambda instance shares, over a sliding
-    hour. The limit keeps one account (or a leaked API token) from monopolising the workers.
+    Counted from the accepted uploads (UploadRecord, which every web process and Lambda instance shares, and
+    which deleting a reconstruction does not touch) over a sliding hour. The limit keeps one account (or a
+    leaked API token) from monopolising the workers. A quick check before the photo is read; the upload is
+    counted by reconstruction_rate_consume.
     """
     limit = settings.RECONSTRUCT_UPLOADS_PER_HOUR
     if not limit or user.is_staff:
         return
     since = timezone.now() - RATE_WINDOW
-    recent = Reconstruction.objects.filter(owner=user, created_at__gte=since).order_by("-created_at")
+    recent = UploadRecord.objects.filter(user=user, created_at__gte=since).order_by("-created_at")
     times = list(recent.values_list("created_at", flat=True)[:limit])
     if len(times) < limit:
         return
@@ -62,6 +66,26 @@ def reconstruction_rate_check(user: AbstractBaseUser) -> None:
         f"Please try again in {minutes} minute{'s' if minutes != 1 else ''}.",
         retry_after,
     )
+
+
+def reconstruction_rate_consume(user: AbstractBaseUser) -> UploadRecord | None:
+    """Count one upload of ``user`` against the hourly limit, or raise UploadRateLimited; None when unlimited.
+
+    The check and the count happen in one transaction that holds the account's row (SELECT ... FOR UPDATE on
+    PostgreSQL; SQLite's IMMEDIATE transactions hold the whole database), so parallel uploads of one account
+    never pass the limit together. Delete the returned record if the upload is then not kept after all.
+    """
+    if not settings.RECONSTRUCT_UPLOADS_PER_HOUR or user.is_staff:
+        return None
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        reconstruction_rate_check(user)
+        return UploadRecord.objects.create(user=user)
+
+
+def upload_records_prune() -> int:
+    """Forget uploads older than the limit's hour (the sweep calls this); returns how many were deleted."""
+    return UploadRecord.objects.filter(created_at__lt=timezone.now() - RATE_WINDOW).delete()[0]
 
 
 @dataclass(frozen=True)

@@ -126,5 +126,10 @@ def test_it_keeps_secrets_out_of_zappa_settings_and_debug_off_in_production() ->
         assert settings["remote_env"].startswith("s3://")
         assert {"boto3", "botocore", "torch", "tests"} <= set(settings["exclude"])
         assert not [name for name in settings["environment_variables"] if checks.SECRET_ENV_NAME.search(name)]
+        # No Celery beat on Lambda: a schedule runs the sweep of orphaned jobs (reconstruct/services/recovery.py).
+        assert {
+            "function": "reconstruct.tasks.reconstruction_sweep_event",
+            "expression": "rate(5 minutes)",
+        } in settings["events"]
     production = zappa_stage_settings("production")
     assert (production["debug"], production["log_level"]) == (False, "INFO")

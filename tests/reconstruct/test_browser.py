@@ -16,7 +16,7 @@ from tests.support import PASSWORD, S3Server, draw_car, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-ALL_IMAGES_LOADED = "[...document.querySelectorAll('.compare img')].every(i => i.complete && i.naturalWidth > 0)"
+ALL_IMAGES_LOADED = "() => [...document.querySelectorAll('.compare img')].every(i => i.complete && i.naturalWidth > 0)"
 
 
 @pytest.fixture

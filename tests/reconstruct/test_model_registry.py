@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from ml import runtime
@@ -18,6 +19,7 @@ from reconstruct.registry.services import (
     model_version_ensure_active,
     model_version_load,
     model_version_load_active,
+    model_version_local_dir,
     model_version_register,
     model_version_register_shipped,
 )
@@ -117,3 +119,64 @@ def test_it_registers_the_shipped_model_without_activating_it(db) -> None:
     assert not ModelActivation.objects.exists()
     assert model_version_ensure_active() == version
     assert model_version_active() == version
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_it_fetches_a_damaged_cached_file_again(db, damage: str) -> None:
+    version = model_version_ensure_active()
+    cached = model_version_local_dir(version) / runtime.ENCODER_FILE
+    good = cached.read_bytes()
+    if damage == "truncated":
+        cached.write_bytes(good[: len(good) // 2])
+    else:  # one bit of one weight: the file still loads, and would give wrong results
+        flipped = bytearray(good)
+        flipped[len(good) // 2] ^= 0x40
+        cached.write_bytes(bytes(flipped))
+    assert model_version_local_dir(version) == cached.parent
+    assert cached.read_bytes() == good
+
+
+def test_it_falls_back_on_the_checkouts_copy_when_the_shipped_models_stored_copy_is_damaged(db) -> None:
+    version = model_version_ensure_active()
+    cached = model_version_local_dir(version) / runtime.ENCODER_FILE
+    good = cached.read_bytes()
+    stored = Path(default_storage.path(version.files[runtime.ENCODER_FILE]["key"]))
+    stored.write_bytes(good[:1000])
+    cached.write_bytes(good[:1000])
+    assert model_version_local_dir(version) == cached.parent
+    assert cached.read_bytes() == good
+
+
+def test_it_refuses_to_register_weights_that_do_not_match_the_export(db, second_model_dir: Path) -> None:
+    decoder = second_model_dir / runtime.DECODER_FILE
+    data = bytearray(decoder.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    decoder.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"decoder\.onnx does not match its recorded SHA-256"):
+        model_version_register(model_dir=second_model_dir, source=ModelVersion.Source.TRAINED)
+    assert not ModelVersion.objects.filter(name="second-test-version").exists()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+def test_it_never_marks_done_a_reconstruction_with_non_finite_outputs(alice, second_model_dir: Path, car_png) -> None:
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    # Weights that load and run but give NaN everywhere (the export's hashes recorded for them, as a bad export would).
+    path = second_model_dir / runtime.DECODER_FILE
+    graph = onnx.load(str(path))
+    biggest = max(graph.graph.initializer, key=lambda t: len(t.raw_data or b"") if t.data_type == 1 else 0)
+    biggest.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(biggest) * float("nan"), biggest.name))
+    onnx.save(graph, str(path))
+    metadata = json.loads((second_model_dir / "metadata.json").read_text())
+    metadata["files"][runtime.DECODER_FILE]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (second_model_dir / "metadata.json").write_text(json.dumps(metadata))
+    version = model_version_register(model_dir=second_model_dir, source=ModelVersion.Source.TRAINED)
+    model_version_activate(version=version, user=None)
+
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    reconstruction.refresh_from_db()
+    assert reconstruction.status == "failed" and "invalid numbers" in reconstruction.error
+    assert reconstruction.psnr is None and not reconstruction.reconstruction

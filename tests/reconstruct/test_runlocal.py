@@ -64,7 +64,24 @@ def start_runlocal(port: int, env: dict[str, str]) -> tuple[subprocess.Popen, li
     return process, output, port
 
 
-def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> None:
+def reconstruct_once(session: requests.Session, base: str) -> dict:
+    """Upload a drawn car through the API with the logged-in ``session``; its status once finished."""
+    photo = encode(draw_car((400, 200)), "JPEG")
+    created = session.post(
+        f"{base}/api/reconstructions/",
+        files={"image": ("car.jpg", photo, "image/jpeg")},
+        headers={"X-CSRFToken": session.cookies["csrftoken"]},
+        timeout=30,
+    )
+    assert created.status_code == 202, created.text
+    deadline = time.monotonic() + 90
+    while (status := session.get(created.json()["status_url"], timeout=10).json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+    return status
+
+
+def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_cleanly(tmp_path: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "DATABASE_URL")},
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
@@ -72,6 +89,7 @@ def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> N
         "MODEL_CACHE_DIR": str(tmp_path / "models"),
         "CARSITE_RUN_DIR": str(tmp_path / "run"),
         "WORKER_CONCURRENCY": "1",
+        "RECONSTRUCT_SWEEP_INTERVAL": "2",
         "PYTHONUNBUFFERED": "1",
     }
     process, output, port = on_some_port(lambda port: start_runlocal(port, env))
@@ -90,22 +108,21 @@ def test_it_starts_the_stack_reconstructs_and_stops_cleanly(tmp_path: Path) -> N
             timeout=10,
         )
         assert response.url.endswith("/reconstruct/"), response.text[:500]
-        photo = encode(draw_car((400, 200)), "JPEG")
-        created = session.post(
-            f"{base}/api/reconstructions/",
-            files={"image": ("car.jpg", photo, "image/jpeg")},
-            headers={"X-CSRFToken": session.cookies["csrftoken"]},
-            timeout=30,
-        )
-        assert created.status_code == 202, created.text
+        assert reconstruct_once(session, base)["status"] == "done"
+
+        # A worker killed outright is started again (the log says so) and the site keeps working.
+        worker_pid = int(re.search(r"\[runlocal\] worker started \(pid (\d+)\)", log).group(1))
+        os.kill(worker_pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while (status := session.get(created.json()["status_url"], timeout=10).json())["status"] not in (
-            "done",
-            "failed",
-        ):
-            assert time.monotonic() < deadline, status
-            time.sleep(0.3)
+        while len(re.findall(r"\[runlocal\] worker started", "".join(output))) < 2:
+            assert time.monotonic() < deadline, "".join(output[-30:])
+            time.sleep(0.2)
+        assert "worker stopped unexpectedly (exit code -9); starting it again in 1 s" in "".join(output)
+        assert process.poll() is None
+        status = reconstruct_once(session, base)
         assert status["status"] == "done", status["error"]
+        # Celery beat sends the sweep of orphaned jobs, and the worker runs it.
+        assert re.search(r"Task reconstruct\.tasks\.reconstruction_sweep_task\[\S+\] succeeded", "".join(output))
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(60)

@@ -53,11 +53,14 @@ def test_it_requires_a_secret_key_for_a_public_site(tmp_path) -> None:
 
 def test_it_defaults_to_a_safe_local_setup(tmp_path) -> None:
     result = load_settings(
-        {"CARSITE_RUN_DIR": str(tmp_path)}, "DEBUG", "RECONSTRUCT_MODE", "CELERY_BROKER_URL", "STORAGES"
+        {"CARSITE_RUN_DIR": str(tmp_path)},
+        *("DEBUG", "RECONSTRUCT_MODE", "CELERY_BROKER_URL", "STORAGES", "MODEL_CACHE_DIR"),
     )
     assert result.returncode == 0, result.stderr
     values = json.loads(result.stdout)
     assert values["DEBUG"] == "False" and values["RECONSTRUCT_MODE"] == "celery"
+    # The site's own model cache, not a folder every site on the host shares.
+    assert values["MODEL_CACHE_DIR"] == str(tmp_path / "model-cache")
     assert values["CELERY_BROKER_URL"] == "redis://127.0.0.1:6379/0"
     assert "FileSystemStorage" in values["STORAGES"]
     # A generated key, kept for the next start.

@@ -3,8 +3,11 @@
 Migrates the database, registers the shipped model, makes sure a demo account exists, then starts
 and supervises a Redis server on loopback (own data folder under .run/redis), a Celery worker for
 the `reconstruct` queue (plus one for `training` when a task is routed there and torch is
-installed) and the web server. Ctrl-C stops everything, web server first and Redis last, so a
-worker can finish its job and nothing queued is lost (Redis keeps an append-only file).
+installed), Celery beat (the periodic sweep of orphaned jobs) and the web server. A process that
+dies is started again after a back-off (1 s, doubling up to 60 s; back to 1 s once it has run for a
+minute), and the log says so: one dead worker does not take the site down. Ctrl-C stops everything,
+web server first and Redis last, so a worker can finish its job and nothing queued is lost (Redis
+keeps an append-only file).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from reconstruct.registry.services import model_version_ensure_active
 
 DEMO_USERNAME = "demo"
 STOP_TIMEOUT = 20.0
+# Restart back-off of a child that died (s): doubled after each restart, reset after a stable minute.
+RESTART_DELAY_FIRST = 1.0
+RESTART_DELAY_MAX = 60.0
+RESTART_STABLE_AFTER = 60.0
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -109,8 +116,13 @@ class Child:
     env: dict[str, str]
     process: subprocess.Popen | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None  # when a dead child is due to start again (time.monotonic())
 
     def start(self, out: Any) -> None:
+        self.started_at = time.monotonic()
+        self.restart_at = None
         self.process = subprocess.Popen(
             self.args,
             env=self.env,
@@ -132,6 +144,15 @@ class Child:
                 continue
             out.buffer.write(prefix + line)
             out.buffer.flush()
+
+    def schedule_restart(self, now: float) -> float:
+        """After the child died: when to start it again (an exponential back-off); returns the delay in s."""
+        if now - self.started_at > RESTART_STABLE_AFTER:
+            self.restarts = 0
+        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_FIRST * 2**self.restarts)
+        self.restarts += 1
+        self.restart_at = now + delay
+        return delay
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -204,6 +225,9 @@ class Command(BaseCommand):
         worker += ["--without-gossip", "--without-mingle"]
         concurrency = str(options["concurrency"])
         children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
+        # Celery beat sends the sweep (reconstruct/services/recovery.py) every RECONSTRUCT_SWEEP_INTERVAL s.
+        beat = [sys.executable, "-m", "celery", "-A", "carsite", "beat", "--loglevel", "INFO"]
+        children.append(Child("beat", [*beat, "--schedule", str(run_dir / "celerybeat-schedule")], env))
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
             # TORCH_LOGS=-onnx: the ONNX exporter logs errors only, not "torchvision is not installed" at each export.
@@ -221,26 +245,41 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
 
-        failed: Child | None = None
         try:
             for child in children:
                 child.start(sys.stdout)
+                self._say_started(child)
                 if child.name == "redis":
                     self._wait_for_redis(broker, child)
             self._wait_for_port(host, port, children[-1])
             self._banner(host, port, login, broker)
             while not stopping.wait(0.5):
-                failed = next((c for c in children if c.process and c.process.poll() is not None), None)
-                if failed:
-                    break
+                self._supervise(children)
         finally:
             self.stdout.write("\nStopping…")
             for child in reversed(children):  # web first, Redis last
                 child.stop()
-        if failed is not None:
-            code = failed.process.returncode if failed.process else None
-            raise CommandError(f"{failed.name} stopped unexpectedly (exit code {code}); see its output above.")
         self.stdout.write("Stopped.")
+
+    def _say_started(self, child: Child) -> None:
+        pid = child.process.pid if child.process else None
+        self.stdout.write(f"[runlocal] {child.name} started (pid {pid})")
+
+    def _supervise(self, children: list[Child]) -> None:
+        """Start again, after its back-off, every child that died; the others keep serving meanwhile."""
+        now = time.monotonic()
+        for child in children:
+            if child.process is None or child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                delay = child.schedule_restart(now)
+                self.stderr.write(
+                    f"[runlocal] {child.name} stopped unexpectedly (exit code {child.process.returncode}); "
+                    f"starting it again in {delay:.0f} s (restart {child.restarts})"
+                )
+            elif now >= child.restart_at:
+                child.start(sys.stdout)
+                self._say_started(child)
 
     def _collect_static(self) -> None:
         """Hashed, compressed copies of the static files in STATIC_ROOT (carsite/staticfiles.py), which browsers

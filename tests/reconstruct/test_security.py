@@ -1,0 +1,193 @@
+"""Security: throttled guessing (logins per account and per address, the admin's login, API tokens, password
+resets), the response headers (CSP without inline script, Permissions-Policy, no-store on the token page, HSTS
+and the HTTPS redirect in production, `check --deploy` clean), and one rule for other people's reconstructions."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.test import Client
+from django.urls import reverse
+
+from reconstruct.services.reconstructions import reconstruction_create
+from reconstruct.services.tokens import api_token_regenerate
+from tests.support import PASSWORD, ROOT, make_user, upload
+
+LIMIT = 3  # the LIMIT-th failure in a row is answered 429, and so is every try after it during the cool-off
+
+
+@pytest.fixture
+def throttled(settings: Any) -> Any:
+    settings.AXES_FAILURE_LIMIT = LIMIT
+    return settings
+
+
+def from_address(address: str) -> Client:
+    """A browser at client address ``address``."""
+    return Client(REMOTE_ADDR=address)
+
+
+def log_in(client: Client, username: str, password: str, url: str = "/accounts/login/") -> Any:
+    return client.post(url, {"username": username, "password": password})
+
+
+def test_it_throttles_password_guessing_per_account(throttled, alice) -> None:
+    for attempt in range(LIMIT - 1):
+        assert log_in(from_address(f"198.51.100.{attempt}"), "alice", "wrong").status_code == 200
+    assert log_in(from_address("198.51.100.50"), "alice", "wrong").status_code == 429
+    # From yet another address, even the right password waits: the account is paused.
+    refused = log_in(from_address("198.51.100.99"), "alice", PASSWORD)
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert "Too many attempts" in refused.content.decode()
+    assert log_in(from_address("198.51.100.99"), "bob-not-there", "x").status_code == 200  # other accounts: fine
+
+
+def test_it_throttles_password_guessing_per_address(throttled, alice, bob) -> None:
+    guesser = from_address("203.0.113.7")
+    for name in ("carol", "dave"):
+        assert log_in(guesser, name, "wrong").status_code == 200
+    assert log_in(guesser, "erin", "wrong").status_code == 429
+    assert log_in(guesser, "bob", PASSWORD).status_code == 429
+    assert log_in(from_address("203.0.113.8"), "bob", PASSWORD).status_code == 302  # bob, elsewhere: fine
+
+
+def test_a_successful_login_resets_the_count(throttled, alice) -> None:
+    browser = from_address("192.0.2.1")
+    for _ in range(LIMIT - 1):
+        log_in(browser, "alice", "wrong")
+    assert log_in(browser, "alice", PASSWORD).status_code == 302
+    for _ in range(LIMIT - 1):
+        assert log_in(from_address("192.0.2.1"), "alice", "wrong").status_code == 200
+
+
+def test_it_throttles_the_admins_login(throttled, db) -> None:
+    make_user("root", staff=True)
+    guesser = from_address("203.0.113.9")
+    for _ in range(LIMIT - 1):
+        assert log_in(guesser, "root", "wrong", url="/admin/login/").status_code == 200
+    assert log_in(guesser, "root", "wrong", url="/admin/login/").status_code == 429
+    assert log_in(guesser, "root", PASSWORD, url="/admin/login/").status_code == 429
+
+
+def test_it_throttles_api_token_guessing_per_address(throttled, alice) -> None:
+    token = api_token_regenerate(alice)
+    guesser = from_address("203.0.113.10")
+    for expected in [401] * (LIMIT - 1) + [429]:
+        response = guesser.get("/api/reconstructions/", HTTP_AUTHORIZATION=f"Token {secrets.token_urlsafe(30)}")
+        assert response.status_code == expected
+    refused = guesser.get("/api/reconstructions/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert refused.status_code == 429 and refused.json()["code"] == "throttled"
+    assert int(refused["Retry-After"]) == refused.json()["retry_after"] > 0
+    # The token's owner, at another address, is not locked out by someone else's guesses.
+    owner = from_address("203.0.113.11")
+    assert owner.get("/api/reconstructions/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 200
+
+
+def test_it_throttles_password_reset_requests_and_link_guessing(throttled, alice) -> None:
+    browser = from_address("203.0.113.12")
+    for _ in range(LIMIT - 1):
+        assert browser.post("/accounts/password_reset/", {"email": "alice@example.com"}).status_code == 302
+    for _ in range(2):
+        assert browser.post("/accounts/password_reset/", {"email": "alice@example.com"}).status_code == 429
+    assert len(mail.outbox) == LIMIT - 1
+
+    guesser = from_address("203.0.113.13")
+    for attempt in range(LIMIT - 1):
+        response = guesser.get(f"/accounts/reset/MQ/{attempt}bc-0123456789abcdef0123456789abcdef/")
+        assert response.status_code == 200 and not response.context["validlink"]
+    assert guesser.get("/accounts/reset/MQ/9bc-0123456789abcdef0123456789abcdef/").status_code == 429
+    assert guesser.get("/accounts/reset/MQ/xyz-0123456789abcdef0123456789abcdef/").status_code == 429
+
+
+def test_pages_carry_a_content_security_policy_without_inline_script(client, alice) -> None:
+    client.force_login(alice)
+    response = client.get(reverse("reconstruct:upload"))
+    policy = dict(part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";"))
+    assert policy["script-src"] == "'self'" and policy["object-src"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "camera=()" in response["Permissions-Policy"] and "geolocation=()" in response["Permissions-Policy"]
+
+
+def test_no_template_has_an_inline_script() -> None:
+    inline = []
+    for template in (ROOT / "templates").rglob("*.html"):
+        for tag in re.findall(r"<script\b[^>]*>", template.read_text()):
+            if "src=" not in tag and 'type="application/json"' not in tag:
+                inline.append(f"{template.relative_to(ROOT)}: {tag}")
+    assert inline == []
+
+
+def test_the_token_page_is_never_cached(client, alice) -> None:
+    client.force_login(alice)
+    client.post(reverse("account"), {"action": "regenerate"})
+    response = client.get(reverse("account"))
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_production_settings_pass_djangos_deployment_checks(tmp_path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "carsite.settings",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "cars.example.com",
+        "CARSITE_RUN_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_redirects_to_https_and_sends_hsts(settings, client, db) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    assert client.get("/").status_code == 301
+    secure = client.get("/", secure=True)
+    assert secure.status_code == 200 and secure["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+def test_other_peoples_reconstructions_are_404_on_the_site_for_everyone_staff_included(alice, car_png) -> None:
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    staff = Client()
+    staff.force_login(make_user("root", staff=True))
+    page = f"/r/{reconstruction.uuid}/"
+    api = f"/api/reconstructions/{reconstruction.uuid}/"
+    for url in (page, f"{page}files/original", f"{page}files/reconstruction", api):
+        assert staff.get(url).status_code == 404, url
+    # Staff see them in the admin, the one place the rule allows them to.
+    admin_file = reverse("admin:reconstruct_reconstruction_file", args=[reconstruction.uuid, "thumbnail"])
+    assert staff.get(admin_file).status_code == 200
+    owner = Client()
+    owner.force_login(alice)
+    assert owner.get(f"{page}files/thumbnail").status_code == 200
+    assert owner.get(admin_file).status_code == 302  # not staff: to the admin's login
+
+
+def test_behind_a_proxy_it_counts_the_address_the_proxy_saw(throttled, settings, alice) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+    proxy = Client(REMOTE_ADDR="10.0.0.1")
+    for attempt in range(LIMIT - 1):
+        # A guesser cannot escape by inventing addresses on the left: the proxy appends the one it saw.
+        headers = {"HTTP_X_FORWARDED_FOR": f"1.2.3.{attempt}, 203.0.113.20"}
+        assert (
+            proxy.post("/accounts/login/", {"username": f"x{attempt}", "password": "p"}, **headers).status_code == 200
+        )
+    blocked = proxy.post("/accounts/login/", {"username": "y", "password": "p"}, HTTP_X_FORWARDED_FOR="203.0.113.20")
+    assert blocked.status_code == 429
+    # Another visitor behind the same proxy is not.
+    other = proxy.post(
+        "/accounts/login/", {"username": "alice", "password": PASSWORD}, HTTP_X_FORWARDED_FOR="203.0.113.21"
+    )
+    assert other.status_code == 302
