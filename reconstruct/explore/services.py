@@ -363,10 +363,12 @@ def reconstruction_edit_latent(reconstruction: Reconstruction, offsets: object) 
 def reconstruction_edit_image(reconstruction: Reconstruction, offsets: object) -> Image.Image:
     """The result decoded after a slider move: the model's whole frame (for a 2:1 photo the same pixels as
     the stored reconstruction; for others the decoder's picture of the letterbox bars too, so that every
-    slider picture, the first included, comes from the same decoding). Raises ValidationError for bad
-    offsets, LatentUnavailable."""
+    slider picture, the first included, comes from the same decoding), mirrored back when the car was
+    mirrored to face left for the model, so the slider picture faces the way the result does. Raises
+    ValidationError for bad offsets, LatentUnavailable."""
     space, z = reconstruction_edit_latent(reconstruction, offsets)
-    return space.model.decode(z)
+    picture = space.model.decode(z)
+    return picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if reconstruction.mirrored else picture
 
 
 def reconstruction_edit_save(
@@ -383,6 +385,7 @@ def reconstruction_edit_save(
         origin=Origin.EDITED,
         detail={"source": str(reconstruction.uuid), "offsets": steps},
         name=f"{stem} (edited)",
+        mirrored=reconstruction.mirrored,
     )
 
 
@@ -410,10 +413,14 @@ def _reconstruction_from_latent(
     origin: str,
     detail: dict[str, Any],
     name: str,
+    mirrored: bool = False,
 ) -> Reconstruction:
-    """A finished result decoded from ``z``: reconstruction.png and a thumbnail written first, then the row."""
+    """A finished result decoded from ``z``: reconstruction.png and a thumbnail written first, then the row.
+    ``mirrored``: ``z`` is a left-facing (canonical) car shown mirrored, as the result it was edited from."""
     reconstruction_rate_check(user)
     picture = space.model.decode(z)
+    if mirrored:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     thumbnail = io.BytesIO()
     enlarge(picture, 480).save(thumbnail, "JPEG", quality=88)
     public_id = uuid.uuid4()
@@ -435,6 +442,7 @@ def _reconstruction_from_latent(
             latent=[float(v) for v in np.asarray(z, np.float32)],
             origin=origin,
             origin_detail=detail,
+            mirrored=mirrored,
             started_at=now,
             finished_at=now,
         )

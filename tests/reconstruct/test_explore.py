@@ -259,6 +259,23 @@ def test_it_saves_a_slider_result_to_the_gallery(alice_client, alice, cars) -> N
     np.testing.assert_array_equal(np.asarray(stored), np.asarray(shown))
 
 
+def test_its_sliders_show_a_mirrored_car_facing_the_way_its_result_does(alice_client, alice, cars) -> None:
+    """A car that faced right was mirrored for the model (its latent faces left): the slider pictures and a
+    saved slider result are mirrored back, like its reconstruction."""
+    red, _ = cars
+    facing_left = np.asarray(picture(alice_client.get(f"/r/{red.uuid}/edit.png?offsets=1,0")))
+    Reconstruction.objects.filter(pk=red.pk).update(mirrored=True)
+    shown = np.asarray(picture(alice_client.get(f"/r/{red.uuid}/edit.png?offsets=1,0")))
+    np.testing.assert_array_equal(shown, facing_left[:, ::-1])
+    alice_client.post(f"/r/{red.uuid}/edit/", {"offsets": "1,0"})
+    edited = Reconstruction.objects.get(owner=alice, origin="edited")
+    assert edited.mirrored
+    stored = np.asarray(picture(alice_client.get(f"/r/{edited.uuid}/files/reconstruction")))
+    np.testing.assert_array_equal(stored, shown)
+    again = np.asarray(picture(alice_client.get(f"/r/{edited.uuid}/edit.png?offsets=")))
+    assert again.shape == shown.shape
+
+
 # --- Sharing --------------------------------------------------------------------------------------------------
 
 
