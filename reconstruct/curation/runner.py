@@ -267,14 +267,18 @@ def _store_report(run: TrainingRun, path: Path) -> str:
         return default_storage.save(f"training/{run.pk}/{path.name}", File(handle, name=path.name))
 
 
-def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_dir: Path) -> ModelVersion:
+def _register(
+    run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_dir: Path, monitor: RunMonitor
+) -> ModelVersion:
     """Register the exported model and finish the run, all or nothing.
 
     The registry's model_version_register copies the files into storage under models/<version>/ and
     only then creates the row (deleting the files if that fails); the row, the run's link to it and
     the run's "succeeded" are one transaction, so a crash anywhere leaves either a registered
-    version with a finished run or neither (and no files).
+    version with a finished run or neither (and no files). The log is flushed first and the line naming
+    the version is written in that transaction, so a run never reads "succeeded" with its log cut short.
     """
+    monitor.flush()  # the log so far is kept whatever happens next, and is complete when the run reads "succeeded"
     reports = [key for key in (_store_report(run, train_dir / "loss_curve.png"),) if key]
     version: ModelVersion | None = None
     try:
@@ -288,6 +292,9 @@ def _register(run: TrainingRun, model_dir: Path, metrics: dict[str, Any], train_
                     f"Trained in the admin: run #{run.pk}, config {run.config_name}, on snapshot #{run.snapshot_id} "
                     f"({run.snapshot.image_count} photos)."
                 ),
+            )
+            _append_log(
+                run.pk, monitor.attempt, f"[{timezone.now():%H:%M:%S}] registered model version {version.name}\n"
             )
             updated = TrainingRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
                 status=Status.SUCCEEDED,
@@ -369,8 +376,7 @@ def training_run_execute(run_id: int) -> TrainingRun | None:
                     seconds=round(result.seconds, 1),
                 )
                 monitor.phase("registering the model version")
-                version = _register(run, model_dir, metrics, train_dir)
-                monitor.write(f"[{timezone.now():%H:%M:%S}] registered model version {version.name}\n")
+                _register(run, model_dir, metrics, train_dir, monitor)
             finally:
                 sys.stderr = original_stderr
     except Cancelled as stop:
