@@ -47,9 +47,13 @@ def test_it_registers_a_trained_version_and_finishes_the_run_together(run, tiny_
     model_dir = tmp_path / "export"
     shutil.copytree(tiny_model_dirs[1], model_dir)
     TrainingRun.objects.filter(pk=run.pk).update(status="running")
-    version = runner._register(run, model_dir, {"psnr": 12.5}, tmp_path / "train")
+    monitor = runner.RunMonitor(run.pk, run.attempts)
+    monitor.write("epoch 10: val psnr 12.50 dB\n")
+    version = runner._register(run, model_dir, {"psnr": 12.5}, tmp_path / "train", monitor)
     run.refresh_from_db()
     assert (run.status, run.model_version) == ("succeeded", version)
+    # The log is complete when the run reads "succeeded": what was pending, then the version's line.
+    assert run.log.index("epoch 10: val psnr") < run.log.index(f"registered model version {version.name}")
     assert version.metrics == {"psnr": 12.5} and f"run #{run.pk}" in version.notes
     assert sorted(_files_under(f"models/{version.name}")) == sorted(version.files)
 
@@ -59,7 +63,7 @@ def test_it_leaves_no_version_and_no_files_when_registration_fails(run, tiny_mod
     TrainingRun.objects.filter(pk=run.pk).update(status="cancelled")
     name = runtime.load_model(tiny_model_dirs[1]).version
     with pytest.raises(RuntimeError, match="changed by someone else"):
-        runner._register(run, tiny_model_dirs[1], {}, tmp_path / "train")
+        runner._register(run, tiny_model_dirs[1], {}, tmp_path / "train", runner.RunMonitor(run.pk, run.attempts))
     assert not ModelVersion.objects.filter(name=name).exists()
     assert _files_under(f"models/{name}") == []
 

@@ -122,7 +122,10 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         status = reconstruct_once(session, base)
         assert status["status"] == "done", status["error"]
         # Celery beat sends the sweep of orphaned jobs, and the worker runs it.
-        assert re.search(r"Task reconstruct\.tasks\.reconstruction_sweep_task\[\S+\] succeeded", "".join(output))
+        deadline = time.monotonic() + 60
+        while not re.search(r"Task reconstruct\.tasks\.reconstruction_sweep_task\[\S+\] succeeded", "".join(output)):
+            assert time.monotonic() < deadline, "".join(output[-30:])
+            time.sleep(0.2)
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
