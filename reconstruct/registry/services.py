@@ -37,6 +37,10 @@ MODEL_REQUIRED_FILES = (runtime.ENCODER_FILE, runtime.DECODER_FILE, runtime.META
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+class ModelVersionNameTaken(ValueError):
+    """Raised by model_version_register when a version of that name is already registered."""
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -72,7 +76,8 @@ def model_version_register(
     loaded once, so a broken or altered export never gets registered; every file's SHA-256 is recorded in
     ModelVersion.files. The version is not activated (see model_version_activate). ``name`` defaults to
     metadata.json's ``version``. Raises ValueError for a folder that is not a loadable export, a file that
-    does not match its recorded SHA-256, a bad name or a name taken.
+    does not match its recorded SHA-256 or a bad name, and ModelVersionNameTaken (a ValueError) for a name
+    taken, also when another thread or process registers it while the files are being copied.
     """
     model_dir = Path(model_dir)
     missing = [f for f in MODEL_REQUIRED_FILES if not (model_dir / f).is_file()]
@@ -90,7 +95,7 @@ def model_version_register(
     if not _VERSION_NAME.match(name):
         raise ValueError(f"invalid model version name {name!r}: use letters, digits, '.', '_' and '-'")
     if ModelVersion.objects.filter(name=name).exists():
-        raise ValueError(f"model version {name!r} is already registered")
+        raise ModelVersionNameTaken(f"model version {name!r} is already registered")
 
     files: dict[str, dict] = {}
     try:
@@ -98,17 +103,23 @@ def model_version_register(
             with path.open("rb") as handle:
                 key = default_storage.save(f"models/{name}/{path.name}", File(handle, name=path.name))
             files[path.name] = {"key": key, "size": path.stat().st_size, "sha256": _sha256_file(path)}
-        return ModelVersion.objects.create(
-            name=name,
-            source=source,
-            files=files,
-            metadata=metadata,
-            metrics=metrics if metrics is not None else metadata.get("metrics", {}),
-            notes=notes,
-            created_by=created_by,
-        )
+        try:
+            with transaction.atomic():
+                return ModelVersion.objects.create(
+                    name=name,
+                    source=source,
+                    files=files,
+                    metadata=metadata,
+                    metrics=metrics if metrics is not None else metadata.get("metrics", {}),
+                    notes=notes,
+                    created_by=created_by,
+                )
+        except IntegrityError as error:
+            if ModelVersion.objects.filter(name=name).exists():
+                raise ModelVersionNameTaken(f"model version {name!r} is already registered") from error
+            raise
     except BaseException:
-        # Also when another process registered the same name first (IntegrityError).
+        # Also when another process or thread registered the same name first.
         storage_delete_keys([entry["key"] for entry in files.values()])
         raise
 
@@ -116,7 +127,9 @@ def model_version_register(
 def model_version_register_shipped() -> ModelVersion:
     """The version of the model shipped in ml/weights/default, registered on first use (idempotent).
 
-    Raises FileNotFoundError (with what to do) when the shipped files are missing from the checkout.
+    Safe when several threads or processes ask at once (a page's images are requested in parallel): the
+    ones that lose the race return the winner's row. Raises FileNotFoundError (with what to do) when the
+    shipped files are missing from the checkout.
     """
     metadata_path = runtime.DEFAULT_MODEL_DIR / runtime.METADATA_FILE
     if not metadata_path.is_file():
@@ -133,8 +146,8 @@ def model_version_register_shipped() -> ModelVersion:
                 source=ModelVersion.Source.SHIPPED,
                 notes="The default model shipped in ml/weights/default.",
             )
-        except IntegrityError:
-            version = ModelVersion.objects.get(name=name)  # another process registered it first
+        except ModelVersionNameTaken:
+            version = ModelVersion.objects.get(name=name)  # another thread or process registered it first
     return version
 
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -102,10 +101,6 @@ def test_it_morphs_two_cars_picked_in_the_gallery_or_on_the_map(context, live_se
 
 
 def test_it_shows_the_same_new_cars_for_a_seeded_link_and_keeps_one(context, live_server, alice) -> None:
-    if connection.vendor == "postgresql":
-        # Timed out once of two full PostgreSQL runs waiting for the eight sample images (passes alone, and
-        # always on SQLite); skipped there until the cause is found (the stop-17 note, issue 14).
-        pytest.skip("flaky on PostgreSQL: the sample images once never loaded; under investigation")
     page = log_in(context, live_server.url, "alice")
     page.get_by_role("link", name="New cars").first.click()
     page.wait_for_url(re.compile(r"/new-cars/\?seed=\d+&temperature=1\.0$"))

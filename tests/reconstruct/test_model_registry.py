@@ -90,6 +90,39 @@ def test_it_refuses_a_second_version_with_the_same_name(db) -> None:
         model_version_register(model_dir=runtime.DEFAULT_MODEL_DIR, source=ModelVersion.Source.TRAINED)
 
 
+@pytest.mark.parametrize("moment", ["before the copy", "during the copy"])
+def test_it_returns_the_winners_row_when_another_request_registers_the_shipped_model_first(
+    db, monkeypatch, moment: str
+) -> None:
+    # A page's images are requested in parallel, and each may be the first to need the shipped model (the
+    # CI failure of stop 17: "already registered" became a 500). Another request wins the race either
+    # before this one checks the name or while it copies the files; this one then returns the winner's row.
+    from reconstruct.registry import services
+
+    winner: list[ModelVersion] = []
+
+    def register_elsewhere() -> None:
+        if not winner:
+            winner.append(ModelVersion.objects.create(name=_shipped_name(), source=ModelVersion.Source.SHIPPED))
+
+    if moment == "before the copy":
+        real_load = services.runtime.load_model
+        monkeypatch.setattr(services.runtime, "load_model", lambda d: (register_elsewhere(), real_load(d))[1])
+    else:
+        real_save = services.default_storage.save
+        monkeypatch.setattr(
+            services.default_storage, "save", lambda *a, **k: (register_elsewhere(), real_save(*a, **k))[1]
+        )
+    assert model_version_register_shipped() == winner[0]
+    assert ModelVersion.objects.count() == 1
+    # The loser's copies are removed: only the winner's (here none) stay in storage.
+    assert not default_storage.exists(f"models/{_shipped_name()}/metadata.json")
+
+
+def _shipped_name() -> str:
+    return str(json.loads((runtime.DEFAULT_MODEL_DIR / runtime.METADATA_FILE).read_text())["version"])
+
+
 def test_it_uses_a_newly_activated_model_without_a_restart(
     settings, alice, second_model_dir: Path, car_png: bytes
 ) -> None:
