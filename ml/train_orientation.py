@@ -4,9 +4,11 @@
         --data ../shared/data/cars ../shared/data/cars-more --out ml/weights/orientation
 
 The labelled photos are split by a hash of their file name: 30% are held out (``test``) and never
-used for training or for choosing anything; the rest train the model. The script reports the
-held-out accuracy on the left/right rows (the measure of issue 10), over all four labels, and the
-confusion matrix, and writes them into ``metadata.json`` beside ``facing.onnx``.
+used for training or for choosing anything; the rest train the model. ``--validation PERCENT`` sets
+aside about that share of the training rows (a second hash of the name) to choose settings on; the
+shipped model is trained without it, on all training rows. The script reports the accuracy on the
+left/right rows (the measure of issue 10), over all four labels, and the confusion matrix, for the
+validation and held-out parts, and writes them into ``metadata.json`` beside ``facing.onnx``.
 
 The network (``FacingNet``): four 3x3 conv / BatchNorm / ReLU / 2x2 max-pool stages (16-32-64-96
 channels) on a 2:1 letterboxed input, then two linear heads on the flattened features ``a = f(x)``
@@ -54,6 +56,11 @@ def is_test(name: str) -> bool:
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % 100 < TEST_PERCENT
 
 
+def is_validation(name: str, percent: int) -> bool:
+    """About ``percent``% of the training rows, set aside to choose settings on (a second hash of the name)."""
+    return int(hashlib.sha256(("val" + name).encode()).hexdigest(), 16) % 100 < percent
+
+
 class FacingNet(nn.Module):
     """``x [B, 3, H, W]`` in [0, 1] -> ``side [B]`` (left-vs-right log-odds), ``view [B, 3]`` logits."""
 
@@ -76,6 +83,25 @@ class FacingNet(nn.Module):
         a = self.dropout(self.features(x).flatten(1))
         b = self.dropout(self.features(torch.flip(x, dims=[3])).flatten(1))
         return (self.side_head(a) - self.side_head(b)).squeeze(1), self.view_head(a + b)
+
+
+class FacingEnsemble(nn.Module):
+    """The mean of several :class:`FacingNet` outputs (``side [B]``, ``view [B, 3]`` logits).
+
+    Averaging keeps mirror consistency: each member's side logit changes sign under mirroring, so
+    the mean does too, and each member's view logits do not change.
+    """
+
+    def __init__(self, nets: list[FacingNet]) -> None:
+        super().__init__()
+        self.height = nets[0].height
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [net(x) for net in self.nets]
+        side = torch.stack([o[0] for o in outputs]).mean(0)
+        view = torch.stack([o[1] for o in outputs]).mean(0)
+        return side, view
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +165,14 @@ def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=pri
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         if (epoch + 1) % 5 == 0 or epoch + 1 == epochs:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f}, {time.monotonic() - started:.0f}s")
     net.eval()
     return net
 
 
-def export(net: FacingNet, out: Path) -> dict:
+def export(net: FacingNet | FacingEnsemble, out: Path) -> dict:
     """Write ``facing.onnx`` (``x [B, 3, H, W]`` -> ``side_logit [B]``, ``view_logits [B, 3]``) into ``out``."""
     import onnx
 
@@ -185,6 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=HEIGHT, help="input height in pixels (width: twice that)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--ensemble", type=int, default=1, help="train this many nets (seeds seed, seed+1, ...) and average them"
+    )
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="PERCENT",
+        help="set aside about this share of the training rows to choose settings on (reported, not trained on)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     labels = read_labels(args.labels)
@@ -192,17 +228,25 @@ def main(argv: list[str] | None = None) -> int:
     x, names = load_labelled({**labels, **extra}, args.data, args.height)
     # Only rows of --labels are ever held out; --extra-labels rows always train.
     test = np.array([name in labels and is_test(name) for name in names])
+    validation = np.array(
+        [name in labels and not t and is_validation(name, args.validation) for name, t in zip(names, test, strict=True)]
+    )
+    fit = ~test & ~validation
     labels = {**labels, **extra}
-    counts = f"{int((~test).sum())} train, {int(test.sum())} held out"
+    counts = f"{int(fit.sum())} train, {int(validation.sum())} validation, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
     started = time.monotonic()
-    net = train(
-        x[~test],
-        [labels[n] for n, t in zip(names, test, strict=True) if not t],
-        args.epochs,
-        args.seed,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
-    )
+    nets = [
+        train(
+            x[fit],
+            [labels[n] for n, f in zip(names, fit, strict=True) if f],
+            args.epochs,
+            args.seed + member,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        for member in range(args.ensemble)
+    ]
+    net = nets[0] if len(nets) == 1 else FacingEnsemble(nets).eval()
     seconds = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
@@ -219,27 +263,37 @@ def main(argv: list[str] | None = None) -> int:
             "outputs": {"side_logit": "[B] log-odds left over right", "view_logits": f"[B, 3] logits of {list(VIEWS)}"},
             "labels": str(args.labels),
             "extra_labels": str(args.extra_labels) if args.extra_labels else None,
-            "train_rows": int((~test).sum()),
+            "train_rows": int(fit.sum()),
+            "validation_rows": int(validation.sum()),
             "test_rows": int(test.sum()),
             "epochs": args.epochs,
+            "ensemble": args.ensemble,
             "seed": args.seed,
             "train_seconds": round(seconds, 1),
             "file": info,
         }
         (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
-        # Measure the exported graph, as the site runs it, on the held-out rows.
+        # Measure the exported graph, as the site runs it, on the rows it did not train on.
         classifier = FacingClassifier(tmp_dir)
-        held_out = [n for n, t in zip(names, test, strict=True) if t]
-        predicted = {n: f.label for n, f in zip(held_out, classifier.predict_arrays(x[test]), strict=True)}
-        metrics = orientation_accuracy(predicted, {n: labels[n] for n in held_out})
-        metadata["held_out"] = metrics
+        # A tuning run (--validation) is never measured on the held-out rows: settings are chosen on
+        # validation alone, and the held-out figure is taken once, of the model trained without it.
+        parts = (("validation", validation),) if args.validation else (("held_out", test),)
+        for key, part in parts:
+            if part.any():
+                rows = [n for n, p in zip(names, part, strict=True) if p]
+                predicted = {n: f.label for n, f in zip(rows, classifier.predict_arrays(x[part]), strict=True)}
+                metadata[key] = orientation_accuracy(predicted, {n: labels[n] for n in rows})
         (tmp_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
         for name in (MODEL_FILE, METADATA_FILE):
             (tmp_dir / name).replace(args.out / name)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
-    print("confusion (rows: label, columns: predicted " + " ".join(FACINGS) + ")", file=sys.stderr)
-    for label in FACINGS:
-        print(f"  {label:>5}: " + " ".join(f"{metrics['confusion'][label][p]:5d}" for p in FACINGS), file=sys.stderr)
+    for key in ("validation", "held_out"):
+        if key in metadata:
+            metrics = metadata[key]
+            print(json.dumps({"part": key, **{k: v for k, v in metrics.items() if k != "confusion"}}))
+            print(f"{key} confusion (rows: label, columns: predicted " + " ".join(FACINGS) + ")", file=sys.stderr)
+            for label in FACINGS:
+                cells = " ".join(f"{metrics['confusion'][label][p]:5d}" for p in FACINGS)
+                print(f"  {label:>5}: {cells}", file=sys.stderr)
     return 0
 
 
