@@ -85,25 +85,6 @@ class FacingNet(nn.Module):
         return (self.side_head(a) - self.side_head(b)).squeeze(1), self.view_head(a + b)
 
 
-class FacingEnsemble(nn.Module):
-    """The mean of several :class:`FacingNet` outputs (``side [B]``, ``view [B, 3]`` logits).
-
-    Averaging keeps mirror consistency: each member's side logit changes sign under mirroring, so
-    the mean does too, and each member's view logits do not change.
-    """
-
-    def __init__(self, nets: list[FacingNet]) -> None:
-        super().__init__()
-        self.height = nets[0].height
-        self.nets = nn.ModuleList(nets)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = [net(x) for net in self.nets]
-        side = torch.stack([o[0] for o in outputs]).mean(0)
-        view = torch.stack([o[1] for o in outputs]).mean(0)
-        return side, view
-
-
 def _augment(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random mirror (returned as +-1 per image), brightness/contrast jitter, zoom-out and shift."""
     count = len(x)
@@ -172,7 +153,7 @@ def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=pri
     return net
 
 
-def export(net: FacingNet | FacingEnsemble, out: Path) -> dict:
+def export(net: FacingNet, out: Path) -> dict:
     """Write ``facing.onnx`` (``x [B, 3, H, W]`` -> ``side_logit [B]``, ``view_logits [B, 3]``) into ``out``."""
     import onnx
 
@@ -212,9 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--ensemble", type=int, default=1, help="train this many nets (seeds seed, seed+1, ...) and average them"
-    )
-    parser.add_argument(
         "--validation",
         type=int,
         default=0,
@@ -236,17 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     counts = f"{int(fit.sum())} train, {int(validation.sum())} validation, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
     started = time.monotonic()
-    nets = [
-        train(
-            x[fit],
-            [labels[n] for n, f in zip(names, fit, strict=True) if f],
-            args.epochs,
-            args.seed + member,
-            log=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-        for member in range(args.ensemble)
-    ]
-    net = nets[0] if len(nets) == 1 else FacingEnsemble(nets).eval()
+    net = train(
+        x[fit],
+        [labels[n] for n, f in zip(names, fit, strict=True) if f],
+        args.epochs,
+        args.seed,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     seconds = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
@@ -267,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
             "validation_rows": int(validation.sum()),
             "test_rows": int(test.sum()),
             "epochs": args.epochs,
-            "ensemble": args.ensemble,
             "seed": args.seed,
             "train_seconds": round(seconds, 1),
             "file": info,
