@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -121,6 +121,11 @@ lambda-undeploy: $(VENV)/.installed-dev
 # Cold start and per-request latency inside the bundle's own interpreter (JSON in build/).
 lambda-bench: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
+
+# An upload request on Lambda, warm (UPLOADS=20) and cold (COLD=3 fresh containers): the bundle under zappa's
+# handler, PostgreSQL and a local S3 server, as in the Lambda tests (tests/lambda/bench_upload.py; JSON last).
+lambda-bench-upload: $(VENV)/.installed-dev postgresql
+	@$(BIN)/python -m pytest tests/lambda/bench_upload.py -q -s -p no:cacheprovider
 
 # Debian's PostgreSQL server binaries: the tests start their own throwaway clusters with them.
 postgresql:
