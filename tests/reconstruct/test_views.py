@@ -108,6 +108,8 @@ def test_it_shows_a_phone_friendly_upload_form(client, alice) -> None:
     client.force_login(alice)
     body = client.get(reverse("reconstruct:upload")).content.decode()
     assert 'accept="image/*"' in body and 'enctype="multipart/form-data"' in body and 'capture="environment"' in body
+    # It names every format it takes, not only the three it stores.
+    assert "JPEG, PNG, WebP, GIF, TIFF, BMP" in body
 
 
 def test_it_uploads_and_shows_the_result(client, alice, car_jpeg: bytes) -> None:
