@@ -1,13 +1,15 @@
 """Quality of an exported model on a folder of photos (numpy + Pillow + onnxruntime; no torch).
 
-    python -m ml.evaluate --model ml/weights/default --data DIR [--noncars DIR] [--held-out]
-        [--boxes CSV] [--grid PNG] [--no-search]
+    python -m ml.evaluate --model ml/weights/default --data DIR [DIR ...] [--noncars DIR] [--held-out]
+        [--boxes CSV] [--grid PNG] [--no-search [--facings CSV]]
 
 Each photo goes through what the site does (``ml.framing.photo_reconstruct``): the VAE searches it for
 the car, the frame around the car is letterboxed into the model's input and mirrored to face left
 when the car faces right (``--no-search``: the whole photo, as ``ml.export`` measures the model on its
-validation crops). Prints a human summary and, as its last line, one JSON object. All metrics are
-means over images of per-image values, computed on the frame the model saw, inside the letterbox box
+validation crops; ``--facings CSV`` then mirrors the photos facing right as training did and adds the
+per-view means ``psnr_side``, ``psnr_head_on``... that ``ml.export`` records). Prints a human summary
+and, as its last line, one JSON object. All metrics are means over images of per-image values,
+computed on the frame the model saw, inside the letterbox box
 (the bars added by preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, see
 ``ml.runtime.ssim``), ``kl`` (nats). Reference predictors on the same target pixels:
 
@@ -487,6 +489,13 @@ def _human(result: dict[str, Any]) -> str:
     ):
         if key in result:
             lines.append(f"  {label:<11} psnr {result[key]:6.2f} dB")
+    for view, label in (("side", "side views"), ("head_on", "head-on views")):
+        if f"psnr_{view}" in result:
+            lines.append(
+                f"  {label:<13} {result[f'n_{view}']} photos: psnr {result[f'psnr_{view}']:.2f} dB, 16x16 thumb"
+                f" {result.get(f'baseline_thumb16_psnr_{view}', float('nan')):.2f} dB,"
+                f" kl {result[f'kl_{view}']:.1f} nats"
+            )
     if "same_car_top1" in result:
         lines.append(
             f"  same car: reconstruction nearest its own photo {result['same_car_top1']:.1%} (chance"

@@ -1,13 +1,16 @@
 """Torch checkpoint -> ONNX model directory for ``ml.runtime`` (torch needed here only).
 
     python -m ml.export runs/default/best.pt --out ml/weights/default --data ../shared/data/cars
+    python -m ml.export runs/canonical/best.pt --out DIR --data ../shared/data/cars ../shared/data/cars-more
 
 Writes ``encoder.onnx`` (``x [B, C, H, W]`` -> ``mu, logvar [B, D]``), ``decoder.onnx``
 (``z [B, D]`` -> ``image [B, C, H, W]``), both with a dynamic batch dimension, BatchNorm folded
 (eval mode), weights inside the ``.onnx`` file, opset 18 and IR version 9 so that onnxruntime
 1.16.3 (the Lambda stack) loads them as well as the current release; and ``metadata.json``.
 
-With ``--data`` (the folder the checkpoint was trained on) it also measures the exported model on
+With ``--data`` (the folder or folders the checkpoint was trained on, in training's order; a
+checkpoint trained with a ``facings`` file has its right-facing photos mirrored here too, as training
+saw them, and the file must be the one training used) it also measures the exported model on
 the checkpoint's validation images (``metrics``), stores the scoring ``calibration`` derived from
 them, the principal components of the training images' latent means (``latent_pca``) and a 2-D map
 of the latent space (``latent_map``; see ``ml/latent.py``), and writes ``mean_image.png``: the

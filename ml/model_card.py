@@ -29,6 +29,10 @@ def _db(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -143,18 +147,18 @@ def model_card_render(metadata: dict[str, Any], recipe: str | None = None) -> st
         "",
         "## Data",
         "",
-        f"- Folders: {', '.join(f'`{f}`' for f in folders) or '-'}: {data.get('images', '-')} photos"
+        f"- Folders: {', '.join(f'`{f}`' for f in folders) or '-'}: {_count(data.get('images'))} photos"
         f" ({data.get('skipped', 0)} unreadable), Stanford Cars *train* split (licence: research only, see"
         " `../shared/data/README.md`; no photo, nor any picture made from them, is in this repository).",
         f"- Split: the training run's seeded validation set, {data.get('val', len(data.get('val_names') or []))}"
-        f" photos (names in `metadata.json`), {data.get('train', '-')} for training.",
+        f" photos (names in `metadata.json`), {_count(data.get('train'))} for training.",
     ]
     if facings:
         counts = ", ".join(f"{count:,} {facing}" for facing, count in facings.get("counts", {}).items())
         lines.append(
             f"- **Facing left**: `{facings['file']}` (SHA-256 `{facings['sha256'][:16]}...`; {counts}): every photo"
             f" facing right is mirrored in training, validation, the metrics below, the mean image and the latent"
-            f" map ({data.get('mirrored', '-')} photos), as the site mirrors a right-facing frame."
+            f" map ({_count(data.get('mirrored'))} photos), as the site mirrors a right-facing frame."
         )
     lines += ["", "## Recipe", ""]
     lines += ["| setting | value |", "|---|---|"]
