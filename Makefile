@@ -139,7 +139,11 @@ postgresql:
 
 # The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files;
 # last line JSON (reconstruct/explore/bench.py).
-.PHONY: bench-explore
+.PHONY: bench-explore bench-browser
+# How soon a reconstruction shows in Chromium after its upload completes (20 uploads through the form; JSON last).
+bench-browser: $(VENV)/.installed-dev redis-server chromium
+	@$(BIN)/python -m loadtest.browser --images $(IMAGES)
+
 bench-explore: $(VENV)/.installed-dev chromium
 	@$(BIN)/python -m reconstruct.explore.bench
 
