@@ -129,7 +129,10 @@ def test_it_refits_the_car_check_into_the_model_the_locator_and_the_card(release
     locator = framing.CarLocator(released.locator)
     assert {k: locator.metadata["check"][k] for k in "abc"} == {k: check[k] for k in "abc"}
     assert locator.metadata["held_out"]["car_every"] == 1  # the rest of the locator's metadata is kept
-    assert framing.car_check_constants(runtime.Model(released.out), locator) is not locator.metadata["check"]
+    model = runtime.Model(released.out)
+    assert framing.car_check_constants(model, locator) == check  # fitted with this locator: the model's own
+    model.metadata["car_check"] = {**check, "locator_sha256": "0" * 64}  # fitted with another locator
+    assert framing.car_check_constants(model, locator) == locator.metadata["check"]
     card = (released.out / "MODEL_CARD.md").read_text()
     assert metadata["version"] in card and f"a = {check['a']}" in card
     assert "side views" in card or "head-on views" in card
