@@ -68,6 +68,16 @@ DATA_ALL ?= ../shared/data/cars ../shared/data/cars-more
 train-canonical: $(VENV)/.installed-train
 	nice -n 10 $(BIN)/python -m ml.train --data $(DATA_ALL) --out runs/canonical --config ml/configs/canonical.json --resume
 
+# The canonical run made the default model: export (every folder, faced left, per-view metrics), the car check
+# refitted for it (ml/weights/locator/metadata.json too), MODEL_CARD.md; all or nothing (ml/release.py).
+CKPT ?= runs/canonical/best.pt
+OUT ?= ml/weights/default
+NONCARS ?= ../shared/data/noncars
+LOCATOR ?= ml/weights/locator
+.PHONY: export-canonical
+export-canonical: $(VENV)/.installed-train
+	$(BIN)/python -m ml.release $(CKPT) --out $(OUT) --data $(DATA_ALL) --noncars $(NONCARS) --locator $(LOCATOR)
+
 # The facing classifier from the hand labels (ml/weights/orientation/), then every photo's facing for training.
 orientation: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train_orientation --labels ml/labels/orientation.csv --data $(DATA_ALL) --out ml/weights/orientation
