@@ -340,11 +340,21 @@ def _default_facing() -> FacingPredictor | None:
     return facing
 
 
+def model_view(image: Image.Image, frame: Box | Sequence[int] | None, mirrored: bool) -> Image.Image:
+    """What the model sees of ``image`` (decoded upright, as ``runtime.open_source`` gives it): the ``frame``
+    (a Box or ``[left, top, right, bottom]`` in its pixels; None for the whole picture), mirrored when the
+    car faced right. The same crop a result's stored ``frame`` and ``mirrored`` describe."""
+    if frame is not None:
+        box = frame if isinstance(frame, Box) else Box(*(int(v) for v in frame))
+        image = image.crop((box.left, box.top, box.right, box.bottom))
+    return ImageOps.mirror(image) if mirrored else image
+
+
 def _reconstruct_frame(
     model: runtime.Model, image: Image.Image, frame: Box, predictor: FacingPredictor | None
 ) -> tuple[runtime.Result, str | None, bool]:
     """Reconstruct ``frame`` of ``image``, mirrored for the model when ``predictor`` says the car faces right."""
-    crop = image.crop((frame.left, frame.top, frame.right, frame.bottom))
+    crop = model_view(image, frame, mirrored=False)
     direction = predictor(crop) if predictor else None
     mirrored = direction == "right"
     result = model.reconstruct(ImageOps.mirror(crop) if mirrored else crop)
