@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
-from reconstruct.models import Reconstruction
+from reconstruct.models import FILE_KINDS, Reconstruction
 
 MODEL_VERSION_HEAVY_FIELDS = ("files", "metadata", "metrics", "notes")
 
@@ -38,6 +38,16 @@ def reconstruction_cards(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
     """The user's reconstructions, newest first, with only the fields a gallery card shows (no model version,
     no JSON): each row costs a fraction of a full one, and a page has 24 (measured in ``loadtest.profile``)."""
     return Reconstruction.objects.filter(owner=user).only(*CARD_FIELDS).order_by("-created_at", "-id")
+
+
+def reconstruction_files_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:
+    """The user's reconstruction with only what serving one of its files needs (its name and file fields), or
+    None (also for someone else's): the file view's query, without the model version or the JSON."""
+    return (
+        Reconstruction.objects.filter(owner=user, uuid=public_id)
+        .only("id", "uuid", "original_name", *FILE_KINDS)
+        .first()
+    )
 
 
 def reconstruction_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:

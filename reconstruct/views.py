@@ -274,7 +274,9 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
     # The owner's alone, like the result page: staff see other people's files in the admin (reconstruct/admin.py).
-    reconstruction = _get_reconstruction_for_user(request, public_id)
+    reconstruction = selectors.reconstruction_files_get(request.user, public_id)
+    if reconstruction is None:
+        raise Http404("No such reconstruction.")
     return presenters.file_response(reconstruction, kind, download="download" in request.GET)
 
 
