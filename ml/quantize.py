@@ -90,6 +90,31 @@ def graph_quantize(source: str | os.PathLike, target: str | os.PathLike) -> list
     return names
 
 
+def dequantized_initializers(proto: Any) -> dict[str, np.ndarray]:
+    """The float32 weights ``{name: array}`` behind the int8 initializers ``graph_quantize`` wrote, under
+    their fp32 names and layout: ``<name>[_Transposed]_quantized`` with its ``_scale`` and ``_zero_point``
+    (one per output channel) -> ``(q - zero_point) * scale``, transposed back where the quantiser
+    transposed it. What ``ml.bench`` rebuilds the torch model from; the scales and zero points
+    themselves are left out. Raises ``ValueError`` for a quantised initializer without its scale."""
+    from onnx import numpy_helper
+
+    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    weights: dict[str, np.ndarray] = {}
+    for name, q in arrays.items():
+        if not name.endswith("_quantized"):
+            continue
+        base = name.removesuffix("_quantized")
+        if f"{base}_scale" not in arrays:
+            raise ValueError(f"{name}: no {base}_scale beside it")
+        scale = arrays[f"{base}_scale"].astype(np.float32)
+        zero = arrays.get(f"{base}_zero_point", np.zeros_like(scale)).astype(np.float32)
+        weight = (q.astype(np.float32) - zero) * scale  # per output channel: the last axis of [in, out]
+        if base.endswith("_Transposed"):
+            base, weight = base.removesuffix("_Transposed"), weight.T
+        weights[base] = np.ascontiguousarray(weight)
+    return weights
+
+
 def _psnr_ssim_kl_likeness(model: runtime.Model, files: Sequence[Path], locate: bool) -> dict[str, dict[str, Any]]:
     from ml import evaluate
 
