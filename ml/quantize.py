@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,12 @@ def dequantized_initializers(proto: Any) -> dict[str, np.ndarray]:
     return weights
 
 
-def _psnr_ssim_kl_likeness(model: runtime.Model, files: Sequence[Path], locate: bool) -> dict[str, dict[str, Any]]:
+def _psnr_ssim_kl_likeness(
+    model: runtime.Model, files: Sequence[Path], locate: bool, facings: Mapping[str, str] | None
+) -> dict[str, dict[str, Any]]:
     from ml import evaluate
 
-    records = evaluate.score_files(model, files, locate=locate)
+    records = evaluate.score_files(model, files, locate=locate, facings=facings)
     return {r["name"]: r for r in records if "error" not in r}
 
 
@@ -127,11 +129,16 @@ def _mean(values: list[float]) -> float:
 
 
 def _held_out_check(
-    fp32_dir: Path, int8_dir: Path, files: Sequence[Path], locate: bool, max_psnr_drop_db: float
+    fp32_dir: Path,
+    int8_dir: Path,
+    files: Sequence[Path],
+    locate: bool,
+    max_psnr_drop_db: float,
+    facings: Mapping[str, str] | None,
 ) -> dict[str, Any]:
     """Both models on the same photos: mean PSNR/SSIM and their drops, KL and car-likeness changes."""
-    before = _psnr_ssim_kl_likeness(runtime.Model(fp32_dir, threads=1), files, locate)
-    after = _psnr_ssim_kl_likeness(runtime.Model(int8_dir, threads=1), files, locate)
+    before = _psnr_ssim_kl_likeness(runtime.Model(fp32_dir, threads=1), files, locate, facings)
+    after = _psnr_ssim_kl_likeness(runtime.Model(int8_dir, threads=1), files, locate, facings)
     names = sorted(set(before) & set(after))
     if not names:
         raise ValueError(f"none of the {len(files)} held-out photos could be decoded")
@@ -178,6 +185,7 @@ def model_quantize(
     *,
     max_psnr_drop_db: float = MAX_PSNR_DROP_DB,
     locate: bool = False,
+    facings: Mapping[str, str] | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
     """Quantise the exported model in ``model_dir`` in place (``graph_quantize`` on both ONNX files) if
@@ -187,7 +195,8 @@ def model_quantize(
     The record says whether it was ``applied``, what and how (``op_types``, ``nodes`` per file, the
     onnxruntime version), the ``check`` (photos scored, mean PSNR of fp32 and int8 in dB, the drop and
     the worst photo's drop, the SSIM drop, the mean and mean absolute KL change in nats, the mean absolute
-    car-likeness change, and with ``locate`` how many car-check answers changed), and ``fp32_files`` (the
+    car-likeness change, and with ``locate`` how many car-check answers changed; ``facings``, {file name:
+    facing} as ``ml.export`` has it, mirrors right-facing photos as training did), and ``fp32_files`` (the
     SHA-256 and bytes of the files it replaced). When applied, ``files`` carries the new SHA-256 and sizes
     (what the registry checks), each file's ``rewrites`` gains ``"int8_fully_connected_dynamic"`` and the
     version gets the suffix ``-int8``; the metadata's ``metrics`` and ``calibration`` stay those measured
@@ -227,7 +236,7 @@ def model_quantize(
             "nodes": nodes,
             "onnxruntime": onnxruntime.__version__,
             "held_out": source or (str(files[0].parent) if len({f.parent for f in files}) == 1 else "files"),
-            "check": _held_out_check(model_dir, work, files, locate, max_psnr_drop_db),
+            "check": _held_out_check(model_dir, work, files, locate, max_psnr_drop_db, facings),
             "fp32_files": {
                 name: {"sha256": entry["sha256"], "bytes": entry["bytes"]}
                 for name, entry in metadata["files"].items()
