@@ -118,6 +118,32 @@ def _car_check_lines(check: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _quantization_lines(record: dict[str, Any] | None) -> list[str]:
+    """The int8 step's outcome (``ml.quantize``: ``metadata["quantization"]``) as the card's section."""
+    if not record:
+        return []
+    check = record.get("check") or {}
+    head = (
+        f"The fully connected layers ({', '.join(record.get('op_types') or [])}) run in int8 (dynamic"
+        " quantisation, ``ml/quantize.py``); every convolution stays fp32."
+        if record.get("applied")
+        else f"fp32 throughout: the int8 step was refused ({record.get('reason', 'no reason recorded')})."
+    )
+    lines = ["", "## Quantisation", "", head]
+    if check:
+        lines += [
+            "",
+            f"Checked on {check.get('n')} held-out photos ({check.get('framing')}): PSNR {check.get('psnr_fp32')} dB"
+            f" in fp32, {check.get('psnr_int8')} dB in int8 (mean drop {check.get('psnr_drop_db')} dB, worst photo"
+            f" {check.get('psnr_drop_worst_db')} dB; the limit is {check.get('max_psnr_drop_db')} dB), SSIM drop"
+            f" {check.get('ssim_drop')}, KL change {check.get('kl_change_nats')} nats (mean absolute"
+            f" {check.get('kl_abs_change_nats')})"
+            + (f", car-check answers changed: {check['car_found_changes']}" if "car_found_changes" in check else "")
+            + ". The metrics above were measured in fp32.",
+        ]
+    return lines
+
+
 def model_card_render(metadata: dict[str, Any], recipe: str | None = None) -> str:
     """The card's Markdown for a model's ``metadata.json`` (``recipe``: the reasons section to include)."""
     training = metadata.get("training") or {}
@@ -216,6 +242,7 @@ def model_card_render(metadata: dict[str, Any], recipe: str | None = None) -> st
             f" thumbnail's, against these {calibration.get('n')} validation cars (faced left): mean"
             f" {feature['mean']:+.2f} dB, standard deviation {feature['std']:.2f} dB.",
         ]
+    lines += _quantization_lines(metadata.get("quantization"))
     files = metadata.get("files") or {}
     lines += ["", "## Files", "", "| file | bytes | SHA-256 |", "|---|---|---|"]
     lines += [f"| `{name}` | {entry['bytes']:,} | `{entry['sha256'][:16]}...` |" for name, entry in files.items()]

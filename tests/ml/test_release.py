@@ -136,6 +136,10 @@ def test_it_refits_the_car_check_into_the_model_the_locator_and_the_card(release
     card = (released.out / "MODEL_CARD.md").read_text()
     assert metadata["version"] in card and f"a = {check['a']}" in card
     assert "side views" in card or "head-on views" in card
+    # The int8 step's outcome, applied or refused, with its held-out check.
+    quantization = metadata["quantization"]
+    assert "## Quantisation" in card and f"Checked on {quantization['check']['n']} held-out photos" in card
+    assert ("run in int8" in card) == bool(quantization["applied"])
 
 
 def test_its_files_match_their_sha256_and_the_registry_accepts_it(released: Release, db) -> None:
