@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench postgresql redis-server chromium lint format clean
+.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -68,6 +68,16 @@ DATA_ALL ?= ../shared/data/cars ../shared/data/cars-more
 train-canonical: $(VENV)/.installed-train
 	nice -n 10 $(BIN)/python -m ml.train --data $(DATA_ALL) --out runs/canonical --config ml/configs/canonical.json --resume
 
+# The canonical run made the default model: export (every folder, faced left, per-view metrics), the car check
+# refitted for it (ml/weights/locator/metadata.json too), MODEL_CARD.md; all or nothing (ml/release.py).
+CKPT ?= runs/canonical/best.pt
+OUT ?= ml/weights/default
+NONCARS ?= ../shared/data/noncars
+LOCATOR ?= ml/weights/locator
+.PHONY: export-canonical
+export-canonical: $(VENV)/.installed-train
+	$(BIN)/python -m ml.release $(CKPT) --out $(OUT) --data $(DATA_ALL) --noncars $(NONCARS) --locator $(LOCATOR)
+
 # The facing classifier from the hand labels (ml/weights/orientation/), then every photo's facing for training.
 orientation: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train_orientation --labels ml/labels/orientation.csv --data $(DATA_ALL) --out ml/weights/orientation
@@ -122,6 +132,11 @@ lambda-undeploy: $(VENV)/.installed-dev
 lambda-bench: $(VENV)/.installed-dev
 	$(BIN)/python -m deploy measure --stage $(STAGE) --out build/lambda-bench-$(STAGE).json
 
+# An upload request on Lambda, warm (UPLOADS=20) and cold (COLD=3 fresh containers): the bundle under zappa's
+# handler, PostgreSQL and a local S3 server, as in the Lambda tests (tests/lambda/bench_upload.py; JSON last).
+lambda-bench-upload: $(VENV)/.installed-dev postgresql
+	@$(BIN)/python -m pytest tests/lambda/bench_upload.py -q -s -p no:cacheprovider
+
 # Debian's PostgreSQL server binaries: the tests start their own throwaway clusters with them.
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
@@ -129,7 +144,11 @@ postgresql:
 
 # The latent-space features end to end on loopback: slider round trip in Chromium and over HTTP, morph files;
 # last line JSON (reconstruct/explore/bench.py).
-.PHONY: bench-explore
+.PHONY: bench-explore bench-browser
+# How soon a reconstruction shows in Chromium after its upload completes (20 uploads through the form; JSON last).
+bench-browser: $(VENV)/.installed-dev redis-server chromium
+	@$(BIN)/python -m loadtest.browser --images $(IMAGES)
+
 bench-explore: $(VENV)/.installed-dev chromium
 	@$(BIN)/python -m reconstruct.explore.bench
 

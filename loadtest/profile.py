@@ -46,7 +46,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
     ],
     "worker: reconstruction_run": [
         (
-            "DB: claim the row, read it back at the end",
+            "DB: claim the row",
             [("query.py", "first", "reconstruction_run"), ("base.py", "save", "reconstruction_run")],
         ),
         ("active model lookup (DB)", [("registry/services.py", "model_version_load_active", "reconstruction_run")]),
@@ -66,7 +66,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
     ],
     "web: reconstruction PNG (GET /r/<id>/files/reconstruction)": [
         ("token authentication", [("reconstruct/auth.py", "authenticate_token", None)]),
-        ("DB read", [("query.py", "first", "reconstruction_get")]),
+        ("DB read", [("query.py", "first", "reconstruction_files_get")]),
         ("serve from storage", [("reconstruct/storage.py", "storage_serve", None)]),
     ],
     "web: gallery (GET /gallery/)": [

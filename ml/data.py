@@ -70,10 +70,7 @@ def load_images(
     With ``cache_dir`` the result is kept in an ``.npz`` keyed by the file list and the input
     shape, so a resumed run does not decode thousands of JPEGs again.
     """
-    key = hashlib.sha256(
-        json.dumps([[str(f) for f in files], config.height, config.width, config.channels, config.pad_value]).encode()
-    ).hexdigest()[:16]
-    cache = cache_dir / f"images-{key}.npz" if cache_dir else None
+    cache = images_cache_file(files, config, cache_dir) if cache_dir else None
     if cache and cache.exists():
         data = np.load(cache, allow_pickle=False)
         return ImageSet(data["pixels"], data["boxes"], list(data["names"]), list(data["skipped"]))
@@ -111,6 +108,29 @@ def load_images(
         )
         tmp.replace(cache)
     return result
+
+
+def images_cache_file(files: list[Path], config: ModelConfig, cache_dir: Path) -> Path:
+    """The ``.npz`` in ``cache_dir`` that ``load_images`` keeps for this file list (in this order) and input
+    shape; ``ml.export`` reads a training run's cache from there when it exists."""
+    key = hashlib.sha256(
+        json.dumps([[str(f) for f in files], config.height, config.width, config.channels, config.pad_value]).encode()
+    ).hexdigest()[:16]
+    return Path(cache_dir) / f"images-{key}.npz"
+
+
+def images_mirror(images: ImageSet, mirror: np.ndarray) -> ImageSet:
+    """``images`` with the photos where ``mirror`` (bool ``[N]``) is set mirrored left-right, letterbox box
+    and all, exactly as ``ml.train`` mirrors a right-facing photo to face left (the pixels ``[..., ::-1]``,
+    the box ``(W - right, top, W - left, bottom)``). A new ImageSet; ``images`` is unchanged."""
+    mirror = np.asarray(mirror, bool)
+    if mirror.shape != (len(images),):
+        raise ValueError(f"mirror has shape {mirror.shape}, expected ({len(images)},)")
+    pixels, boxes = images.pixels.copy(), images.boxes.copy()
+    width = pixels.shape[3]
+    pixels[mirror] = pixels[mirror][..., ::-1]
+    boxes[mirror, 0], boxes[mirror, 2] = width - images.boxes[mirror, 2], width - images.boxes[mirror, 0]
+    return ImageSet(pixels, boxes, list(images.names), list(images.skipped))
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,15 @@
 """Quality of an exported model on a folder of photos (numpy + Pillow + onnxruntime; no torch).
 
-    python -m ml.evaluate --model ml/weights/default --data DIR [--noncars DIR] [--held-out]
-        [--boxes CSV] [--grid PNG] [--no-search]
+    python -m ml.evaluate --model ml/weights/default --data DIR [DIR ...] [--noncars DIR] [--held-out]
+        [--boxes CSV] [--grid PNG] [--no-search [--facings CSV]]
 
 Each photo goes through what the site does (``ml.framing.photo_reconstruct``): the VAE searches it for
 the car, the frame around the car is letterboxed into the model's input and mirrored to face left
 when the car faces right (``--no-search``: the whole photo, as ``ml.export`` measures the model on its
-validation crops). Prints a human summary and, as its last line, one JSON object. All metrics are
-means over images of per-image values, computed on the frame the model saw, inside the letterbox box
+validation crops; ``--facings CSV`` then mirrors the photos facing right as training did and adds the
+per-view means ``psnr_side``, ``psnr_head_on``... that ``ml.export`` records). Prints a human summary
+and, as its last line, one JSON object. All metrics are means over images of per-image values,
+computed on the frame the model saw, inside the letterbox box
 (the bars added by preprocessing are excluded): ``mse``, ``psnr`` (dB), ``ssim`` (Gaussian 11x11, see
 ``ml.runtime.ssim``), ``kl`` (nats). Reference predictors on the same target pixels:
 
@@ -48,7 +50,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +150,26 @@ def _as_array(image: Image.Image, channels: int) -> np.ndarray:
 
 
 def score_file(
-    model: runtime.Model, path: Path, pairs: PairStore | None = None, *, locate: bool = True, method: str = "locator"
+    model: runtime.Model,
+    path: Path,
+    pairs: PairStore | None = None,
+    *,
+    locate: bool = True,
+    method: str = "locator",
+    facing: str | None = None,
 ) -> dict[str, Any]:
     """One photo through ``ml.framing.photo_reconstruct`` (the site's search, frame and facing; the whole
     photo with ``locate=False``): its scores, features and baselines on the frame the model saw, where the
-    car was found. Raises ``runtime.ImageError`` for an undecodable file."""
-    framed = framing.photo_reconstruct(model, path, locate=locate, method=method)
+    car was found. ``facing`` (only with ``locate=False``): the photo's known facing (a facings file, as
+    training used it); "right" mirrors the whole photo for the model, as the site mirrors a right-facing
+    frame. Raises ``runtime.ImageError`` for an undecodable file, ValueError for ``facing`` with ``locate``."""
+    source: runtime.ImageSource = path
+    if facing is not None:
+        if locate:
+            raise ValueError("a known facing replaces the search's own: use it with locate=False")
+        if facing == "right":
+            source = ImageOps.mirror(runtime.open_source(path))
+    framed = framing.photo_reconstruct(model, source, locate=locate, method=method)
     result = framed.result
     # What the model saw and what it gave back, in the same (model's) direction, letterbox bars removed.
     target = _as_array(result.model_input, model.config.channels)
@@ -172,8 +188,8 @@ def score_file(
         car_evidence=framed.car_z,
         box=framed.box.as_list() if framed.box else None,
         frame=framed.frame.as_list(),
-        facing=framed.facing,
-        mirrored=framed.mirrored,
+        facing=framed.facing if facing is None else facing,
+        mirrored=framed.mirrored or facing == "right",
     )
     mean = _mean_image_cache(model)
     if mean is not None:
@@ -202,15 +218,18 @@ def score_files(
     *,
     locate: bool = False,
     method: str = "locator",
+    facings: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-image metrics and baselines (``score_file``); an undecodable file gets ``{"name", "error"}``.
     With ``pairs``, also keeps each target and reconstruction there for ``same_car_measures``.
     ``locate=True`` searches each photo for the car as the site does; False gives the model the whole
-    photo (how export calibrates and measures the model on its validation crops)."""
+    photo (how export calibrates and measures the model on its validation crops), with ``facings``
+    ({file name: facing}, e.g. ``ml/labels/facings.csv``) turned to face left as in training."""
     records: list[dict[str, Any]] = []
     for path in files:
+        facing = facings.get(Path(path).name) if facings is not None else None
         try:
-            records.append(score_file(model, Path(path), pairs, locate=locate, method=method))
+            records.append(score_file(model, Path(path), pairs, locate=locate, method=method, facing=facing))
         except runtime.ImageError as error:
             records.append({"name": Path(path).name, "error": str(error)})
     return records
@@ -229,6 +248,30 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if likeness:
         summary["car_likeness_median"] = round(float(np.median(likeness)), 4)
     return summary
+
+
+# Per-view and per-group measures: the keys of ``summarize`` repeated for a part of the photos.
+GROUP_KEYS = ("n", "psnr", "ssim", "kl", "baseline_mean_psnr", "baseline_thumb8_psnr", "baseline_thumb16_psnr")
+VIEWS = {"side": ("left", "right"), "head_on": ("front", "rear")}
+
+
+def summarize_groups(records: Sequence[dict[str, Any]], groups: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+    """``summarize`` of each group of photos ({group: file names}) as flat keys ``<key>_<group>`` (``psnr_side``,
+    ``baseline_thumb16_psnr_head_on``, ``n_side``...; ``GROUP_KEYS``); an empty group adds nothing."""
+    result: dict[str, Any] = {}
+    for group, names in groups.items():
+        members = set(names)
+        part = [r for r in records if r["name"] in members]
+        if not any("error" not in r for r in part):
+            continue
+        summary = summarize(part)
+        result.update({f"{key}_{group}": summary[key] for key in GROUP_KEYS if key in summary})
+    return result
+
+
+def view_groups(facings: Mapping[str, str]) -> dict[str, list[str]]:
+    """{"side": names facing left or right, "head_on": names facing front or rear} of a facings mapping."""
+    return {view: [name for name, facing in facings.items() if facing in labels] for view, labels in VIEWS.items()}
 
 
 def calibrate(records: Sequence[dict[str, Any]], weights: dict[str, float] | None = None) -> dict[str, Any]:
@@ -307,16 +350,21 @@ def evaluate(
     boxes: dict[str, framing.Box] | None = None,
     method: str = "locator",
     orientation_labels: dict[str, str] | None = None,
+    facings: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on ``files`` (see the module docstring): with ``noncar_files``
     also ``ood_auroc``, the car-likeness medians and the car check's error rates; ``locate`` searches each
     photo for the car as the site does (else the model sees each whole photo); ``boxes`` (file name ->
     true box of the car) adds ``box_iou_mean`` and ``box_hit_rate`` (IoU at least 0.5); ``orientation_labels``
-    ({file name: facing}) adds ``orientation_accuracy``."""
+    ({file name: facing}) adds ``orientation_accuracy``; ``facings`` ({file name: facing}, only with ``locate``
+    False) turns the cars to face left as training did and adds the per-view measures (``psnr_side``,
+    ``psnr_head_on``...: ``summarize_groups``), as ``ml.export`` records them."""
     model = runtime.load_model(model_dir, threads=threads)
     pairs = PairStore()
-    records = score_files(model, [Path(f) for f in files], pairs, locate=locate, method=method)
+    records = score_files(model, [Path(f) for f in files], pairs, locate=locate, method=method, facings=facings)
     result: dict[str, Any] = {"model": model.version, **summarize(records), **same_car_measures(pairs)}
+    if facings is not None:
+        result.update(summarize_groups(records, view_groups(facings)))
     cars = [r for r in records if "error" not in r]
     if locate and cars:
         result["car_false_reject_rate"] = round(float(np.mean([not r["car_found"] for r in cars])), 4)
@@ -422,6 +470,12 @@ def held_out_names(model: runtime.Model, checkpoint: Path | None) -> set[str]:
     return set(names)
 
 
+def _read_facings(path: Path) -> dict[str, str]:
+    from ml.orientation import read_labels
+
+    return read_labels(path)
+
+
 def _human(result: dict[str, Any]) -> str:
     lines = [f"model {result['model']}: {result['n']} images ({result['skipped']} unreadable)"]
     lines.append(
@@ -435,6 +489,13 @@ def _human(result: dict[str, Any]) -> str:
     ):
         if key in result:
             lines.append(f"  {label:<11} psnr {result[key]:6.2f} dB")
+    for view, label in (("side", "side views"), ("head_on", "head-on views")):
+        if f"psnr_{view}" in result:
+            lines.append(
+                f"  {label:<13} {result[f'n_{view}']} photos: psnr {result[f'psnr_{view}']:.2f} dB, 16x16 thumb"
+                f" {result.get(f'baseline_thumb16_psnr_{view}', float('nan')):.2f} dB,"
+                f" kl {result[f'kl_{view}']:.1f} nats"
+            )
     if "same_car_top1" in result:
         lines.append(
             f"  same car: reconstruction nearest its own photo {result['same_car_top1']:.1%} (chance"
@@ -464,7 +525,7 @@ def _human(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=runtime.DEFAULT_MODEL_DIR, help="exported model directory")
-    parser.add_argument("--data", type=Path, required=True, help="folder of car photos")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="folder(s) of car photos")
     parser.add_argument("--noncars", type=Path, help="folder of photos of other things (adds ood_auroc, FAR)")
     split = parser.add_mutually_exclusive_group()
     split.add_argument("--held-out", action="store_true", help="only the validation images recorded in the model")
@@ -494,9 +555,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--orientation-labels", type=Path, metavar="CSV", help="file,facing hand labels (adds orientation_accuracy)"
     )
+    parser.add_argument(
+        "--facings",
+        type=Path,
+        metavar="CSV",
+        help="with --no-search: file,facing of every photo (ml/labels/facings.csv): faced left, per view",
+    )
     args = parser.parse_args(argv)
+    if args.facings and not args.no_search:
+        parser.error("--facings replaces the site's own facing: use it with --no-search")
     try:
-        files = list_images(args.data)
+        files = [f for folder in args.data for f in list_images(folder)]
         noncars = list_images(args.noncars) if args.noncars else None
     except FileNotFoundError as error:
         parser.error(str(error))
@@ -523,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         boxes=boxes,
         method=args.finder,
         orientation_labels=labels,
+        facings=_read_facings(args.facings) if args.facings else None,
     )
     if args.grid:
         reconstruction_grid(args.model, files[:16], locate=not args.no_search, method=args.finder).save(args.grid)

@@ -1,13 +1,16 @@
 """Torch checkpoint -> ONNX model directory for ``ml.runtime`` (torch needed here only).
 
     python -m ml.export runs/default/best.pt --out ml/weights/default --data ../shared/data/cars
+    python -m ml.export runs/canonical/best.pt --out DIR --data ../shared/data/cars ../shared/data/cars-more
 
 Writes ``encoder.onnx`` (``x [B, C, H, W]`` -> ``mu, logvar [B, D]``), ``decoder.onnx``
 (``z [B, D]`` -> ``image [B, C, H, W]``), both with a dynamic batch dimension, BatchNorm folded
 (eval mode), weights inside the ``.onnx`` file, opset 18 and IR version 9 so that onnxruntime
 1.16.3 (the Lambda stack) loads them as well as the current release; and ``metadata.json``.
 
-With ``--data`` (the folder the checkpoint was trained on) it also measures the exported model on
+With ``--data`` (the folder or folders the checkpoint was trained on, in training's order; a
+checkpoint trained with a ``facings`` file has its right-facing photos mirrored here too, as training
+saw them, and the file must be the one training used) it also measures the exported model on
 the checkpoint's validation images (``metrics``), stores the scoring ``calibration`` derived from
 them, the principal components of the training images' latent means (``latent_pca``) and a 2-D map
 of the latent space (``latent_map``; see ``ml/latent.py``), and writes ``mean_image.png``: the
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml import latent, runtime
+from ml import latent, quantize, runtime
 from ml.config import ModelConfig, TrainConfig
 from ml.data import list_images, load_images
 from ml.model import VAE, count_parameters
@@ -209,16 +213,28 @@ def _atomic_replace(tmp: Path, out: Path) -> None:
 def export_checkpoint(
     checkpoint_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     name: str | None = None,
     opset: int = OPSET,
+    *,
+    facings: str | os.PathLike | None = None,
+    finish: Callable[[Path], None] | None = None,
+    int8: bool = True,
 ) -> Path:
     """Export a training checkpoint to a model directory for ``ml.runtime``; returns ``out_dir``.
 
-    ``data_dir`` is the folder the checkpoint was trained on: with it, the metadata gets validation
-    metrics and scoring calibration (from the checkpoint's validation images) and the directory a
-    ``mean_image.png`` of its training images. ``name`` prefixes the version string (default: the
-    output directory's name).
+    ``data_dir`` is the folder, or the folders, the checkpoint was trained on (as ``ml.train --data``
+    took them): with it, the metadata gets validation metrics and scoring calibration (from the
+    checkpoint's validation images) and the directory a ``mean_image.png`` of its training images, all
+    on the photos as training saw them: turned to face left by the checkpoint config's ``facings``
+    file (``facings`` replaces its path; its SHA-256 must be the one training recorded). ``name``
+    prefixes the version string (default: the output directory's name). ``finish`` is called with the
+    finished temporary directory just before it replaces ``out_dir`` (a later step of a release, e.g.
+    the car check's refit and the model card: an exception there leaves ``out_dir`` as it was).
+    With ``data_dir`` and ``int8`` the fully connected layers are then quantised to int8 if the
+    validation images' PSNR drops by less than 0.05 dB (``ml.quantize``), before ``finish``;
+    ``metadata["quantization"]`` records the check either way.
+    Raises ValueError when the data or the facings file are not the ones training used.
     """
     from ml.train import load_checkpoint
 
@@ -252,6 +268,7 @@ def export_checkpoint(
                 "best_epoch": state.get("best_epoch"),
                 "seconds": round(float(state.get("seconds", 0.0)), 1),
                 "best_val": state.get("best_val"),
+                "history": state.get("history", []),
             },
             "preprocessing": {
                 **PREPROCESSING,
@@ -273,8 +290,22 @@ def export_checkpoint(
             if (checkpoint_path.parent / report).is_file():
                 shutil.copy2(checkpoint_path.parent / report, tmp / report)
         if data_dir is not None:
-            metadata.update(_measure(tmp, metadata, config.model, Path(data_dir), checkpoint.get("val_names", [])))
+            folders = [Path(data_dir)] if isinstance(data_dir, str | os.PathLike) else [Path(d) for d in data_dir]
+            facing_labels, facings_info = checkpoint_facings(checkpoint, facings)
+            cache_dir = checkpoint_path.parent / "cache"
+            metadata.update(
+                _measure(
+                    tmp, metadata, config.model, folders, checkpoint.get("val_names", []), facing_labels, cache_dir
+                )
+            )
+            metadata["data"] = {**metadata["data"], "folders": [str(f) for f in folders], "facings": facings_info}
         (tmp / runtime.METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n")
+        if data_dir is not None and int8:
+            val_files = data_files(folders, checkpoint.get("val_names", []))[1]
+            source = f"{', '.join(map(str, folders))} (validation split)"
+            quantize.model_quantize(tmp, val_files, facings=facing_labels, source=source)
+        if finish is not None:
+            finish(tmp)
         _atomic_replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,21 +313,132 @@ def export_checkpoint(
     return out
 
 
-def _measure(
-    model_dir: Path, metadata: dict[str, Any], config: ModelConfig, data_dir: Path, val_names: list[str]
-) -> dict[str, Any]:
-    """Mean image of the training split, validation metrics, scoring calibration, the latent space's
-    principal components and 2-D map (from the training split's latent means)."""
+def checkpoint_facings(
+    checkpoint: dict[str, Any], path: str | os.PathLike | None = None
+) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """The facings training used: ``({file name: facing}, {"file", "sha256", "counts"})``, or ``(None, None)``
+    for a checkpoint trained without (config ``facings`` empty). ``path`` replaces the config's path
+    (relative to the working directory, as ``ml.train`` read it). Raises ValueError when the file is
+    missing or its SHA-256 is not the one the checkpoint recorded: photos would face another way than
+    in training."""
+    from ml.orientation import read_labels
+
+    configured = (checkpoint.get("config") or {}).get("facings")
+    if not configured:
+        return None, None
+    file = Path(path or configured)
+    if not file.is_file():
+        raise ValueError(f"the checkpoint was trained with facings {configured}; {file} is not there")
+    sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+    if sha256 != checkpoint.get("facings_sha256"):
+        raise ValueError(
+            f"{file} (SHA-256 {sha256[:12]}) is not the facings file the checkpoint was trained with "
+            f"({str(checkpoint.get('facings_sha256'))[:12]}): restore that file"
+        )
+    labels = read_labels(file)
+    counts = {facing: sum(1 for v in labels.values() if v == facing) for facing in sorted(set(labels.values()))}
+    return labels, {"file": str(configured), "sha256": sha256, "counts": counts}
+
+
+def data_files(folders: Sequence[Path], val_names: Sequence[str]) -> tuple[list[Path], list[Path]]:
+    """``(all files, validation files)`` of ``folders`` in training's order (folder by folder, sorted), the
+    validation ones by the checkpoint's ``val_names``. Raises ValueError when a folder is missing, two
+    folders hold the same file name (names identify photos in the split and the facings), or any
+    validation image is not found (a folder training used was left out)."""
+    files: list[Path] = []
+    for folder in folders:
+        try:
+            files.extend(list_images(folder))
+        except FileNotFoundError as error:
+            raise ValueError(str(error)) from error
+    seen: set[str] = set()
+    duplicates = [f.name for f in files if f.name in seen or seen.add(f.name)]
+    if duplicates:
+        raise ValueError(f"{len(duplicates)} file names occur in more than one folder, e.g. {duplicates[:3]}")
+    held_out = set(val_names)
+    val_files = [f for f in files if f.name in held_out]
+    if not val_files or len(val_files) < len(held_out):
+        where = ", ".join(map(str, folders))
+        raise ValueError(
+            f"{len(val_files)} of the checkpoint's {len(held_out)} validation images are in {where}: "
+            "pass every folder the checkpoint was trained on"
+        )
+    return files, val_files
+
+
+def canonical_training_images(
+    files: list[Path], val_names: Sequence[str], config: ModelConfig, facings: dict[str, str] | None, cache_dir: Path
+) -> Any:
+    """The training split's model inputs as training saw them (an ``ml.data.ImageSet``): right-facing photos
+    mirrored (``ml.data.images_mirror``). Reads a training run's image cache in ``cache_dir`` when it has
+    this very file list, and never writes one (the run's folder is not ours)."""
+    from ml.data import images_cache_file, images_mirror
+
+    cache = images_cache_file(files, config, cache_dir)
+    images = load_images(files, config, cache_dir=cache_dir if cache.is_file() else None)
+    held_out = set(val_names)
+    images = images.subset(np.array([i for i, n in enumerate(images.names) if n not in held_out], dtype=np.int64))
+    if facings is not None:
+        missing = [n for n in images.names if n not in facings]
+        if missing:
+            raise ValueError(f"the facings file has no facing for {len(missing)} photos, e.g. {missing[:3]}")
+        images = images_mirror(images, np.array([facings[n] == "right" for n in images.names], bool))
+    return images
+
+
+def validation_metrics(
+    model: runtime.Model, val_files: list[Path], facings: dict[str, str] | None, folders: Sequence[Path]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of the exported model on the validation photos, faced left as in training: the means of
+    ``ml.evaluate.summarize`` and ``same_car_measures``; per view (``psnr_side``, ``psnr_head_on``,
+    thumbnails, KL, ``n_...``: ``ml.evaluate.summarize_groups``) with facings; per folder in ``by_folder``.
+    Returns ``(metrics, per-photo records)`` (the records calibrate the car-likeness score)."""
     from ml import evaluate
 
-    files = list_images(data_dir)
-    held_out = set(val_names)
-    train_files = [f for f in files if f.name not in held_out]
-    val_files = [f for f in files if f.name in held_out]
-    if not val_files:
-        raise ValueError(f"none of the checkpoint's {len(val_names)} validation images are in {data_dir}")
+    pairs = evaluate.PairStore()
+    records = evaluate.score_files(model, val_files, pairs, facings=facings)
+    metrics: dict[str, Any] = {
+        "split": "validation",
+        "source": ", ".join(map(str, folders)),
+        **evaluate.summarize(records),
+        **evaluate.same_car_measures(pairs),
+    }
+    if facings is not None:
+        metrics["faced_left"] = "right-facing photos mirrored (facings file), as in training"
+        metrics.update(evaluate.summarize_groups(records, evaluate.view_groups(facings)))
+    if len(folders) > 1:
+        by_folder = evaluate.summarize_groups(
+            records, {folder.name: [f.name for f in val_files if f.parent == folder] for folder in folders}
+        )
+        metrics["by_folder"] = {
+            folder.name: {
+                key: by_folder[f"{key}_{folder.name}"]
+                for key in evaluate.GROUP_KEYS
+                if f"{key}_{folder.name}" in by_folder
+            }
+            for folder in folders
+        }
+    return metrics, records
+
+
+def _measure(
+    model_dir: Path,
+    metadata: dict[str, Any],
+    config: ModelConfig,
+    folders: Sequence[Path],
+    val_names: list[str],
+    facings: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Mean image of the training split, validation metrics, scoring calibration, the latent space's
+    principal components and 2-D map (from the training split's latent means), all on the photos as
+    training saw them (faced left with ``facings``)."""
+    from ml import evaluate
+
+    files, val_files = data_files(folders, val_names)
+    source = ", ".join(map(str, folders))
     started = time.monotonic()
-    images = load_images(train_files, config)
+    images = canonical_training_images(files, val_names, config, facings, cache_dir or model_dir / "no-cache")
     mean = mean_image(images.pixels, images.boxes, config.pad_value)
     Image.fromarray(np.clip(np.rint(mean * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)).save(
         model_dir / MEAN_IMAGE_FILE
@@ -304,20 +446,18 @@ def _measure(
     # Evaluate the exported ONNX model itself (not the torch one) on the held-out images.
     (model_dir / runtime.METADATA_FILE).write_text(json.dumps({**metadata, "mean_image": MEAN_IMAGE_FILE}))
     model = runtime.Model(model_dir)
-    pairs = evaluate.PairStore()
-    records = evaluate.score_files(model, val_files, pairs)
-    summary = {**evaluate.summarize(records), **evaluate.same_car_measures(pairs)}
+    metrics, records = validation_metrics(model, val_files, facings, folders)
     calibration = evaluate.calibrate(records)
-    latent_space = latent.latent_space_fit(latent.encode_pixels(model, images.pixels), source=str(data_dir))
+    latent_space = latent.latent_space_fit(latent.encode_pixels(model, images.pixels), source=source)
     print(
-        f"measured on {summary['n']} validation images in {time.monotonic() - started:.0f}s: "
-        f"psnr {summary['psnr']:.2f} dB, ssim {summary['ssim']:.3f}",
+        f"measured on {metrics['n']} validation images in {time.monotonic() - started:.0f}s: "
+        f"psnr {metrics['psnr']:.2f} dB, ssim {metrics['ssim']:.3f}",
         file=sys.stderr,
     )
     return {
         "mean_image": MEAN_IMAGE_FILE,
-        "mean_image_from": {"images": len(images), "source": str(data_dir)},
-        "metrics": {"split": "validation", "source": str(data_dir), **summary},
+        "mean_image_from": {"images": len(images), "source": source, "faced_left": facings is not None},
+        "metrics": metrics,
         "calibration": calibration,
         **latent_space,
     }
@@ -327,15 +467,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a training checkpoint (best.pt)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--data", type=Path, help="the training photos: adds metrics, calibration, mean image")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        help="the training photos' folder(s), as ml.train took them: adds metrics, calibration, mean image",
+    )
+    parser.add_argument(
+        "--facings", type=Path, help="the facings CSV training used (default: the checkpoint config's path)"
+    )
     parser.add_argument("--name", help="version prefix (default: the output directory's name)")
+    parser.add_argument("--fp32", action="store_true", help="never quantise (see ml/quantize.py)")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():
         parser.error(f"no such checkpoint: {args.checkpoint}")
-    if args.data is not None and not args.data.is_dir():
-        parser.error(f"no such folder: {args.data}")
+    for folder in args.data or []:
+        if not folder.is_dir():
+            parser.error(f"no such folder: {folder}")
     torch.set_num_threads(1)
-    out = export_checkpoint(args.checkpoint, args.out, data_dir=args.data, name=args.name)
+    try:
+        out = export_checkpoint(
+            args.checkpoint, args.out, data_dir=args.data, name=args.name, facings=args.facings, int8=not args.fp32
+        )
+    except ValueError as error:
+        parser.error(str(error))
     metadata = json.loads((out / runtime.METADATA_FILE).read_text())
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(
@@ -347,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 "parameters": metadata["parameters"],
                 "gflop": metadata["gflop"],
                 "metrics": metadata["metrics"],
+                "quantization": metadata.get("quantization"),
             }
         )
     )

@@ -33,6 +33,7 @@ mirrored before the model and the reconstruction mirrored back for display (``fa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -248,6 +249,7 @@ class CarLocator:
         self.model_dir = Path(model_dir)
         self.metadata: dict[str, Any] = json.loads((self.model_dir / "metadata.json").read_text())
         self.size: int = self.metadata["size"]
+        self.sha256 = hashlib.sha256((self.model_dir / LOCATOR_FILE).read_bytes()).hexdigest()
         options = runtime.session_options(runtime._threads(threads))
         self._session = ort.InferenceSession(
             str(self.model_dir / LOCATOR_FILE), options, providers=["CPUExecutionProvider"]
@@ -338,11 +340,21 @@ def _default_facing() -> FacingPredictor | None:
     return facing
 
 
+def model_view(image: Image.Image, frame: Box | Sequence[int] | None, mirrored: bool) -> Image.Image:
+    """What the model sees of ``image`` (decoded upright, as ``runtime.open_source`` gives it): the ``frame``
+    (a Box or ``[left, top, right, bottom]`` in its pixels; None for the whole picture), mirrored when the
+    car faced right. The same crop a result's stored ``frame`` and ``mirrored`` describe."""
+    if frame is not None:
+        box = frame if isinstance(frame, Box) else Box(*(int(v) for v in frame))
+        image = image.crop((box.left, box.top, box.right, box.bottom))
+    return ImageOps.mirror(image) if mirrored else image
+
+
 def _reconstruct_frame(
     model: runtime.Model, image: Image.Image, frame: Box, predictor: FacingPredictor | None
 ) -> tuple[runtime.Result, str | None, bool]:
     """Reconstruct ``frame`` of ``image``, mirrored for the model when ``predictor`` says the car faces right."""
-    crop = image.crop((frame.left, frame.top, frame.right, frame.bottom))
+    crop = model_view(image, frame, mirrored=False)
     direction = predictor(crop) if predictor else None
     mirrored = direction == "right"
     result = model.reconstruct(ImageOps.mirror(crop) if mirrored else crop)
@@ -358,9 +370,30 @@ def _sigmoid(x: float) -> float:
 def locator_check(logit: float, frame_z: float | None, check: dict[str, Any]) -> float:
     """The car check's probability from the locator's car ``logit`` and the VAE's car-likeness z-score of the
     frame (``runtime.car_likeness_z``; None for an uncalibrated model): ``sigmoid(a * logit + b * z + c)``,
-    ``check = {"a", "b", "c"}`` fitted by ``ml.evaluate --fit-check`` (logistic regression, cars vs non-cars)."""
+    ``check = {"a", "b", "c"}`` fitted by ``python -m ml.car_check`` (logistic regression, cars vs non-cars)."""
     z = 0.0 if frame_z is None else frame_z
     return _sigmoid(check["a"] * logit + check["b"] * z + check["c"])
+
+
+def locator_evidence(
+    model: runtime.Model, image: Image.Image, locator: CarLocator, predictor: FacingPredictor | None
+) -> tuple[float, Box, Box, tuple[runtime.Result, str | None, bool], float | None]:
+    """What the car check weighs for ``image`` (RGB, upright): ``(locator logit, the locator's box, the frame
+    around it, (the frame's reconstruction, facing, mirrored), the VAE's car-likeness z-score of the frame)``,
+    as ``photo_reconstruct`` computes them (``ml.car_check`` fits the check's constants on the same numbers)."""
+    logit, candidate = locator.locate(image)
+    frame = frame_for(candidate, image.size, locator.metadata.get("margin", MARGIN))
+    reconstructed = _reconstruct_frame(model, image, frame, predictor)
+    return logit, candidate, frame, reconstructed, _frame_z(model, reconstructed[0])
+
+
+def car_check_constants(model: runtime.Model, locator: CarLocator) -> dict[str, Any]:
+    """The car check's ``{"a", "b", "c", "threshold", ...}``: the model's own (``metadata.json: car_check``, fitted
+    for this VAE by ``ml.car_check``) when it was fitted with this very locator, else the locator's ``check``."""
+    own = model.metadata.get("car_check")
+    if own and own.get("locator_sha256") == locator.sha256:
+        return own
+    return locator.metadata["check"]
 
 
 def photo_reconstruct(
@@ -390,11 +423,10 @@ def photo_reconstruct(
     if not locate or method != "locator":
         locator = None
     if locator is not None:
-        logit, candidate = locator.locate(image)
-        frame = frame_for(candidate, image.size, locator.metadata.get("margin", MARGIN))
-        result, direction, mirrored = _reconstruct_frame(model, image, frame, predictor)
-        frame_z = _frame_z(model, result)
-        check = locator.metadata["check"]
+        logit, candidate, frame, (result, direction, mirrored), frame_z = locator_evidence(
+            model, image, locator, predictor
+        )
+        check = car_check_constants(model, locator)
         likeness = locator_check(logit, frame_z, check)
         if likeness >= check["threshold"]:
             box: Box | None = candidate

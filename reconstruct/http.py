@@ -118,14 +118,15 @@ def token_login(request: HttpRequest) -> HttpResponse | None:
     """Authenticate by ``Authorization: Token <key>`` when the request carries one: ``request.user`` becomes the
     token's owner. Returns a 401 JSON response for a malformed or unknown token (429 once a client has sent
     too many), None otherwise (also when there is no header: the session, if any, stays in charge)."""
-    if request.headers.get("Authorization", "").strip():
-        # Guessing tokens is throttled per client address like passwords (reconstruct/throttle.py).
-        refused = throttle_refusal(request)
-        if refused is not None:
-            return refused
     try:
         token_user = authenticate_token(request)
     except TokenError as problem:
+        # Guessing tokens is throttled per client address like passwords (reconstruct/throttle.py). Only a
+        # wrong token is checked against the throttle (a query): a right one cannot be a guess (256 random
+        # bits), so a valid client behind the same address as a guesser is not locked out with it.
+        refused = throttle_refusal(request)
+        if refused is not None:
+            return refused
         throttle_failure(request)
         return json_error(str(problem), 401)
     if token_user is not None:

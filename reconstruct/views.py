@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -65,7 +66,7 @@ def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> 
 
 def home(request: HttpRequest) -> HttpResponse:
     """The home page: drawn example cars reconstructed by the active model, and the caller's latest results."""
-    recent = selectors.reconstruction_list(request.user)[:4] if request.user.is_authenticated else []
+    recent = selectors.reconstruction_cards(request.user)[:4] if request.user.is_authenticated else []
     version = model_version_ensure_active()
     shape = version.metadata.get("model", {})
     return render(
@@ -227,9 +228,12 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
     """The caller's reconstructions, 24 a page, newest first."""
-    paginator = Paginator(selectors.reconstruction_list(request.user), GALLERY_PAGE_SIZE)
+    paginator = Paginator(selectors.reconstruction_cards(request.user), GALLERY_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
-    return render(request, "reconstruct/gallery.html", {"page": page})
+    # The rendered grid is cached (60 s, like each card) under the page's cards and their states: rendering
+    # 24 cached cards one by one cost more than the page's query (loadtest.profile).
+    grid = hashlib.sha256("".join(f"{r.uuid}:{r.status};" for r in page.object_list).encode()).hexdigest()[:32]
+    return render(request, "reconstruct/gallery.html", {"page": page, "grid_key": grid})
 
 
 @login_required
@@ -270,7 +274,9 @@ def reconstruction_file(request: HttpRequest, public_id: uuid.UUID, kind: str) -
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path()) if wants_html(request) else authentication_required(request)
     # The owner's alone, like the result page: staff see other people's files in the admin (reconstruct/admin.py).
-    reconstruction = _get_reconstruction_for_user(request, public_id)
+    reconstruction = selectors.reconstruction_files_get(request.user, public_id)
+    if reconstruction is None:
+        raise Http404("No such reconstruction.")
     return presenters.file_response(reconstruction, kind, download="download" in request.GET)
 
 

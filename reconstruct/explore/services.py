@@ -31,7 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from ml import latent, runtime
+from ml import framing, latent, runtime
 from ml.preprocess import enlarge, to_image
 from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
@@ -143,7 +143,8 @@ def reconstruction_latent_problem(reconstruction: Reconstruction, space: LatentS
 def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) -> np.ndarray:
     """The result's posterior mean ``[latent_dim]`` under the active model (``space``).
 
-    Kept from the run when the same model made it; otherwise the stored photo is encoded again (and the
+    Kept from the run when the same model made it; otherwise the stored photo's frame, as that run's model
+    saw it (cropped, and mirrored when the car faced right), is encoded again (and the
     latent kept in the row when it simply predates latents, in a per-process cache when another model
     made the row). Raises LatentUnavailable for an unfinished result, a sampled or edited one made by
     another model, or a photo that can no longer be read.
@@ -161,7 +162,9 @@ def reconstruction_latent(reconstruction: Reconstruction, space: LatentSpace) ->
             return _reencoded[key]
     try:
         with default_storage.open(reconstruction.original.name, "rb") as handle:
-            mu = space.model.encode(io.BytesIO(handle.read()))
+            photo = runtime.open_source(io.BytesIO(handle.read()))
+        # What the model saw when the result was made (its frame, faced left), not the whole photo.
+        mu = space.model.encode(framing.model_view(photo, reconstruction.frame, bool(reconstruction.mirrored)))
     except (FileNotFoundError, runtime.ImageError) as error:
         raise LatentUnavailable(f"The photo of “{reconstruction.original_name}” can no longer be read.") from error
     if same_model:

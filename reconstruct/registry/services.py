@@ -258,20 +258,41 @@ _loaded_lock = threading.Lock()
 _loaded: dict[str, runtime.Model] = {}
 
 
+def _model_version_dir(version: ModelVersion) -> Path:
+    """Where to load ``version`` from: the checkout's ml/weights/default when it is the shipped version and
+    every one of its files there matches the recorded SHA-256 (no download: on Lambda a cold start would
+    otherwise fetch ~25 MB from S3), else its local copy of the files in storage (model_version_local_dir)."""
+    if version.source == ModelVersion.Source.SHIPPED:
+        expected = {name: entry["sha256"] for name, entry in version.files.items()}
+        if expected and _model_files_problem(runtime.DEFAULT_MODEL_DIR, expected) is None:
+            return runtime.DEFAULT_MODEL_DIR
+    return model_version_local_dir(version)
+
+
 def model_version_load(version: ModelVersion) -> runtime.Model:
     """The version's ONNX model, loaded once per process (and dropped when another one is loaded)."""
     digest = _model_version_digest(version)
     with _loaded_lock:
         model = _loaded.get(digest)
         if model is None:
-            model = runtime.load_model(model_version_local_dir(version))
+            model = runtime.load_model(_model_version_dir(version))
             _loaded.clear()
             _loaded[digest] = model
         return model
 
 
+_active_versions: dict[tuple[int, str, str], ModelVersion] = {}
+
+
 def model_version_load_active() -> tuple[ModelVersion, runtime.Model]:
-    """The active version and its model. One small query per call: an activation in the admin
-    reaches every process at its next reconstruction, without a restart and without reloading."""
-    version = model_version_ensure_active()
+    """The active version and its model. One small query per call (the active version's id, name and source;
+    its row, with kilobytes of JSON metadata, is read once per process and version, since a version's files
+    never change): an activation in the admin reaches every process at its next reconstruction, without a
+    restart and without reloading."""
+    active = ModelVersion.objects.filter(is_active=True).values_list("pk", "name", "source").first()
+    version = _active_versions.get(active) if active is not None else None
+    if version is None:
+        version = model_version_ensure_active()
+        _active_versions.clear()
+        _active_versions[(version.pk, version.name, version.source)] = version
     return version, model_version_load(version)

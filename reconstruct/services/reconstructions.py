@@ -84,8 +84,11 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        reconstruction_run(pk, original=prepared.content)
-        reconstruction.refresh_from_db()
+        finished = reconstruction_run(pk, original=prepared.content)
+        if finished is None:
+            reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
+        else:
+            reconstruction = finished
     else:
         # Runs at once outside a transaction, or after the caller's transaction commits.
         transaction.on_commit(lambda: reconstruction_dispatch(pk))
@@ -253,28 +256,35 @@ def reconstruction_run(
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
 
     scores = result.scores
+    outcome = {
+        "status": Status.DONE,
+        "error": "",
+        "model_input": written[0],
+        "reconstruction": written[1],
+        "mse": scores.mse,
+        "psnr": scores.psnr,
+        "ssim": scores.ssim,
+        "kl": scores.kl,
+        "car_likeness": framed.car_likeness if framed.car_likeness is not None else scores.car_likeness,
+        "car_box": framed.box.as_list() if framed.box else None,
+        "frame": framed.frame.as_list(),
+        "facing": framed.facing or "",
+        "mirrored": framed.mirrored,
+        "model_version": version,
+        "latent": [float(value) for value in result.latent],
+        "finished_at": timezone.now(),
+    }
     updated = Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
-        status=Status.DONE,
-        error="",
-        model_input=written[0],
-        reconstruction=written[1],
-        mse=scores.mse,
-        psnr=scores.psnr,
-        ssim=scores.ssim,
-        kl=scores.kl,
-        car_likeness=framed.car_likeness if framed.car_likeness is not None else scores.car_likeness,
-        car_box=framed.box.as_list() if framed.box else None,
-        frame=framed.frame.as_list(),
-        facing=framed.facing or "",
-        mirrored=framed.mirrored,
-        model_version=version,
-        latent=[float(value) for value in result.latent],
-        finished_at=timezone.now(),
+        **outcome
     )
     if not updated:
         # Deleted meanwhile, or a later attempt took over: our files are nobody's.
         storage_delete_keys(written)
-    return Reconstruction.objects.filter(pk=reconstruction_id).first()
+        return Reconstruction.objects.filter(pk=reconstruction_id).first()
+    # The row is what this UPDATE wrote: no need to read it back.
+    for name, value in outcome.items():
+        setattr(reconstruction, name, value)
+    return reconstruction
 
 
 def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:

@@ -1,8 +1,11 @@
 """Waiting for a reconstruction to finish: the status long-poll (``?wait=``) and the worker's notice.
 
 A worker that finishes a job publishes the reconstruction's public id on a Redis channel
-(``reconstruction_finished_notify``); a request waiting for that job (``reconstruction_wait``) is subscribed
-to the channel and answers the moment the notice arrives, instead of the client polling every second.
+(``reconstruction_finished_notify``); a request waiting for that job (``reconstruction_wait``) answers the
+moment the notice arrives, instead of the client polling every second. Each web process keeps ONE
+subscription (a pattern over every job's channel, held by a daemon thread: ``_FinishedListener``) and wakes
+the waiting requests through in-process events, so a waiting request costs no Redis connection of its own
+(one per request cost a connect, a SUBSCRIBE and a disconnect: measured in ``make loadtest``).
 Without Redis (or when it fails) the wait falls back to reading the row every ``FALLBACK_POLL_S``. The redis
 client is imported only in celery mode: the Lambda bundle (sync mode) has no Redis and no redis package.
 """
@@ -10,6 +13,8 @@ client is imported only in celery mode: the Lambda bundle (sync mode) has no Red
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import uuid
 from functools import lru_cache
@@ -69,30 +74,130 @@ def _unfinished(pk: int) -> bool:
     ).exists()
 
 
+class _FinishedListener:
+    """One process's subscription to every job's channel (``CHANNEL_PREFIX*``), in a daemon thread that wakes
+    the requests waiting for a job (``wait_for``). Started on first use in each process (after a fork too);
+    when its connection fails it wakes every waiting request (they read the row) and connects again."""
+
+    RECONNECT_S = 1.0
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._waiting: dict[str, set[threading.Event]] = {}
+        self._subscribed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._failing = False
+
+    def _start_locked(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._subscribed.clear()
+        self._thread = threading.Thread(target=self._listen, name="carsite-finished-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        import redis
+
+        while True:
+            try:
+                pubsub = self._client.pubsub()
+                try:
+                    pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+                    for message in pubsub.listen():
+                        if message["type"] == "psubscribe":
+                            self._failing = False
+                            self._subscribed.set()
+                        elif message["type"] == "pmessage":
+                            channel = message["channel"]
+                            channel = channel.decode() if isinstance(channel, bytes) else channel
+                            self._wake(channel.removeprefix(CHANNEL_PREFIX))
+                finally:
+                    pubsub.close()
+            except (redis.RedisError, OSError) as error:
+                if not self._failing:
+                    logger.warning("the job-finished subscription failed (%s); waiting requests read the row", error)
+            self._subscribed.clear()
+            self._wake_all()
+            with self._lock:
+                self._failing = True
+                if not self._waiting:  # nobody waits: stop; the next waiting request starts it again
+                    self._thread = None
+                    return
+            time.sleep(self.RECONNECT_S)
+
+    def _wake(self, public_id: str) -> None:
+        with self._lock:
+            events = list(self._waiting.get(public_id, ()))
+        for event in events:
+            event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            events = [event for events in self._waiting.values() for event in events]
+        for event in events:
+            event.set()
+
+    def register(self, public_id: str) -> threading.Event | None:
+        """An event set when job ``public_id`` finishes (or the subscription fails), or None when there is no
+        working subscription (Redis failed last time, or it is not up within 2 s): then read the row."""
+        event = threading.Event()
+        with self._lock:
+            self._waiting.setdefault(public_id, set()).add(event)
+            self._start_locked()
+            failing = self._failing
+        if failing or not self._subscribed.wait(timeout=2.0):
+            self.unregister(public_id, event)
+            return None
+        return event
+
+    def unregister(self, public_id: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiting.get(public_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiting[public_id]
+
+
+_listeners: dict[tuple, _FinishedListener] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listener() -> _FinishedListener:
+    """The process's subscription to the jobs' Redis (one per server, however many clients point at it)."""
+    client = _client()
+    kwargs = client.connection_pool.connection_kwargs
+    server = (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db"))
+    with _listeners_lock:
+        listener = _listeners.get(server)
+        if listener is None:
+            listener = _listeners[server] = _FinishedListener(client)
+        return listener
+
+
 def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
     """Block until ``reconstruction`` is finished or ``timeout`` seconds (at most ``MAX_WAIT_S``) have passed.
 
-    Returns nothing: the caller reads the row again. Subscribes before it checks the row, so a job that
-    finishes in between is not missed.
+    Returns nothing: the caller reads the row again. Registers with the process's subscription before it
+    checks the row, so a job that finishes in between is not missed.
     """
     timeout = min(max(timeout, 0.0), MAX_WAIT_S)
     if reconstruction.is_finished or timeout <= 0 or settings.RECONSTRUCT_MODE != "celery":
         return
-    import redis
-
     deadline = time.monotonic() + timeout
-    try:
-        pubsub = _client().pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(_channel(reconstruction.uuid))
-            if not _unfinished(reconstruction.pk):
-                return
-            while (left := deadline - time.monotonic()) > 0:
-                if pubsub.get_message(timeout=left) is not None:
-                    return
-        finally:
-            pubsub.close()
-    except redis.RedisError as error:
-        logger.warning("waiting through Redis failed (%s); reading the row instead", error)
+    public_id = str(reconstruction.uuid)
+    listener = _listener()
+    event = listener.register(public_id)
+    if event is None:
+        logger.warning("waiting through Redis failed (no subscription); reading the row instead")
         while time.monotonic() < deadline and _unfinished(reconstruction.pk):
             time.sleep(FALLBACK_POLL_S)
+        return
+    try:
+        if _unfinished(reconstruction.pk):
+            event.wait(max(deadline - time.monotonic(), 0.0))
+    finally:
+        listener.unregister(public_id, event)

@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
@@ -141,3 +142,24 @@ def test_it_compares_two_versions_on_the_validation_photos_of_the_newer(second_m
     row = comparison["rows"][0]
     assert row["input"].startswith("data:image/png;base64,") and len(row["results"]) == 2
     assert set(comparison["means"][shipped.pk]) >= {"psnr", "ssim", "kl"}
+
+
+def test_it_registers_activates_and_serves_a_quantised_model(active_model, tiny_model_dirs, staff, tmp_path) -> None:
+    from ml import quantize
+    from reconstruct.registry.services import model_version_register
+    from tests.support import draw_car, encode
+
+    model_dir = tmp_path / "int8"
+    shutil.copytree(tiny_model_dirs[1], model_dir)
+    if not (runtime.Model(model_dir).metadata.get("quantization") or {}).get("applied"):
+        # The export kept fp32 for this untrained model: quantise it regardless of PSNR (generous limit).
+        photos = [tmp_path / f"car_{i}.jpg" for i in range(2)]
+        for i, photo in enumerate(photos):
+            photo.write_bytes(encode(draw_car((64, 28), seed=200 + i), "JPEG", quality=92))
+        assert quantize.model_quantize(model_dir, photos, max_psnr_drop_db=5.0)["applied"]
+    version = model_version_register(model_dir=model_dir, source=ModelVersion.Source.TRAINED)
+    assert version.name.endswith("-int8")
+    model_version_activate(version=version, user=staff)
+    active, model = model_version_load_active()
+    assert active == version and model.metadata["quantization"]["applied"] is True
+    assert model.run(np.zeros((1, 3, 16, 32), np.float32)).recon.shape == (1, 3, 16, 32)

@@ -62,13 +62,18 @@ def lambda_s3() -> Iterator[S3Server]:
         yield S3Server(endpoint_url=endpoint_url)
 
 
-@pytest.fixture(scope="module")
-def lambda_container(
-    lambda_task_root: Path, lambda_runtime_dir: Path, lambda_s3: S3Server, postgres_url: str
-) -> Iterator[LambdaContainer]:
-    """A cold container for the dev stage: its secrets come from the stage's remote_env file in S3."""
+def lambda_secrets(postgres_url: str) -> dict[str, str]:
+    """What the stage's remote_env file holds: a fresh SECRET_KEY and the database."""
+    return {"SECRET_KEY": "lambda-test-" + uuid.uuid4().hex * 2, "DATABASE_URL": postgres_url}
+
+
+def lambda_container_start(
+    task_root: Path, runtime_dir: Path, s3_server: S3Server, secrets: dict[str, str]
+) -> tuple[LambdaContainer, subprocess.Popen[str]]:
+    """A cold container for the stage: the stage's remote_env file (``secrets``) and media bucket are put in the
+    S3 server first; the caller stops the process (tests.support.stop_by_closing_stdin)."""
     settings = zappa_stage_settings(STAGE)
-    s3 = lambda_s3.client()
+    s3 = s3_server.client()
     config_bucket, config_key = settings["remote_env"].removeprefix("s3://").split("/", 1)
     media_bucket = settings["environment_variables"]["AWS_STORAGE_BUCKET_NAME"]
     for bucket in (config_bucket, media_bucket):
@@ -76,14 +81,13 @@ def lambda_container(
             s3.create_bucket(Bucket=bucket)
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
-    secrets = {"SECRET_KEY": "lambda-test-" + uuid.uuid4().hex * 2, "DATABASE_URL": postgres_url}
     s3.put_object(Bucket=config_bucket, Key=config_key, Body=json.dumps(secrets).encode())
     environment = {
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
-        "LAMBDA_TASK_ROOT": str(lambda_task_root),
-        "LAMBDA_RUNTIME_DIR": str(lambda_runtime_dir),
+        "LAMBDA_TASK_ROOT": str(task_root),
+        "LAMBDA_RUNTIME_DIR": str(runtime_dir),
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
         "AWS_LAMBDA_FUNCTION_NAME": f"carsite-{STAGE}",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(settings["memory_size"]),
@@ -94,19 +98,30 @@ def lambda_container(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
         # The one thing that differs from AWS: S3 is the local server (boto3 reads this for every S3 client).
-        "AWS_ENDPOINT_URL_S3": lambda_s3.endpoint_url,
+        "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
         "CARSITE_TEST_LAMBDA_TIMEOUT": str(settings["timeout_seconds"]),
     }
     process = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(CONTAINER_SCRIPT), str(lambda_task_root), str(lambda_runtime_dir)],
-        cwd=lambda_task_root,
+        [sys.executable, "-I", "-S", str(CONTAINER_SCRIPT), str(task_root), str(runtime_dir)],
+        cwd=task_root,
         env=environment,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    return LambdaContainer(process=process), process
+
+
+@pytest.fixture(scope="module")
+def lambda_container(
+    lambda_task_root: Path, lambda_runtime_dir: Path, lambda_s3: S3Server, postgres_url: str
+) -> Iterator[LambdaContainer]:
+    """A cold container for the dev stage: its secrets come from the stage's remote_env file in S3."""
+    container, process = lambda_container_start(
+        lambda_task_root, lambda_runtime_dir, lambda_s3, lambda_secrets(postgres_url)
+    )
     try:
-        yield LambdaContainer(process=process)
+        yield container
     finally:
         stop_by_closing_stdin(process)
 

@@ -4,7 +4,8 @@ Started by the Lambda tests as `python -I -S lambda_container.py TASK_ROOT RUNTI
 `site`, so the interpreter sees the standard library, the unzipped bundle (/var/task on Lambda) and a folder holding
 boto3 (/var/runtime on Lambda) and nothing else. It reads one JSON event per line on stdin, calls
 `handler.lambda_handler(event, context)` and writes one JSON line per event to the original stdout:
-{"response": ..., "seconds": ...} or {"error": traceback}. Whatever the application prints goes to stderr.
+{"response": ..., "seconds": ..., "cpu_seconds": ...} or {"error": traceback, ...}. Whatever the application
+prints goes to stderr.
 
 Standard library only: this file is not part of the bundle and must not depend on the test environment.
 """
@@ -48,12 +49,13 @@ def main() -> None:
 
     for line in sys.stdin:
         event = json.loads(line)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             response = handler.lambda_handler(event, LambdaContext(timeout_s))
-            reply = {"response": response, "seconds": time.perf_counter() - started}
+            reply = {"response": response}
         except BaseException:  # the runtime reports any failure of the handler as an invocation error
-            reply = {"error": traceback.format_exc(), "seconds": time.perf_counter() - started}
+            reply = {"error": traceback.format_exc()}
+        reply.update(seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - cpu_started)
         protocol.write(json.dumps(reply, default=str) + "\n")
 
 

@@ -58,6 +58,7 @@ class LambdaContainer:
     stage: str = STAGE
     cookies: dict[str, str] = field(default_factory=dict)
     invocations: list[tuple[str, float]] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
     def invoke(self, event: dict[str, Any]) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -71,6 +72,7 @@ class LambdaContainer:
             raise AssertionError(f"the container died (exit code {self.process.wait()}); see the captured stderr")
         reply = json.loads(line)
         self.invocations.append((event.get("path") or json.dumps(event)[:40], reply["seconds"]))
+        self.cpu_seconds.append(reply.get("cpu_seconds", 0.0))
         if "error" in reply:
             raise AssertionError(f"the handler raised:\n{reply['error']}")
         return reply["response"]

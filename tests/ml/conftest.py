@@ -69,5 +69,5 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
         checkpoint,
     )
     Image.new("RGB", (40, 20), "white").save(run_dir / "loss_curve.png")
-    model_dir = export_checkpoint(checkpoint, root / "model", data_dir=data_dir)
+    model_dir = export_checkpoint(checkpoint, root / "model", data_dir=data_dir, int8=False)
     return TinyExport(TINY, model_dir, vae, checkpoint, data_dir, val_names, noncar_dir)

@@ -74,6 +74,28 @@ def test_it_encodes_an_older_result_again_and_keeps_its_latent(cars) -> None:
     assert red.latent is not None
 
 
+def test_it_encodes_again_what_the_model_saw_not_the_whole_photo(cars) -> None:
+    # A result made by another model (or before latents were kept) is encoded again from its frame, mirrored
+    # when its car faced right: the same view its reconstruction was made from.
+    from django.core.files.storage import default_storage
+
+    from ml import runtime
+    from ml.framing import model_view
+
+    red, _ = cars
+    with default_storage.open(red.original.name, "rb") as handle:
+        photo = runtime.open_source(io.BytesIO(handle.read()))
+    frame = [photo.width // 4, 0, photo.width, photo.height * 3 // 4]
+    Reconstruction.objects.filter(pk=red.pk).update(latent=None, frame=frame, mirrored=True)
+    red.refresh_from_db()
+    space = services.latent_space_active()
+    z = services.reconstruction_latent(red, space)
+    seen = photo.crop((frame[0], frame[1], frame[2], frame[3])).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    np.testing.assert_allclose(z, space.model.encode(seen), atol=1e-5)
+    np.testing.assert_allclose(z, space.model.encode(model_view(photo, frame, mirrored=True)), atol=1e-5)
+    assert np.abs(z - space.model.encode(photo)).max() > 1e-3
+
+
 def test_it_reads_the_latent_space_of_a_shipped_model_registered_before_it_had_one(alice_client, cars) -> None:
     red, _ = cars
     model = services.latent_space_active().model

@@ -138,6 +138,27 @@ def test_it_uses_a_newly_activated_model_without_a_restart(
     assert Path(model.model_dir).parent == Path(settings.MODEL_CACHE_DIR)
 
 
+def test_it_loads_the_shipped_model_from_the_checkout_without_downloading_it(
+    db, settings, monkeypatch, tmp_path: Path
+) -> None:
+    from reconstruct.registry import services
+
+    settings.MODEL_CACHE_DIR = tmp_path / "cache"  # this test's own: nothing downloaded by other tests
+    monkeypatch.setattr(services, "_loaded", {})
+    version = model_version_ensure_active()
+    model = model_version_load(version)
+    assert Path(model.model_dir) == runtime.DEFAULT_MODEL_DIR
+    assert not list(Path(settings.MODEL_CACHE_DIR).glob("*/encoder.onnx"))
+    # A checkout whose files are not the recorded ones (edited, or another export) is not used.
+    altered = tmp_path / "checkout"
+    shutil.copytree(runtime.DEFAULT_MODEL_DIR, altered)
+    (altered / runtime.DECODER_FILE).write_bytes(b"not the recorded decoder")
+    monkeypatch.setattr(runtime, "DEFAULT_MODEL_DIR", altered)
+    monkeypatch.setattr(services, "_loaded", {})
+    model = model_version_load(version)
+    assert Path(model.model_dir).parent == Path(settings.MODEL_CACHE_DIR)
+
+
 def test_it_loads_each_version_once_per_process(db) -> None:
     version = model_version_ensure_active()
     assert model_version_load(version) is model_version_load(version)

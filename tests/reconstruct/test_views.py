@@ -108,6 +108,8 @@ def test_it_shows_a_phone_friendly_upload_form(client, alice) -> None:
     client.force_login(alice)
     body = client.get(reverse("reconstruct:upload")).content.decode()
     assert 'accept="image/*"' in body and 'enctype="multipart/form-data"' in body and 'capture="environment"' in body
+    # It names every format it takes, not only the three it stores.
+    assert "JPEG, PNG, WebP, GIF, TIFF, BMP" in body
 
 
 def test_it_uploads_and_shows_the_result(client, alice, car_jpeg: bytes) -> None:
@@ -205,6 +207,21 @@ def test_it_lists_the_gallery_newest_first_in_pages(client, alice, car_png: byte
     assert "car-01" not in first and "Page 1 of 2" in first
     second = client.get(reverse("reconstruct:gallery") + "?page=2").content.decode()
     assert "car-01" in second and "car-00" in second and "car-25" not in second
+
+
+def test_the_cached_gallery_shows_a_finished_job_and_a_deletion_at_once(client, alice, car_png: bytes) -> None:
+    # The grid is cached under its cards and their states: a change of either is never served stale.
+    done = reconstruction_create(user=alice, upload=upload(car_png, "done-car.png"))
+    waiting = Reconstruction.objects.create(owner=alice, original_name="waiting-car.png", original="x/original.png")
+    client.force_login(alice)
+    gallery = reverse("reconstruct:gallery")
+    page = client.get(gallery).content.decode()
+    assert "waiting-car.png" in page and "Waiting for a worker" in page
+    Reconstruction.objects.filter(pk=waiting.pk).update(status=Reconstruction.Status.DONE, psnr=23.45)
+    page = client.get(gallery).content.decode()
+    assert "23.5 dB" in page and "Waiting for a worker" not in page
+    Reconstruction.objects.filter(pk=done.pk).delete()
+    assert "done-car.png" not in client.get(gallery).content.decode()
 
 
 def test_it_deletes_after_confirmation(client, alices, django_capture_on_commit_callbacks) -> None:

@@ -99,3 +99,42 @@ def test_it_does_not_wait_where_nothing_runs_elsewhere(settings, alice, pending)
 def test_it_refuses_a_wait_that_is_not_a_number_of_seconds(alice, pending, wait: str) -> None:
     response, _ = get_with_wait(alice, pending, wait)
     assert response.status_code == 400 and "wait must be a number of seconds" in response.json()["error"]
+
+
+@pytest.mark.integration
+def test_waiting_requests_share_one_redis_subscription(settings, celery_app_on_test_redis, redis_url, alice) -> None:
+    # Each waiting request used to open its own Redis connection; now the process's one subscription wakes them.
+    import redis
+
+    settings.RECONSTRUCT_MODE = "celery"
+    rows = [
+        Reconstruction.objects.create(owner=alice, original_name=f"car{i}.png", original=f"x/{i}.png") for i in range(4)
+    ]
+    server = redis.Redis.from_url(redis_url)
+    token = api_token_regenerate(alice)
+    results: list[tuple[Any, float]] = []
+
+    def wait_for(row: Reconstruction) -> None:
+        started = time.monotonic()
+        try:
+            response = Client().get(
+                f"/api/reconstructions/{row.uuid}/?wait={WAIT_S}", HTTP_AUTHORIZATION=f"Token {token}"
+            )
+            results.append((response, time.monotonic() - started))
+        finally:
+            connection.close()
+
+    waiters = [threading.Thread(target=wait_for, args=(row,)) for row in rows]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 10
+    while len(waiting._listener()._waiting) < len(rows) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subscribers = [c for c in server.client_list() if int(c.get("psub", 0)) or int(c.get("sub", 0))]
+    assert len(subscribers) == 1, subscribers
+    finishers = [finish_later(row, 0.1) for row in rows]
+    for thread in [*finishers, *waiters]:
+        thread.join()
+    assert [response.json()["status"] for response, _ in results] == ["done"] * len(rows)
+    assert all(elapsed < WAIT_S / 2 for _, elapsed in results)
+    assert waiting._listener()._waiting == {}
