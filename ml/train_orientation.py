@@ -1,7 +1,8 @@
 """Train the facing classifier on hand labels and export it to ONNX (torch; see ``ml/orientation.py``).
 
     python -m ml.train_orientation --labels ml/labels/orientation.csv \\
-        --data ../shared/data/cars ../shared/data/cars-more --out ml/weights/orientation
+        --data ../shared/data/cars ../shared/data/cars-more --out ml/weights/orientation \\
+        --framed 2 --backgrounds ../shared/data/noncars --epochs 15
 
 The labelled photos are split by a hash of their file name: 30% are held out (``test``) and never
 used for training or for choosing anything; the rest train the model. ``--validation PERCENT`` sets
@@ -15,7 +16,11 @@ channels) on a 2:1 letterboxed input, then two linear heads on the flattened fea
 and ``b = f(mirror(x))``: ``side = w . a - w . b`` (log-odds of left over right; mirroring the photo
 flips its sign exactly) and ``view = V (a + b) + c`` (side / front / rear; unchanged by mirroring).
 Training mirrors half of each batch (a mirrored left is a right), jitters brightness and contrast
-and zooms out by up to 25% (a framed car has a margin that tight crops lack).
+and zooms out by up to 25% (a framed car has a margin that tight crops lack). ``--framed COPIES``
+adds that many copies of each training photo as the site would see it: pasted into a photo without a
+car and cut to the shipped locator's frame (``framed_copies``), whose box is often off by a fair
+margin. On the validation rows this lifted accuracy on tight crops from 80.8% to 85.7% and on such
+framed photos from 69.8% to 77.6% (245 side views; 2 copies, 15 epochs against 30 without).
 """
 
 from __future__ import annotations
@@ -115,6 +120,44 @@ def load_labelled(labels: dict[str, str], folders: list[Path], height: int = HEI
     return np.stack(arrays), names
 
 
+def framed_copies(
+    names: list[str], folders: list[Path], backgrounds: Path, copies: int, height: int = HEIGHT, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """``copies`` framed versions of each photo: ``[N * copies, 3, height, 2 * height]`` and their names.
+
+    Each is the photo pasted into a random photo of ``backgrounds`` (``ml.composites.composite``; only
+    the half the locator trains on, ``ml.composites.held_out_split``, so the other half stays free for
+    measuring), found
+    by the shipped car locator and cut to its frame (``ml.framing``), as the site frames an upload: the
+    box is imprecise (mean IoU about 0.67 on such composites), which tight crops never show. Seeded.
+    Raises ``FileNotFoundError`` where the locator's weights are missing.
+    """
+    import random
+
+    from ml.composites import BACKGROUND_EVERY, composite, held_out_split
+    from ml.data import list_images
+    from ml.framing import MARGIN, frame_for, load_locator
+    from ml.preprocess import open_image
+
+    locator = load_locator()
+    if locator is None:
+        raise FileNotFoundError("the car locator (ml/weights/locator) is needed for --framed")
+    config = ModelConfig(height=height, width=2 * height, pad_value=PAD, widths=())
+    scenes, _held_out = held_out_split(list_images(backgrounds), set(), BACKGROUND_EVERY)
+    rng = random.Random(seed)
+    arrays, kept = [], []
+    for name in names:
+        path = next(folder / name for folder in folders if (folder / name).is_file())
+        photo = open_image(path)
+        for _ in range(copies):
+            scene, _box = composite(photo, open_image(rng.choice(scenes)), rng)
+            _logit, box = locator.locate(scene)
+            frame = frame_for(box, scene.size, locator.metadata.get("margin", MARGIN))
+            arrays.append(prepare(scene.crop((frame.left, frame.top, frame.right, frame.bottom)), config).array)
+            kept.append(name)
+    return np.stack(arrays), kept
+
+
 def train(x: np.ndarray, facings: list[str], epochs: int, seed: int = 0, log=print) -> FacingNet:
     """Fit :class:`FacingNet` on prepared inputs and their facing labels."""
     torch.manual_seed(seed)
@@ -193,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--framed",
+        type=int,
+        default=0,
+        metavar="COPIES",
+        help="also train on this many locator-framed composites of each training photo (needs --backgrounds)",
+    )
+    parser.add_argument("--backgrounds", type=Path, help="photos without cars, for --framed")
+    parser.add_argument(
         "--validation",
         type=int,
         default=0,
@@ -214,9 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     counts = f"{int(fit.sum())} train, {int(validation.sum())} validation, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
     started = time.monotonic()
+    train_x, train_names = x[fit], [n for n, f in zip(names, fit, strict=True) if f]
+    if args.framed:
+        if args.backgrounds is None:
+            parser.error("--framed needs --backgrounds")
+        framed_x, framed_names = framed_copies(
+            train_names, args.data, args.backgrounds, args.framed, args.height, args.seed
+        )
+        train_x, train_names = np.concatenate([train_x, framed_x]), train_names + framed_names
+        print(f"{len(framed_names)} framed copies added", file=sys.stderr)
     net = train(
-        x[fit],
-        [labels[n] for n, f in zip(names, fit, strict=True) if f],
+        train_x,
+        [labels[n] for n in train_names],
         args.epochs,
         args.seed,
         log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -241,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "validation_rows": int(validation.sum()),
             "test_rows": int(test.sum()),
             "epochs": args.epochs,
+            "framed_copies": args.framed,
             "seed": args.seed,
             "train_seconds": round(seconds, 1),
             "file": info,
