@@ -223,6 +223,21 @@ def export(net: FacingNet, out: Path) -> dict:
     return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
 
 
+def _measure_only(out: Path, labels_file: Path, x: np.ndarray, rows: list[str], labels: dict[str, str]) -> int:
+    """Measure the classifier in ``out`` on the held-out rows ``x`` (``[N, 3, H, W]``, named ``rows``) and rewrite
+    its metadata's ``held_out`` (with the SHA-256 of the labels file it was measured against)."""
+    classifier = FacingClassifier(out)
+    predicted = {n: f.label for n, f in zip(rows, classifier.predict_arrays(x), strict=True)}
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    metadata["held_out"] = orientation_accuracy(predicted, {n: labels[n] for n in rows})
+    metadata["held_out_labels_sha256"] = hashlib.sha256(labels_file.read_bytes()).hexdigest()
+    tmp = out / f".{METADATA_FILE}.tmp"
+    tmp.write_text(json.dumps(metadata, indent=1))
+    tmp.replace(out / METADATA_FILE)
+    print(json.dumps({"part": "held_out", **{k: v for k, v in metadata["held_out"].items() if k != "confusion"}}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.train_orientation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=Path, required=True, help="file,facing CSV of hand labels")
@@ -250,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PERCENT",
         help="set aside about this share of the training rows to choose settings on (reported, not trained on)",
     )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="train nothing: measure the classifier already in --out on the held-out rows of --labels (after the"
+        " labels were corrected) and rewrite its metadata's held_out",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     labels = read_labels(args.labels)
@@ -262,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     fit = ~test & ~validation
     labels = {**labels, **extra}
+    if args.measure_only:
+        return _measure_only(args.out, args.labels, x[test], [n for n, t in zip(names, test, strict=True) if t], labels)
     counts = f"{int(fit.sum())} train, {int(validation.sum())} validation, {int(test.sum())} held out"
     print(f"{len(names)} labelled photos found: {counts}", file=sys.stderr)
     started = time.monotonic()

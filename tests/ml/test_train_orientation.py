@@ -32,3 +32,45 @@ def test_framed_copies_are_seeded_classifier_inputs_named_after_their_photo(tmp_
     np.testing.assert_array_equal(x, again)
     other, _ = train_orientation.framed_copies(names, [cars], scenes, 2, height=16, seed=2)
     assert not np.array_equal(x, other)
+
+
+def test_measure_only_remeasures_the_shipped_classifier_against_corrected_labels(tmp_path: Path) -> None:
+    # Labels found wrong after training are corrected; the held-out figure is measured again without retraining.
+    import csv
+    import hashlib
+    import json
+    import shutil
+
+    from ml import orientation
+
+    cars = tmp_path / "cars"
+    cars.mkdir()
+    names = [f"car{seed}.jpg" for seed in range(40)]
+    for seed, name in enumerate(names):
+        draw_car(seed=seed, facing_left=seed % 2 == 0).save(cars / name)
+    held_out = [n for n in names if train_orientation.is_test(n)]
+    assert held_out
+    labels = tmp_path / "labels.csv"
+
+    def write(flip: set[str]) -> None:
+        with labels.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "facing"])
+            for seed, name in enumerate(names):
+                facing = "left" if seed % 2 == 0 else "right"
+                writer.writerow([name, {"left": "right", "right": "left"}[facing] if name in flip else facing])
+
+    out = tmp_path / "model"
+    shutil.copytree(orientation.DEFAULT_DIR, out)
+    write(set())
+    args = ["--labels", str(labels), "--data", str(cars), "--out", str(out), "--measure-only"]
+    assert train_orientation.main(args) == 0
+    before = json.loads((out / "metadata.json").read_text())
+    assert before["held_out"]["orientation_rows"] == len(held_out)
+    assert before["held_out_labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
+    write({held_out[0]})  # one held-out label turned round
+    assert train_orientation.main(args) == 0
+    after = json.loads((out / "metadata.json").read_text())
+    assert after["held_out"]["orientation_accuracy"] != before["held_out"]["orientation_accuracy"]
+    assert after["held_out_labels_sha256"] != before["held_out_labels_sha256"]
+    assert after["file"] == before["file"]  # the classifier itself is untouched
