@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 CHANNEL_PREFIX = "carsite:reconstruction-finished:"
 MAX_WAIT_S = 25.0  # under the usual 30 s proxy and client read timeouts
 FALLBACK_POLL_S = 0.25
+# The subscription's connection is named this plus the process id (Redis's CLIENT LIST shows it).
+LISTENER_NAME_PREFIX = "carsite-waiting-"
 
 
 def _client() -> redis.Redis:
@@ -98,12 +100,23 @@ class _FinishedListener:
         self._thread = threading.Thread(target=self._listen, name="carsite-finished-listener", daemon=True)
         self._thread.start()
 
+    def _subscriber(self) -> redis.Redis:
+        """A client of the same server for the subscription alone: no read timeout (a subscription is quiet
+        for as long as no job finishes; the shared client's 5 s would drop it every 5 idle seconds), TCP
+        keep-alive, and a name that says whose it is in Redis's CLIENT LIST."""
+        import redis
+
+        pool = self._client.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "socket_keepalive": True}
+        kwargs["client_name"] = f"{LISTENER_NAME_PREFIX}{os.getpid()}"
+        return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
     def _listen(self) -> None:
         import redis
 
         while True:
             try:
-                pubsub = self._client.pubsub()
+                pubsub = self._subscriber().pubsub()
                 try:
                     pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
                     for message in pubsub.listen():

@@ -3,6 +3,7 @@ arrives through a real Redis, falls back to reading the row without Redis, and r
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -111,6 +112,7 @@ def test_waiting_requests_share_one_redis_subscription(settings, celery_app_on_t
         Reconstruction.objects.create(owner=alice, original_name=f"car{i}.png", original=f"x/{i}.png") for i in range(4)
     ]
     server = redis.Redis.from_url(redis_url)
+    subscribed_before = len([c for c in server.client_list() if int(c.get("psub", 0)) or int(c.get("sub", 0))])
     token = api_token_regenerate(alice)
     results: list[tuple[Any, float]] = []
 
@@ -130,11 +132,19 @@ def test_waiting_requests_share_one_redis_subscription(settings, celery_app_on_t
     deadline = time.monotonic() + 10
     while len(waiting._listener()._waiting) < len(rows) and time.monotonic() < deadline:
         time.sleep(0.05)
+    # Only this process's connections count: Celery workers of other tests may hold subscriptions of their own.
+    ours = [c for c in server.client_list() if c.get("name") == f"{waiting.LISTENER_NAME_PREFIX}{os.getpid()}"]
+    assert len(ours) == 1 and int(ours[0]["psub"]) == 1, ours
     subscribers = [c for c in server.client_list() if int(c.get("psub", 0)) or int(c.get("sub", 0))]
-    assert len(subscribers) == 1, subscribers
+    assert len(subscribers) <= subscribed_before + 1, subscribers
     finishers = [finish_later(row, 0.1) for row in rows]
     for thread in [*finishers, *waiters]:
         thread.join()
     assert [response.json()["status"] for response, _ in results] == ["done"] * len(rows)
     assert all(elapsed < WAIT_S / 2 for _, elapsed in results)
     assert waiting._listener()._waiting == {}
+    # The subscription has no read timeout: a quiet minute must not drop it (the shared client's is 5 s).
+    assert (
+        ours[0]["name"]
+        and waiting._listener()._subscriber().connection_pool.connection_kwargs["socket_timeout"] is None
+    )
