@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import TemplateView
 
 from reconstruct import views
 from reconstruct.explore.urls import api_urlpatterns as explore_api_urlpatterns
@@ -7,6 +8,8 @@ from reconstruct.urls import api_urlpatterns, direct_upload_urlpatterns
 
 urlpatterns = [
     path("", views.home, name="home"),
+    # Crawlers (and Lighthouse) ask for it first; without it every visit logs a 404 warning.
+    path("robots.txt", TemplateView.as_view(template_name="robots.txt", content_type="text/plain"), name="robots"),
     path("examples/<int:index>/<str:kind>.png", views.example_image, name="example_image"),
     path("accounts/signup/", views.signup, name="signup"),
     # Before Django's own: throttled reset views (reconstruct/throttle.py); a link that does not work says why.

@@ -210,7 +210,8 @@ def _in_browser(port: int, ids: dict[str, Any], moves: int) -> dict[str, Any]:
                    s.value = value; s.dispatchEvent(new Event('input', {bubbles: true})); }""",
                 [value],
             )
-            page.wait_for_function(f"document.getElementById('sliders').dataset.updates === '{i + 1}'")
+            # A function with an argument, not an expression string: the site's CSP forbids eval.
+            page.wait_for_function("(n) => document.getElementById('sliders').dataset.updates === n", arg=str(i + 1))
             samples.append(float(page.get_attribute("#sliders", "data-last-ms")))
         browser.close()
     return {"slider_round_trip_browser": _summary(samples)}

@@ -126,6 +126,10 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         while not re.search(r"Task reconstruct\.tasks\.reconstruction_sweep_task\[\S+\] succeeded", "".join(output)):
             assert time.monotonic() < deadline, "".join(output[-30:])
             time.sleep(0.2)
+        # Later sweeps that found nothing (every 2 s here) are not printed: only the first round is.
+        time.sleep(5)
+        assert len(re.findall(r"Sending due task reconstruction-sweep", "".join(output))) == 1
+        assert len(re.findall(r"reconstruction_sweep_task\[\S+\] succeeded", "".join(output))) == 1
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
@@ -133,7 +137,12 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
     assert "Stopped." in "".join(output)
     # Every line is one a newcomer needs: no warning that is not theirs to act on (Celery's against root, Redis's
     # memory overcommit, a task's output logged as WARNING), no gunicorn control socket in the home folder.
-    noise = [line for line in output if re.search(r"WARNING|Warning|overcommit|Control socket|oO0OoO0OoO0Oo", line)]
+    # Nor Celery beat's 12-line banner (the site's own banner says what runs).
+    noise = [
+        line
+        for line in output
+        if re.search(r"WARNING|Warning|overcommit|Control socket|oO0OoO0OoO0Oo|Configuration ->|beat v\d", line)
+    ]
     assert noise == []
     for stopped in (port, redis_port):
         with pytest.raises(ConnectionRefusedError):
@@ -147,3 +156,18 @@ def test_it_serves_the_site_with_gunicorn_on_the_address_given() -> None:
     assert args[1:4] == ["-m", "gunicorn", "carsite.wsgi:application"]
     assert args[args.index("--bind") + 1] == "127.0.0.1:8001" and args[args.index("--workers") + 1] == "3"
     assert gunicorn_args("::1", 8000, 1)[args.index("--bind") + 1] == "[::1]:8000"
+
+
+def test_its_banner_shows_the_demo_password_only_while_it_still_works(db, tmp_path) -> None:
+    from django.contrib.auth import get_user_model
+
+    from reconstruct.management.commands.runlocal import Command
+
+    first = Command()._demo_account(tmp_path)
+    password = first.rsplit("password ", 1)[1]
+    demo = get_user_model().objects.get(username="demo")
+    assert demo.is_staff and demo.check_password(password)
+    assert Command()._demo_account(tmp_path) == first
+    demo.set_password("changed-by-its-owner-1")
+    demo.save()
+    assert "password changed since" in Command()._demo_account(tmp_path)

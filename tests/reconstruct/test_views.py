@@ -32,6 +32,16 @@ def test_it_invites_anonymous_visitors_to_sign_up(client, db) -> None:
     assert body.count("/examples/") >= 3
 
 
+def test_it_serves_robots_txt_that_keeps_crawlers_out_of_private_pages_but_not_shared_ones(client) -> None:
+    response = client.get("/robots.txt")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
+    lines = response.content.decode().splitlines()
+    rules = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Disallow")]
+    assert {"/admin/", "/api/", "/r/", "/gallery/", "/accounts/"} <= set(rules)
+    # Link previews of a shared result (/s/...) need its page and image.
+    assert not any("/s/".startswith(rule) for rule in rules)
+
+
 def test_it_serves_example_reconstructions_as_png(client, db) -> None:
     response = client.get(reverse("example_image", args=[0, "reconstruction"]))
     assert response.status_code == 200

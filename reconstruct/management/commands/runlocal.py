@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -108,6 +109,14 @@ QUIET_LINES = {
     "web": ("Starting gunicorn", "Using worker:", "Booting worker with pid"),
 }
 
+# The periodic sweep of orphaned jobs (every RECONSTRUCT_SWEEP_INTERVAL s) that found nothing: beat's send and
+# the worker's received/succeeded lines. The first round is printed (it shows the sweep runs), later ones only
+# when they requeued or failed a job.
+IDLE_SWEEP = re.compile(
+    rb"Sending due task reconstruction-sweep|reconstruction_sweep_task\[[^\]]+\] "
+    rb"(received|succeeded in [0-9.e-]+s: \{'requeued': \[\], 'failed': \[\]\})"
+)
+
 
 @dataclass
 class Child:
@@ -139,9 +148,15 @@ class Child:
         assert self.process is not None and self.process.stdout is not None
         prefix = f"[{self.name}] ".encode()
         quiet = tuple(words.encode() for words in QUIET_LINES.get(self.name, ()))
+        sweep_lines_shown: set[str] = set()
         for line in self.process.stdout:
             if any(words in line for words in quiet):
                 continue
+            if IDLE_SWEEP.search(line):
+                kind = "received" if b"received" in line else "succeeded" if b"succeeded" in line else "sent"
+                if kind in sweep_lines_shown:
+                    continue
+                sweep_lines_shown.add(kind)
             out.buffer.write(prefix + line)
             out.buffer.flush()
 
@@ -226,7 +241,7 @@ class Command(BaseCommand):
         concurrency = str(options["concurrency"])
         children.append(Child("worker", [*worker, "-Q", "reconstruct", "-c", concurrency, "-n", "reconstruct@%h"], env))
         # Celery beat sends the sweep (reconstruct/services/recovery.py) every RECONSTRUCT_SWEEP_INTERVAL s.
-        beat = [sys.executable, "-m", "celery", "-A", "carsite", "beat", "--loglevel", "INFO"]
+        beat = [sys.executable, "-m", "celery", "-A", "carsite", "--quiet", "beat", "--loglevel", "INFO"]
         children.append(Child("beat", [*beat, "--schedule", str(run_dir / "celerybeat-schedule")], env))
         if not options["no_training_worker"] and self._training_queue_in_use():
             # Training runs torch with its own threads: one job at a time.
@@ -344,7 +359,10 @@ class Command(BaseCommand):
             saved.chmod(0o600)
         if saved.exists():
             username, _, password = saved.read_text().strip().partition(" ")
-            return f"username {username}, password {password}"
+            demo = users.objects.filter(username=username).first()
+            # Only while it still works: someone may have changed it since (one password hash, under a second).
+            if demo is not None and demo.check_password(password):
+                return f"username {username}, password {password}"
         return f"username {DEMO_USERNAME} (password changed since; reset it: python manage.py changepassword demo)"
 
     def _banner(self, host: str, port: int, login: str, broker: str) -> None:
