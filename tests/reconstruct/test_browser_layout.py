@@ -80,3 +80,21 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
     assert caption.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
     assert caption.evaluate("e => e.scrollWidth > e.clientWidth")  # the name is longer than the card...
     assert LONG_NAME in caption.inner_text()  # ...and whole in the page, for search and screen readers
+
+
+def test_a_cards_age_follows_the_browsers_clock_not_the_cached_text(phone, live_server, alice, car_png) -> None:
+    from datetime import timedelta
+
+    from reconstruct.models import Reconstruction
+
+    done = reconstruction_create(user=alice, upload=upload(car_png, "old car.png"))
+    created = done.created_at - timedelta(hours=3)
+    Reconstruction.objects.filter(pk=done.pk).update(created_at=created)
+    client = Client()
+    client.force_login(alice)
+    assert "3\xa0hours ago" in client.get(reverse("reconstruct:gallery")).content.decode()  # now cached so
+    phone.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+    page = phone.new_page()
+    page.clock.set_fixed_time(created + timedelta(hours=5, minutes=10))
+    page.goto(live_server.url + reverse("reconstruct:gallery"))
+    assert page.locator(".thumb-caption time.ago").inner_text() == "5 hours ago"
