@@ -246,7 +246,8 @@ if AWS_STORAGE_BUCKET_NAME:
     from botocore.config import Config as BotoConfig
 
     STORAGES["default"] = {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        # django-storages' S3Storage, writing small files with one PutObject (carsite/media_storage.py).
+        "BACKEND": "carsite.media_storage.MediaStorage",
         "OPTIONS": {
             "bucket_name": AWS_STORAGE_BUCKET_NAME,
             "endpoint_url": envstr("AWS_S3_ENDPOINT_URL") or None,

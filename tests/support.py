@@ -327,7 +327,7 @@ class S3Server:
 
         return {
             "default": {
-                "BACKEND": "storages.backends.s3.S3Storage",
+                "BACKEND": "carsite.media_storage.MediaStorage",
                 "OPTIONS": {
                     "bucket_name": self.bucket,
                     "endpoint_url": self.endpoint_url,

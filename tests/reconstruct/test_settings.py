@@ -80,4 +80,5 @@ def test_it_runs_in_the_request_and_on_s3_on_lambda(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     values = json.loads(result.stdout)
     assert values["RECONSTRUCT_MODE"] == "sync" and values["SESSION_COOKIE_SECURE"] == "True"
-    assert "storages.backends.s3.S3Storage" in values["STORAGES"] and "'file_overwrite': False" in values["STORAGES"]
+    assert "carsite.media_storage.MediaStorage" in values["STORAGES"]
+    assert "'file_overwrite': False" in values["STORAGES"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -67,3 +68,32 @@ def test_it_deletes_what_it_can_and_logs_the_rest(settings: Any, monkeypatch: An
     storage_delete_keys([kept, gone])
     assert default_storage.exists(kept) and not default_storage.exists(gone)
     assert f"could not delete {kept}" in caplog.text
+
+
+def test_s3_media_writes_small_files_in_one_put_and_large_ones_as_before(on_s3: Any, monkeypatch: Any) -> None:
+    """carsite/media_storage.py: a small write is one PutObject with S3Storage's parameters; a taken name still
+    gets another (file_overwrite False); a file at the multipart threshold goes through S3Storage's own path."""
+    from storages.backends.s3 import S3Storage
+
+    folder = f"media-{uuid.uuid4()}"  # the S3 server lives for the whole session
+    calls: list[str] = []
+    client = default_storage.connection.meta.client
+    monkeypatch.setattr(
+        client, "put_object", lambda **kw: calls.append(kw["Key"]) or type(client).put_object(client, **kw)
+    )
+    first = default_storage.save(f"{folder}/car.png", ContentFile(b"\x89PNG small"))
+    second = default_storage.save(f"{folder}/car.png", ContentFile(b"\x89PNG other"))
+    assert first == f"{folder}/car.png" and second != first and calls == [first, second]
+    head = on_s3.client().head_object(Bucket=on_s3.bucket, Key=first)
+    assert head["ContentType"] == "image/png" and head["ContentLength"] == len(b"\x89PNG small")
+    assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=second)["Body"].read() == b"\x89PNG other"
+
+    through_s3transfer: list[str] = []
+    original = S3Storage._save
+    monkeypatch.setattr(
+        S3Storage, "_save", lambda self, name, content: through_s3transfer.append(name) or original(self, name, content)
+    )
+    monkeypatch.setattr(default_storage.transfer_config, "multipart_threshold", 1024)
+    large = default_storage.save(f"{folder}/large.bin", ContentFile(b"x" * 1024))
+    assert through_s3transfer == [large] and calls == [first, second]
+    assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=large)["Body"].read() == b"x" * 1024
