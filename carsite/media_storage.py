@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from botocore.exceptions import ClientError
+from django.conf import settings
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
+
+# S3's answers to a conditional write (If-None-Match: *) whose key exists, or is being written meanwhile.
+KEY_TAKEN = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 class MediaStorage(S3Storage):
@@ -22,21 +27,52 @@ class MediaStorage(S3Storage):
     metadata) are S3Storage's own (``_get_write_parameters``); names, ``file_overwrite`` and the existence
     check before a write are unchanged.
 
+    With ``file_overwrite`` off (the site's setting) and AWS_S3_CONDITIONAL_WRITES on (the default), a small
+    write does not first ask whether its name is taken (a HEAD request: 6 ms of wall clock and 2.4 ms of CPU
+    here): the ``PutObject`` is conditional (``If-None-Match: *``, S3's conditional writes, AWS S3 User Guide,
+    "Add preconditions to S3 operations with conditional requests"), so S3 itself refuses to replace an
+    object, and only then is another name chosen (S3Storage's way, with its HEAD requests) and written. That
+    also closes the gap between the HEAD and the write in which another writer could take the name. An
+    S3-compatible server that ignores the condition would overwrite a taken name: turn the setting off there.
+
     Raises what ``PutObject`` raises: botocore's ``ClientError`` (S3 answered an error) or ``BotoCoreError``
     (no answer); reconstruct/storage.py: storage_error_is_transient tells them apart.
     """
 
-    def _save(self, name: str, content: Any) -> str:
+    def _conditional(self) -> bool:
+        return not self.file_overwrite and getattr(settings, "AWS_S3_CONDITIONAL_WRITES", True)
+
+    def _small(self, content: Any) -> bool:
         size = getattr(content, "size", None)
-        if self.gzip or size is None or size >= self.transfer_config.multipart_threshold:
+        return not self.gzip and size is not None and size < self.transfer_config.multipart_threshold
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        if self._conditional() and (max_length is None or len(name) <= max_length):
+            return name  # _save finds out whether it is taken
+        return super().get_available_name(name, max_length)
+
+    def _save(self, name: str, content: Any) -> str:
+        if not self._small(content):
+            if self._conditional():  # S3Storage's own write: the name is checked first, as it does
+                name = super().get_available_name(name)
             return super()._save(name, content)
-        cleaned_name = clean_name(name)
-        key = self._normalize_name(cleaned_name)
-        params = self._get_write_parameters(key, content)
         if hasattr(content, "seek"):
             content.seek(0, os.SEEK_SET)
         body = content.read()
         if isinstance(body, str):
             body = body.encode()
-        self.connection.meta.client.put_object(Bucket=self.bucket_name, Key=key, Body=body, **params)
-        return cleaned_name
+        condition = {"IfNoneMatch": "*"} if self._conditional() else {}
+        for _ in range(5):
+            cleaned_name = clean_name(name)
+            key = self._normalize_name(cleaned_name)
+            params = self._get_write_parameters(key, content)
+            try:
+                self.connection.meta.client.put_object(
+                    Bucket=self.bucket_name, Key=key, Body=body, **params, **condition
+                )
+                return cleaned_name
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in KEY_TAKEN:
+                    raise
+            name = super().get_available_name(name)  # taken: another name, as S3Storage would choose
+        raise FileExistsError(f"no free name for {name!r} after 5 tries")

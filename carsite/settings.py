@@ -242,6 +242,9 @@ STORAGES = {
 # server it waits at most 4 x AWS_S3_MAX_ATTEMPTS x AWS_S3_TIMEOUT s (40 s), within gunicorn's 60 s, then answers 503.
 AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 5.0, minimum=0.1)
 AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 2, minimum=1)
+# Writes refuse to replace an object (PutObject If-None-Match: *) instead of asking first whether the name is
+# taken (carsite/media_storage.py). Turn off for an S3-compatible server that ignores the condition.
+AWS_S3_CONDITIONAL_WRITES = envbool("AWS_S3_CONDITIONAL_WRITES", True)
 if AWS_STORAGE_BUCKET_NAME:
     from botocore.config import Config as BotoConfig
 

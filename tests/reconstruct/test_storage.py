@@ -83,7 +83,8 @@ def test_s3_media_writes_small_files_in_one_put_and_large_ones_as_before(on_s3: 
     )
     first = default_storage.save(f"{folder}/car.png", ContentFile(b"\x89PNG small"))
     second = default_storage.save(f"{folder}/car.png", ContentFile(b"\x89PNG other"))
-    assert first == f"{folder}/car.png" and second != first and calls == [first, second]
+    assert first == f"{folder}/car.png" and second != first
+    assert calls == [first, first, second]  # the second write of a taken name is refused, then renamed
     head = on_s3.client().head_object(Bucket=on_s3.bucket, Key=first)
     assert head["ContentType"] == "image/png" and head["ContentLength"] == len(b"\x89PNG small")
     assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=second)["Body"].read() == b"\x89PNG other"
@@ -95,5 +96,27 @@ def test_s3_media_writes_small_files_in_one_put_and_large_ones_as_before(on_s3: 
     )
     monkeypatch.setattr(default_storage.transfer_config, "multipart_threshold", 1024)
     large = default_storage.save(f"{folder}/large.bin", ContentFile(b"x" * 1024))
-    assert through_s3transfer == [large] and calls == [first, second]
+    assert through_s3transfer == [large] and len(calls) == 3
     assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=large)["Body"].read() == b"x" * 1024
+
+
+def test_s3_media_asks_s3_not_to_overwrite_instead_of_asking_first(on_s3: Any, settings: Any, monkeypatch: Any) -> None:
+    """A new name costs one conditional PutObject (If-None-Match: *), no HEAD; a taken name is refused by S3 and
+    another is chosen; with AWS_S3_CONDITIONAL_WRITES off, the name is checked first (S3Storage's way)."""
+    folder = f"media-{uuid.uuid4()}"
+    asked: list[str] = []
+    from carsite.media_storage import MediaStorage
+
+    original_exists = MediaStorage.exists
+    monkeypatch.setattr(MediaStorage, "exists", lambda self, name: asked.append(name) or original_exists(self, name))
+    first = default_storage.save(f"{folder}/car.png", ContentFile(b"one"))
+    assert first == f"{folder}/car.png" and asked == []
+    second = default_storage.save(f"{folder}/car.png", ContentFile(b"two"))
+    assert second != first and asked[0] == first
+    assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=first)["Body"].read() == b"one"  # not replaced
+    assert on_s3.client().get_object(Bucket=on_s3.bucket, Key=second)["Body"].read() == b"two"
+
+    settings.AWS_S3_CONDITIONAL_WRITES = False
+    asked.clear()
+    third = default_storage.save(f"{folder}/bus.png", ContentFile(b"three"))
+    assert third == f"{folder}/bus.png" and asked == [third]
