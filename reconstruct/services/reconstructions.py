@@ -216,7 +216,9 @@ def reconstruction_run(
         written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
     except runtime.ImageError as error:
         storage_delete_keys(written)
-        _reconstruction_fail(reconstruction_id, attempt, f"{error} Please try another photo.")
+        # The decoder's messages already say what to do ("Please use a photo saved as ..."): not twice.
+        reason = str(error) if "Please" in str(error) else f"{error} Please try another photo."
+        _reconstruction_fail(reconstruction_id, attempt, reason)
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
     except NonFiniteResult as error:
         logger.error("reconstruction %s: %s", reconstruction_id, error)

@@ -95,6 +95,7 @@ def test_it_fails_with_a_readable_reason_when_the_stored_photo_is_unreadable(set
     result = reconstruction_run(reconstruction.pk)
     assert result.status == Status.FAILED
     assert result.error.startswith("This file is text, not a photo. Please use a photo saved as JPEG, PNG")
+    assert result.error.count("Please") == 1
     assert not result.model_input and not result.reconstruction
 
 
