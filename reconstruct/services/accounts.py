@@ -37,12 +37,11 @@ def password_reset_link_problem(
     now = generator._now()  # naive local time, as the token's own timestamp
     if (now - made).total_seconds() > settings.PASSWORD_RESET_TIMEOUT:
         valid_for = timesince(now - timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT), now)
-        sent = timesince(made, now)
-        return f"It expired: a link works for {valid_for} after it is sent, and this one was sent {sent} ago."
+        return f"It expired: a link works for {valid_for} after it is sent, and this one was sent {_ago(made, now)}."
     last_login = user.last_login and timezone.make_naive(user.last_login)
     if last_login is not None and last_login > made:
         return (
-            f"Your account was logged in after this link was sent (last login {timesince(last_login, now)} ago), "
+            f"Your account was logged in after this link was sent (last login {_ago(last_login, now)}), "
             "and logging in cancels the reset links sent before, so that an old email cannot be used to take "
             "over the account."
         )
@@ -50,6 +49,13 @@ def password_reset_link_problem(
         "The account changed after this link was sent: its password was changed (perhaps with this very link) "
         "or its email address was."
     )
+
+
+def _ago(then: datetime, now: datetime) -> str:
+    """ "3 minutes ago", or "less than a minute ago" where timesince would say "0 minutes"."""
+    if (now - then).total_seconds() < 60:
+        return "less than a minute ago"
+    return f"{timesince(then, now)} ago"
 
 
 def account_signup_notify(user: AbstractBaseUser) -> int:

@@ -32,6 +32,16 @@ MEASURE = """() => {
 }"""
 
 
+def _signed_in_page(browser: Any, live_server: Any, user: Any) -> tuple[Any, Any]:
+    """A 1280x900 browser context signed in as ``user``, and a page in it."""
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+    return context, context.new_page()
+
+
 def test_every_admin_list_shows_its_buttons_at_1280_px(browser: Any, live_server, second_model, draw) -> None:
     staff = make_user("sam", staff=True)
     alice = make_user("alice")
@@ -44,12 +54,7 @@ def test_every_admin_list_shows_its_buttons_at_1280_px(browser: Any, live_server
     TrainingRun.objects.create(snapshot=snapshot, config_name="quick", config={}, epochs=20, created_by=staff)
     assert not second_model.is_active  # its row carries "Activate…" and "Compare with active"
 
-    client = Client()
-    client.force_login(staff)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
-    page = context.new_page()
+    context, page = _signed_in_page(browser, live_server, staff)
     problems = {}
     lists = [reverse(f"admin:{m._meta.app_label}_{m._meta.model_name}_changelist") for m in admin.site._registry]
     for path in lists:
@@ -61,3 +66,17 @@ def test_every_admin_list_shows_its_buttons_at_1280_px(browser: Any, live_server
     context.close()
     assert problems == {}
     assert len(lists) >= 8  # users, groups, reconstructions, versions, activations, photos, snapshots, runs
+
+
+def test_the_versions_lists_activate_button_opens_the_confirmation(browser: Any, live_server, second_model) -> None:
+    """The row's "Activate…" button submits a small form of its own; it must not sit inside the list's form
+    (a nested form is dropped by the HTML parser, and the button would do nothing)."""
+    context, page = _signed_in_page(browser, live_server, make_user("sam", staff=True))
+    page.goto(live_server.url + reverse("admin:reconstruct_modelversion_changelist"))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Activate…").click()
+    assert page.url == live_server.url + reverse("admin:reconstruct_modelversion_activate", args=[second_model.pk])
+    assert page.locator("h1").inner_text() == f"Activate {second_model.name}?"
+    second_model.refresh_from_db()
+    assert not second_model.is_active  # only the confirmation's own button activates
+    context.close()

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from reconstruct.services.reconstructions import reconstruction_create
-from tests.support import upload
+from tests.support import make_user, upload
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -25,6 +25,9 @@ OVERFLOW = """() => ({
     .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5 && !e.closest('pre'))
     .slice(0, 3).map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')),
 })"""
+
+
+HEADER_TOPS = "[...document.querySelectorAll('.nav-links > *')].map(e => Math.round(e.getBoundingClientRect().top))"
 
 
 @pytest.fixture
@@ -73,13 +76,24 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
 
     # The header: the brand, then every link on one line (Log out does not drop to a line of its own).
     page.goto(base + reverse("reconstruct:gallery"))
-    tops = page.evaluate("[...document.querySelectorAll('.nav-links > *')].map(e => e.getBoundingClientRect().top)")
+    tops = page.evaluate(HEADER_TOPS)
     assert len(tops) >= 4 and max(tops) - min(tops) < 4, tops
     # The gallery card shortens the long name with an ellipsis inside the card instead of clipping it.
     caption = page.locator(".thumb-caption").first
     assert caption.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
     assert caption.evaluate("e => e.scrollWidth > e.clientWidth")  # the name is longer than the card...
     assert LONG_NAME in caption.inner_text()  # ...and whole in the page, for search and screen readers
+    # The same for the demo account's name and longer ones: the header shortens a name that does not fit.
+    for name in ("demo", "newd", "margaret_hamilton_1936"):
+        other = Client()
+        other.force_login(make_user(name))
+        phone.add_cookies([{"name": "sessionid", "value": other.cookies["sessionid"].value, "url": base}])
+        page.goto(base + reverse("reconstruct:gallery"))
+        tops = page.evaluate(HEADER_TOPS)
+        assert max(tops) - min(tops) < 4, (name, tops)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], name
+    page.goto(base + reverse("account"))  # the whole name is still on the account page
+    assert "margaret_hamilton_1936" in page.locator("main").inner_text()
 
 
 def test_a_cards_age_follows_the_browsers_clock_not_the_cached_text(phone, live_server, alice, car_png) -> None:

@@ -109,6 +109,10 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         )
         assert response.url.endswith("/reconstruct/"), response.text[:500]
         assert reconstruct_once(session, base)["status"] == "done"
+        # A visitor's 4xx (an unshared link, a page that does not exist, the API without a token) is in the
+        # access log with its status, not also as a WARNING: it is not the person running the site's to act on.
+        assert session.get(f"{base}/s/{'x' * 43}/", timeout=10).status_code == 404
+        assert requests.get(f"{base}/api/reconstructions/", timeout=10).status_code == 401
 
         # A worker killed outright is started again (the log says so) and the site keeps working.
         worker_pid = int(re.search(r"\[runlocal\] worker started \(pid (\d+)\)", log).group(1))

@@ -325,6 +325,7 @@ def test_it_says_a_login_since_cancelled_the_reset_link_and_offers_a_new_one(cli
     assert client.post(reverse("login"), {"username": "alice", "password": PASSWORD}).status_code == 302
     page = client.get(link, follow=True).content.decode()
     assert "Your account was logged in after this link was sent" in page
+    assert "(last login less than a minute ago)" in page  # not "0 minutes ago"
     assert "was used already or it expired" not in page
     assert f'href="{reverse("password_reset")}">Send me a new link</a>' in page
 

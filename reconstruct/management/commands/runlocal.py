@@ -117,6 +117,11 @@ IDLE_SWEEP = re.compile(
     rb"(received|succeeded in [0-9.e-]+s: \{'requeued': \[\], 'failed': \[\]\})"
 )
 
+# A visitor's 4xx, which Django logs as a WARNING (django.request; a 5xx is an ERROR and stays): a link made
+# private again, a page that does not exist, the API without a token. Gunicorn's access log line shows the same
+# request with its status; the person running the site has nothing to act on.
+VISITOR_4XX = re.compile(rb" WARNING django\.request: [A-Z][A-Za-z ()]+: /")
+
 
 @dataclass
 class Child:
@@ -128,6 +133,8 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     restart_at: float | None = None  # when a dead child is due to start again (time.monotonic())
+    # The idle sweep's lines already printed, kept across restarts: a worker started again does not repeat them.
+    sweep_lines_shown: set[str] = field(default_factory=set, repr=False)
 
     def start(self, out: Any) -> None:
         self.started_at = time.monotonic()
@@ -148,9 +155,9 @@ class Child:
         assert self.process is not None and self.process.stdout is not None
         prefix = f"[{self.name}] ".encode()
         quiet = tuple(words.encode() for words in QUIET_LINES.get(self.name, ()))
-        sweep_lines_shown: set[str] = set()
+        sweep_lines_shown = self.sweep_lines_shown
         for line in self.process.stdout:
-            if any(words in line for words in quiet):
+            if any(words in line for words in quiet) or (self.name == "web" and VISITOR_4XX.search(line)):
                 continue
             if IDLE_SWEEP.search(line):
                 kind = "received" if b"received" in line else "succeeded" if b"succeeded" in line else "sent"
