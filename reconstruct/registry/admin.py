@@ -216,27 +216,58 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 comparison = model_version_compare(a=version, b=active, sample=8)
             except (OSError, ValueError):
                 comparison = None  # the registry's own metrics stand in (activation_difference says so)
+        return self._confirm_page(request, version, active, comparison, back)
+
+    def _confirm_page(
+        self,
+        request: HttpRequest,
+        version: ModelVersion,
+        active: ModelVersion | None,
+        comparison: dict | None,
+        back: str,
+        *,
+        rollback: bool = False,
+    ) -> TemplateResponse:
+        """The page that asks before ``version`` replaces ``active``, naming the difference."""
+        verb = "Roll back to" if rollback else "Activate"
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
-            "title": f"Activate {version.name}?",
+            "title": f"{verb} {version.name}?",
+            "verb": verb,
             "version": version,
             "active": active,
             "difference": activation_difference(version, active, comparison),
             "back": back,
+            "action": reverse("admin:reconstruct_modelversion_rollback")
+            if rollback
+            else reverse("admin:reconstruct_modelversion_activate", args=[version.pk]),
         }
         return TemplateResponse(request, "admin/curation/modelversion/activate_confirm.html", context)
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
+        """Undo the latest activation: at once when the earlier version is not worse than the active one, after
+        the same confirmation as Activate when it is (a rollback must not switch a worse model on unasked)."""
         if request.method != "POST" or not self._can_activate(request):
             raise PermissionDenied
+        changelist = reverse("admin:reconstruct_modelversion_changelist")
+        latest = model_version_activations().first()
+        target = latest.previous if latest is not None else None
+        active = model_version_active()
+        if request.POST.get("confirmed") != "yes" and target is not None and active is not None and target != active:
+            try:
+                comparison = model_version_compare(a=target, b=active, sample=8)
+            except (OSError, ValueError):
+                comparison = None
+            if activation_difference(target, active, comparison).worse:
+                return self._confirm_page(request, target, active, comparison, changelist, rollback=True)
         try:
-            activation = model_version_rollback(user=request.user)
+            activation = model_version_rollback(user=request.user, note=request.POST.get("note", "")[:500])
         except ValidationError as error:
             self.message_user(request, " ".join(error.messages), messages.ERROR)
         else:
             self.message_user(request, f"Rolled back: {activation.version.name} is the active model again.")
-        return HttpResponseRedirect(reverse("admin:reconstruct_modelversion_changelist"))
+        return HttpResponseRedirect(changelist)
 
     def compare_view(self, request: HttpRequest) -> HttpResponse:
         """Two versions side by side on the same validation photos: metrics and pictures."""
