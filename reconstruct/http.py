@@ -82,8 +82,26 @@ def part_unreadable(request: HttpRequest, field: str) -> bool:
     return declared_length(request) - readable > 1024
 
 
+# The ``code`` of an error whose caller names none: one per HTTP status, so every error has one.
+STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    413: "too_large",
+    429: "throttled",
+    500: "server_error",
+    503: "unavailable",
+}
+
+
 def json_error(message: str, status: int, **extra: object) -> JsonResponse:
-    """``{"error": message, **extra}`` with HTTP ``status``: every API error has this shape."""
+    """``{"error": message, "code": ..., **extra}`` with HTTP ``status``: every API error has this shape. ``code``
+    is the caller's, else the status's (STATUS_CODES: ``not_found``, ``not_authenticated``...)."""
+    extra.setdefault("code", STATUS_CODES.get(status, "error"))
     return JsonResponse({"error": message, **extra}, status=status)
 
 

@@ -173,7 +173,7 @@ def test_a_chunked_bulk_upload_is_refused_with_411(client, staff, media) -> None
     body = b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nxx\r\n--B--\r\n'
     headers = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ACCEPT": "application/json"}
     response = client.generic("POST", url, body, content_type="multipart/form-data; boundary=B", **headers)
-    assert response.status_code == 411 and response.json() == {"error": LENGTH_REQUIRED}
+    assert response.status_code == 411 and response.json() == {"error": LENGTH_REQUIRED, "code": "length_required"}
     headers.pop("HTTP_ACCEPT")
     page = client.generic("POST", url, body, content_type="multipart/form-data; boundary=B", **headers)
     assert page.status_code == 200 and escape(LENGTH_REQUIRED) in page.content.decode()

@@ -15,6 +15,8 @@ from reconstruct.services.reconstructions import reconstruction_create
 from reconstruct.services.tokens import api_token_regenerate
 from tests.support import draw_car, encode, upload
 
+NOT_YOURS = {"error": "No such reconstruction.", "code": "not_found"}
+
 LIST_URL = "/api/reconstructions/"
 
 
@@ -75,7 +77,7 @@ def test_it_answers_404_for_someone_elses_reconstruction(client, bob, alice, car
     bobs_token = api_token_regenerate(bob)
     for method in (client.get, client.delete):
         response = method(f"{LIST_URL}{alices.uuid}/", **auth(bobs_token))
-        assert response.status_code == 404 and response.json() == {"error": "No such reconstruction."}
+        assert (response.status_code, response.json()) == (404, NOT_YOURS)
     image = client.get(reverse("reconstruct:file", args=[alices.uuid, "original"]), **auth(bobs_token))
     assert image.status_code == 404
     assert Reconstruction.objects.filter(pk=alices.pk).exists()

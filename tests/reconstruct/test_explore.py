@@ -19,6 +19,8 @@ from reconstruct.services.reconstructions import reconstruction_create
 from reconstruct.services.tokens import api_token_regenerate
 from tests.support import draw_car, encode, upload
 
+NOT_YOURS = {"error": "No such reconstruction.", "code": "not_found"}
+
 pytestmark = pytest.mark.django_db
 
 
@@ -386,7 +388,7 @@ def test_it_answers_404_to_bob_for_every_url_naming_alices_cars(bob_client, cars
     key = api_token_regenerate(bob)
     for url in (f"/api/reconstructions/{red.uuid}/edit/", f"/api/reconstructions/{red.uuid}/share/"):
         response = bob_client.post(url, "{}", content_type="application/json", **auth(key))
-        assert response.status_code == 404 and response.json() == {"error": "No such reconstruction."}, url
+        assert (response.status_code, response.json()) == (404, NOT_YOURS), url
     mine = reconstruction_create(user=bob, upload=upload(encode(draw_car(), "PNG"), "bobs.png"))
     assert bob_client.get(f"/morph/{mine.uuid}/{red.uuid}/").status_code == 404  # one of each is not enough
     assert bob_client.get(f"/morph/?pick={mine.uuid}&pick={red.uuid}").status_code == 302  # only a redirect...

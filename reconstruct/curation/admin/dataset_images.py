@@ -39,7 +39,7 @@ from reconstruct.curation.services.review import (
     dataset_image_reject,
     dataset_image_set_orientation,
 )
-from reconstruct.http import LENGTH_REQUIRED, length_missing, wants_json
+from reconstruct.http import LENGTH_REQUIRED, json_error, length_missing, wants_json
 from reconstruct.presenters import img_tag
 from reconstruct.storage import storage_serve
 
@@ -369,7 +369,7 @@ class DatasetImageAdmin(admin.ModelAdmin):
         form = BulkUploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and length_missing(request):
             if json_wanted:
-                return JsonResponse({"error": LENGTH_REQUIRED}, status=411)
+                return json_error(LENGTH_REQUIRED, 411)
             form = BulkUploadForm({})
             form.is_valid()
             form.add_error(None, LENGTH_REQUIRED)
@@ -385,7 +385,7 @@ class DatasetImageAdmin(admin.ModelAdmin):
                     raise ValidationError("Choose some photos or a zip file first.")
             except ValidationError as error:
                 if json_wanted:
-                    return JsonResponse({"error": " ".join(error.messages)}, status=400)
+                    return json_error(" ".join(error.messages), 400)
                 form.add_error(None, error)
             else:
                 report = dataset_image_add_many(
