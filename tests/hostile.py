@@ -194,6 +194,16 @@ def pixel_bomb(side: int) -> bytes:
     return encode(Image.new("1", (side, side), 1), "PNG", optimize=True)
 
 
+def webp_bomb(side: int = 16384) -> bytes:
+    """A lossless WebP whose header declares ``side`` x ``side`` pixels (a few dozen bytes). Pillow's WebP plugin runs
+    its own bomb check while reading that header, so even the header read that states the size raises."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), "white"), "WEBP", lossless=True))
+    at = data.find(b"VP8L") + 9  # chunk name, chunk size, the 0x2f signature, then 14 bits width-1, 14 bits height-1
+    bits = struct.unpack("<I", data[at : at + 4])[0] & ~((1 << 28) - 1)
+    data[at : at + 4] = struct.pack("<I", bits | (side - 1) | ((side - 1) << 14))
+    return bytes(data)
+
+
 # --- The corpus -------------------------------------------------------------------------------------------
 
 
@@ -217,6 +227,10 @@ def cases() -> list[Case]:
     grey16, _ = grey16_png(1)
     cutout, on_white = cutout_pair()
     one_line = "The image is only {0}x{1} pixels; it needs at least 16 pixels on each side."
+    webp_too_big = (
+        "The image is 268.4 megapixels; the limit is 100 megapixels. "
+        "Please resize it (for example to 4000 pixels wide) and try again."
+    )
     found: list[Case] = [
         Case(
             "zero bytes",
@@ -256,6 +270,7 @@ def cases() -> list[Case]:
         Case("1x1", "dot.png", encode(Image.new("RGB", (1, 1), "red"), "PNG"), one_line.format(1, 1)),
         Case("4000x10", "strip.png", encode(Image.new("RGB", (4000, 10), "red"), "PNG"), one_line.format(4000, 10)),
         Case("100x4000", "pole.png", encode(Image.new("RGB", (100, 4000), "red"), "PNG")),
+        Case("WebP header of 268 megapixels", "huge.webp", webp_bomb(), webp_too_big, webp_too_big),
         Case("16-bit greyscale", "grey16.png", grey16),
         Case("transparent cut-out", "cutout.png", cutout),
         Case("cut-out on white", "on_white.jpg", on_white),
