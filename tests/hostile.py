@@ -161,6 +161,27 @@ def member_damaged_zip(photos: list[tuple[str, bytes, int]], damaged: list[int])
     return bytes(raw)
 
 
+def zip_member_patched(
+    photos: list[tuple[str, bytes]], number: int, *, flag: int = 0, method: int | None = None
+) -> bytes:
+    """A zip of ``photos`` whose member ``number`` has ``flag`` set in its general purpose bits (1: encrypted) and
+    its compression ``method`` replaced (99: AES, 93: Zstandard, which zipfile cannot unpack), in both headers."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in photos:
+            zf.writestr(name, data)
+    raw = bytearray(out.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(raw))).infolist()[number]
+    central = raw.find(b"PK\x01\x02")
+    for _ in range(number):
+        central = raw.find(b"PK\x01\x02", central + 4)
+    for at in (info.header_offset + 6, central + 8):  # flag bits, then the method, in each header
+        raw[at : at + 2] = struct.pack("<H", struct.unpack("<H", raw[at : at + 2])[0] | flag)
+        if method is not None:
+            raw[at + 2 : at + 4] = struct.pack("<H", method)
+    return bytes(raw)
+
+
 def zip_without_utf8_flag(photos: list[tuple[str, bytes]]) -> bytes:
     """A zip as macOS's Archive Utility makes it: names in UTF-8 without the UTF-8 flag (bit 11)."""
     out = io.BytesIO()
