@@ -27,5 +27,6 @@ urlpatterns = [
     path("", include("reconstruct.explore.urls")),
 ]
 
+handler400 = "reconstruct.views.bad_request"
 handler404 = "reconstruct.views.page_not_found"
 handler500 = "reconstruct.views.server_error"

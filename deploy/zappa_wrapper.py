@@ -36,7 +36,8 @@ USAGE = "usage: python -m deploy zappa deploy|update|rollback|undeploy|package|<
 
 
 def _zappa_cli_class() -> type:
-    """zappa's ZappaCLI, without its PyPI update check and tolerant of an endpoint without function URLs."""
+    """zappa's ZappaCLI, without its PyPI update check, tolerant of an endpoint without function URLs, and quiet about
+    an AddPermission answered 200 instead of 201."""
     from zappa.cli import ZappaCLI
 
     class CheckedBundleCLI(ZappaCLI):
@@ -46,6 +47,7 @@ def _zappa_cli_class() -> type:
         def load_settings(self, *args: object, **kwargs: object) -> object:
             loaded = super().load_settings(*args, **kwargs)
             self.zappa.delete_lambda_function_url = _tolerate_missing_api(self.zappa.delete_lambda_function_url)
+            self.zappa.lambda_client.add_permission = _created_means_201(self.zappa.lambda_client.add_permission)
             return loaded
 
     return CheckedBundleCLI
@@ -105,6 +107,24 @@ def _tolerate_missing_api(delete_function_urls: Callable[[str], None]) -> Callab
             print("(this endpoint has no Lambda function URL API: no function URL to delete)", flush=True)
 
     return delete_lambda_function_url
+
+
+def _created_means_201(add_permission: Callable[..., dict]) -> Callable[..., dict]:
+    """The Lambda client's add_permission, for an endpoint that answers 200 where AWS answers 201 Created.
+
+    zappa's create_event_permission (the sweep's schedule, "events" in zappa_settings.json) logs "ERROR:Problem
+    creating permission to invoke Lambda function" for any status but 201, although the permission was made (a
+    deploy that succeeds reads as failed). moto's server answers 200. AWS answers 201, so nothing changes there.
+    """
+
+    def wrapped(**kwargs: object) -> dict:
+        response = add_permission(**kwargs)
+        metadata = response.get("ResponseMetadata", {})
+        if metadata.get("HTTPStatusCode") == 200:
+            metadata["HTTPStatusCode"] = 201
+        return response
+
+    return wrapped
 
 
 def zappa_run(zappa_args: list[str]) -> int:

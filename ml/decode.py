@@ -202,6 +202,9 @@ def _header_size(fp: BinaryIO | str, head: bytes) -> tuple[int, int] | None:
                     return factory(handle, fp).size
             fp.seek(0)
             return factory(fp, "").size
+        except Image.DecompressionBombError:
+            # Some plugins (WebP) run the bomb check themselves while reading the header: the size is unknown.
+            return None
         except _PILLOW_ERRORS:
             continue
     return None

@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.defaults import bad_request as default_bad_request
 from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
 
@@ -312,6 +313,23 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if wants_json(request):
         return json_error("Not found.", 404)
     return default_page_not_found(request, exception)
+
+
+UNREADABLE_REQUEST = (
+    "The upload could not be read: its form data is malformed or its headers are too long (a file name of more "
+    "than about 900 characters does this). Please give the file a shorter name and try again."
+)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """400. A multipart body Django cannot parse (a part header over its 1,024 bytes: a very long file name) is
+    raised while the CSRF check reads the form, before any view: say what is wrong, as JSON or on a page. Any
+    other 400 (a disallowed host...) keeps Django's plain page, which needs nothing from the request."""
+    if not isinstance(exception, MultiPartParserError):
+        return default_bad_request(request, exception)
+    if wants_json(request):
+        return json_error(UNREADABLE_REQUEST, 400, code="bad_request")
+    return render(request, "400.html", {"message": UNREADABLE_REQUEST}, status=400)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -161,6 +161,27 @@ def member_damaged_zip(photos: list[tuple[str, bytes, int]], damaged: list[int])
     return bytes(raw)
 
 
+def zip_member_patched(
+    photos: list[tuple[str, bytes]], number: int, *, flag: int = 0, method: int | None = None
+) -> bytes:
+    """A zip of ``photos`` whose member ``number`` has ``flag`` set in its general purpose bits (1: encrypted) and
+    its compression ``method`` replaced (99: AES, 93: Zstandard, which zipfile cannot unpack), in both headers."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in photos:
+            zf.writestr(name, data)
+    raw = bytearray(out.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(raw))).infolist()[number]
+    central = raw.find(b"PK\x01\x02")
+    for _ in range(number):
+        central = raw.find(b"PK\x01\x02", central + 4)
+    for at in (info.header_offset + 6, central + 8):  # flag bits, then the method, in each header
+        raw[at : at + 2] = struct.pack("<H", struct.unpack("<H", raw[at : at + 2])[0] | flag)
+        if method is not None:
+            raw[at + 2 : at + 4] = struct.pack("<H", method)
+    return bytes(raw)
+
+
 def zip_without_utf8_flag(photos: list[tuple[str, bytes]]) -> bytes:
     """A zip as macOS's Archive Utility makes it: names in UTF-8 without the UTF-8 flag (bit 11)."""
     out = io.BytesIO()
@@ -194,6 +215,16 @@ def pixel_bomb(side: int) -> bytes:
     return encode(Image.new("1", (side, side), 1), "PNG", optimize=True)
 
 
+def webp_bomb(side: int = 16384) -> bytes:
+    """A lossless WebP whose header declares ``side`` x ``side`` pixels (a few dozen bytes). Pillow's WebP plugin runs
+    its own bomb check while reading that header, so even the header read that states the size raises."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), "white"), "WEBP", lossless=True))
+    at = data.find(b"VP8L") + 9  # chunk name, chunk size, the 0x2f signature, then 14 bits width-1, 14 bits height-1
+    bits = struct.unpack("<I", data[at : at + 4])[0] & ~((1 << 28) - 1)
+    data[at : at + 4] = struct.pack("<I", bits | (side - 1) | ((side - 1) << 14))
+    return bytes(data)
+
+
 # --- The corpus -------------------------------------------------------------------------------------------
 
 
@@ -217,6 +248,10 @@ def cases() -> list[Case]:
     grey16, _ = grey16_png(1)
     cutout, on_white = cutout_pair()
     one_line = "The image is only {0}x{1} pixels; it needs at least 16 pixels on each side."
+    webp_too_big = (
+        "The image is 268.4 megapixels; the limit is 100 megapixels. "
+        "Please resize it (for example to 4000 pixels wide) and try again."
+    )
     found: list[Case] = [
         Case(
             "zero bytes",
@@ -256,6 +291,7 @@ def cases() -> list[Case]:
         Case("1x1", "dot.png", encode(Image.new("RGB", (1, 1), "red"), "PNG"), one_line.format(1, 1)),
         Case("4000x10", "strip.png", encode(Image.new("RGB", (4000, 10), "red"), "PNG"), one_line.format(4000, 10)),
         Case("100x4000", "pole.png", encode(Image.new("RGB", (100, 4000), "red"), "PNG")),
+        Case("WebP header of 268 megapixels", "huge.webp", webp_bomb(), webp_too_big, webp_too_big),
         Case("16-bit greyscale", "grey16.png", grey16),
         Case("transparent cut-out", "cutout.png", cutout),
         Case("cut-out on white", "on_white.jpg", on_white),

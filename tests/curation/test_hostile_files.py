@@ -18,7 +18,7 @@ from PIL import Image
 from ml.decode import image_decode
 from reconstruct.curation import checks
 from reconstruct.curation.models import DatasetImage
-from reconstruct.curation.services.arrival import ZIP_MEMBER_DAMAGED
+from reconstruct.curation.services.arrival import ZIP_MEMBER_DAMAGED, ZIP_MEMBER_ENCRYPTED, ZIP_MEMBER_METHOD
 from reconstruct.curation.services.review import dataset_image_flip
 from reconstruct.http import LENGTH_REQUIRED
 from reconstruct.images import display_name
@@ -96,6 +96,23 @@ def test_a_damaged_zip_member_is_skipped_and_the_others_added(upload_json, media
         ("3.jpg", True, ""),
     ]
     assert DatasetImage.objects.count() == 2
+
+
+def test_an_encrypted_or_unknown_method_member_is_skipped_with_a_reason_a_person_understands(upload_json) -> None:
+    photos = [(f"{i}.jpg", encode(draw_car((320, 160), seed=i), "JPEG")) for i in range(3)]
+    for patch, reason in (
+        ({"flag": 1}, ZIP_MEMBER_ENCRYPTED),
+        ({"method": 99}, ZIP_MEMBER_METHOD.format(99)),
+        ({"method": 93}, ZIP_MEMBER_METHOD.format(93)),
+    ):
+        DatasetImage.objects.all().delete()
+        report = upload_json(archive=_named("cars.zip", hostile.zip_member_patched(photos, 1, **patch)))
+        assert [(r["name"], r["added"], r["skipped"]) for r in report["results"]] == [
+            ("0.jpg", True, ""),
+            ("1.jpg", False, reason),
+            ("2.jpg", True, ""),
+        ]
+    assert "ZipInfo" not in ZIP_MEMBER_ENCRYPTED + ZIP_MEMBER_METHOD
 
 
 def test_zip_member_names_from_windows_and_macos(upload_json) -> None:

@@ -170,6 +170,7 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     assert "slim_handler" not in output and "too large" not in output
     assert re.search(r"zipped +\d+\.\d MiB .*unzipped +\d+\.\d MiB in \d+ files \(Lambda limit 250 MiB", output, re.S)
     assert "Deployment complete!" in output
+    assert "ERROR" not in output  # a deploy that worked must not read as failed
 
     function = lambda_client.get_function(FunctionName=FUNCTION)["Configuration"]
     assert function["Runtime"] == settings["runtime"] == "python3.11"
@@ -203,6 +204,11 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     assert client(aws, "cloudformation").describe_stacks(StackName=FUNCTION)["Stacks"][0]["StackStatus"] == (
         "CREATE_COMPLETE"
     )
+    # The sweep's schedule (zappa_settings.json "events") may invoke the function.
+    statements = json.loads(lambda_client.get_policy(FunctionName=FUNCTION)["Policy"])["Statement"]
+    assert [s["Action"] for s in statements if s["Principal"] == {"Service": "events.amazonaws.com"}] == [
+        "lambda:InvokeFunction"
+    ]
 
     # The handler reads its secrets from remote_env at every cold start: the deployed zip names the object made here.
     with zipfile.ZipFile(checked) as archive:
@@ -221,6 +227,7 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     output = deploy_command(repository, aws, "update", STAGE)
     assert "slim_handler" not in output and "too large" not in output
     assert "Your updated Zappa deployment is live!" in output
+    assert "ERROR" not in output
     second_hash = sha256_b64(checked)
     assert second_hash != first_hash
     with zipfile.ZipFile(checked) as archive:
@@ -230,7 +237,8 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     assert [v["CodeSha256"] for v in published(lambda_client)] == [first_hash, second_hash]
 
     # --- rollback: the previous version's code runs again (a new version, as zappa rollback publishes) ----------
-    deploy_command(repository, aws, "rollback", STAGE, "-n", "1")
+    output = deploy_command(repository, aws, "rollback", STAGE, "-n", "1")
+    assert "Your updated Zappa deployment is live!" in output and "ERROR" not in output
     assert lambda_client.get_function(FunctionName=FUNCTION)["Configuration"]["CodeSha256"] == first_hash
     assert [v["CodeSha256"] for v in published(lambda_client)] == [first_hash, second_hash, first_hash]
 

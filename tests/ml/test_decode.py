@@ -89,6 +89,17 @@ def test_it_checks_the_pixel_count_from_the_header_before_decoding() -> None:
     )
 
 
+def test_it_refuses_a_header_that_pillow_itself_calls_a_bomb() -> None:
+    """Pillow's WebP plugin raises its own DecompressionBombError while reading the header (no size known)."""
+    with pytest.raises(ImageDecodeError) as caught:
+        image_decode(hostile.webp_bomb(16384), max_pixels=100_000_000)
+    assert caught.value.code == "too_many_pixels"
+    assert str(caught.value) == (
+        "The image is 268.4 megapixels; the limit is 100 megapixels. "
+        "Please resize it (for example to 4000 pixels wide) and try again."
+    )
+
+
 def test_it_never_shows_a_count_over_the_limit_as_equal_to_it() -> None:
     assert pixels_text(100_000_001, 100_000_000) == ("100.000001", "100")
     assert pixels_text(100_000_000, 100_000_000) == ("100.0", "100")

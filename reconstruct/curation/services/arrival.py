@@ -366,6 +366,13 @@ def zip_arrivals(archive: IO[bytes]) -> Iterator[Arrival]:
 
 
 ZIP_MEMBER_DAMAGED = "damaged: its compressed data in the zip is broken, so it was skipped; the other files were read"
+ZIP_MEMBER_ENCRYPTED = (
+    "encrypted: the zip protects it with a password, so it was skipped; zip the photos again without a password"
+)
+ZIP_MEMBER_METHOD = (
+    "packed with a compression method this site cannot unpack (method {}), so it was skipped; zip the photos again "
+    "with the usual method (deflate)"
+)
 # What reading a member raises when its compressed data is damaged: zlib (deflate), lzma, bz2 (OSError),
 # zipfile's CRC check (BadZipFile), encryption (RuntimeError), an unknown method (NotImplementedError).
 _ZIP_MEMBER_ERRORS = (
@@ -388,8 +395,10 @@ def _zip_reader(zf: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], by
             # Read at most one byte past the limit: a header that lies about the size cannot inflate more.
             with zf.open(member) as handle:
                 data = handle.read(settings.CURATION_MAX_IMAGE_BYTES + 1)
-        except RuntimeError as error:  # encrypted
-            raise checks.CheckError(f"could not be unpacked from the zip ({error})", "encrypted") from None
+        except NotImplementedError:  # a RuntimeError too: checked first
+            raise checks.CheckError(ZIP_MEMBER_METHOD.format(member.compress_type), "unsupported_compression") from None
+        except RuntimeError:  # encrypted
+            raise checks.CheckError(ZIP_MEMBER_ENCRYPTED, "encrypted") from None
         except _ZIP_MEMBER_ERRORS as error:
             logger.info("zip member %r is damaged: %s", member.filename, error)
             raise checks.CheckError(ZIP_MEMBER_DAMAGED, "damaged") from None
