@@ -17,7 +17,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpRe
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_POST, require_safe
 
 from reconstruct import presenters, selectors
 from reconstruct.explore import selectors as explore_selectors
@@ -266,7 +266,7 @@ def _get_shared(token: str) -> Reconstruction:
     return reconstruction
 
 
-@require_GET
+@require_safe  # GET and HEAD: link-preview bots ask with HEAD first
 def public_detail(request: HttpRequest, token: str) -> HttpResponse:
     """A shared result for anyone with the link: pictures and scores; never the owner or other results."""
     reconstruction = _get_shared(token)
@@ -291,7 +291,7 @@ def public_detail(request: HttpRequest, token: str) -> HttpResponse:
     return response
 
 
-@require_GET
+@require_safe
 def public_file(request: HttpRequest, token: str, kind: str) -> HttpResponse:
     """A shared result's picture, streamed by the site (never a presigned URL that would outlive unsharing)."""
     reconstruction = _get_shared(token)

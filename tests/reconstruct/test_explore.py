@@ -321,6 +321,8 @@ def test_it_shares_a_result_without_the_owner_and_unshares_it(alice_client, alic
         response = stranger.get(f"/s/{token}/{kind}")
         assert response.status_code == 200 and "Location" not in response  # streamed, never a presigned URL
     assert stranger.get(f"/s/{token}/latent").status_code == 404
+    # Link-preview bots may ask with HEAD first.
+    assert stranger.head(f"/s/{token}/").status_code == stranger.head(f"/s/{token}/thumbnail").status_code == 200
 
     alice_client.post(f"/r/{red.uuid}/share/", {"action": "unshare"})
     assert stranger.get(f"/s/{token}/").status_code == 404
