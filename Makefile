@@ -81,7 +81,7 @@ export-canonical: $(VENV)/.installed-train
 # The facing classifier from the hand labels (ml/weights/orientation/), then every photo's facing for training.
 orientation: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train_orientation --labels ml/labels/orientation.csv --data $(DATA_ALL) --out ml/weights/orientation \
-		--framed 2 --backgrounds $(NONCARS) --epochs 15
+		--framed 2 --backgrounds $(NONCARS) --epochs 15 --height 48
 	$(BIN)/python -m ml.orientation --data $(DATA_ALL) --labels ml/labels/orientation.csv --out ml/labels/facings.csv
 
 # ONNX Runtime vs torch eager (same weights) vs this CPU's FLOP bound, cold start, memory; last line JSON.
