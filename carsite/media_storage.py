@@ -24,8 +24,7 @@ class MediaStorage(S3Storage):
     clock and 3.2 ms of CPU per write instead of 12.4 and 6.5 ms (each upload writes four files). Files at or
     above the transfer configuration's ``multipart_threshold`` (8 MiB by default) and gzip-compressed writes
     go through S3Storage's own path, unchanged. The object's parameters (content type, ACL, cache control,
-    metadata) are S3Storage's own (``_get_write_parameters``); names, ``file_overwrite`` and the existence
-    check before a write are unchanged.
+    metadata) are S3Storage's own (``_get_write_parameters``), and so are the names it chooses.
 
     With ``file_overwrite`` off (the site's setting) and AWS_S3_CONDITIONAL_WRITES on (the default), a small
     write does not first ask whether its name is taken (a HEAD request: 6 ms of wall clock and 2.4 ms of CPU
