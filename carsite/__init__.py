@@ -1,5 +1,7 @@
-"""The carsite Django project. Importing it loads the Celery app so `@shared_task` binds to it."""
+"""The carsite Django project.
 
-from carsite.celery import app as celery_app
-
-__all__ = ["celery_app"]
+The Celery app is in ``carsite/celery.py`` and is imported only where a task is defined, sent or consumed
+(``reconstruct/tasks.py``, ``reconstruct/curation/tasks.py``, ``celery -A carsite``, which finds
+``carsite.celery``), not by every process that loads Django: on Lambda (sync mode) nothing is queued, and
+importing Celery, kombu and billiard was about a seventh of a cold start's imports.
+"""

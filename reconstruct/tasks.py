@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from celery import Task
 from django.conf import settings
 
+from carsite.celery import app
 from reconstruct.services.reconstructions import reconstruction_run
 from reconstruct.services.recovery import reconstruction_sweep
 from reconstruct.services.uploads import upload_records_prune
@@ -12,7 +13,7 @@ from reconstruct.services.waiting import reconstruction_finished_notify
 from reconstruct.storage import StorageUnavailable
 
 
-@shared_task(bind=True, name="reconstruct.tasks.reconstruction_run_task", max_retries=None)
+@app.task(bind=True, name="reconstruct.tasks.reconstruction_run_task", max_retries=None)
 def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
     """Run reconstruction ``reconstruction_id`` (a primary key) on the ``reconstruct`` queue.
 
@@ -30,7 +31,7 @@ def reconstruction_run_task(self: Task, reconstruction_id: int) -> None:
         reconstruction_finished_notify(reconstruction.uuid)
 
 
-@shared_task(name="reconstruct.tasks.reconstruction_sweep_task")
+@app.task(name="reconstruct.tasks.reconstruction_sweep_task")
 def reconstruction_sweep_task() -> dict[str, list[int]]:
     """Queue again (or fail) the reconstructions nobody is running, and forget uploads older than the hourly
     limit's hour; Celery beat sends it every RECONSTRUCT_SWEEP_INTERVAL s."""

@@ -6,13 +6,14 @@ Only a worker started with `-Q training` and the training extras (torch) consume
 
 from __future__ import annotations
 
-from celery import shared_task
 from django.conf import settings
+
+from carsite.celery import app
 
 
 # Training outlasts the site-wide time limits meant for reconstructions, so it sets its own; a
 # redelivery after Redis's visibility timeout is harmless (the run row tells a live run from a lost one).
-@shared_task(
+@app.task(
     name="reconstruct.curation.tasks.training_run_execute_task",
     soft_time_limit=settings.CURATION_TRAINING_TIME_LIMIT,
     time_limit=settings.CURATION_TRAINING_TIME_LIMIT + 120,

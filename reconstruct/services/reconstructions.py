@@ -8,19 +8,18 @@ from __future__ import annotations
 import io
 import logging
 import math
+import sys
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
-from kombu.exceptions import OperationalError as QueueError
 from PIL import Image
 
 from ml import framing, runtime
@@ -100,6 +99,8 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
     if settings.RECONSTRUCT_MODE == "sync":
         reconstruction_run(reconstruction_id)
         return
+    from kombu.exceptions import OperationalError as QueueError
+
     from reconstruct.tasks import reconstruction_run_task
 
     try:
@@ -229,14 +230,13 @@ def reconstruction_run(
             f"a fault on our side, not in your photo; please tell the site's staff (reference {reconstruction.uuid}).",
         )
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
-    except SoftTimeLimitExceeded:
-        storage_delete_keys(written)
-        _reconstruction_fail(
-            reconstruction_id, attempt, "The reconstruction took too long and was stopped. Please try again later."
-        )
-        return Reconstruction.objects.filter(pk=reconstruction_id).first()
     except Exception as error:
         storage_delete_keys(written)
+        if _is_soft_time_limit(error):
+            _reconstruction_fail(
+                reconstruction_id, attempt, "The reconstruction took too long and was stopped. Please try again later."
+            )
+            return Reconstruction.objects.filter(pk=reconstruction_id).first()
         if storage_error_is_transient(error):
             logger.warning("reconstruction %s: the storage did not answer: %r", reconstruction_id, error)
             if storage_retry and _reconstruction_release(reconstruction_id, attempt):
@@ -287,6 +287,16 @@ def reconstruction_run(
     for name, value in outcome.items():
         setattr(reconstruction, name, value)
     return reconstruction
+
+
+def _is_soft_time_limit(error: BaseException) -> bool:
+    """True for Celery's soft time limit (``SoftTimeLimitExceeded``, billiard's class, which Celery re-exports).
+
+    Checked without importing Celery: only a Celery worker raises it, and there billiard is loaded; a process
+    that never loaded billiard (sync mode, Lambda) cannot have raised it, and does not pay the import.
+    """
+    exceptions = sys.modules.get("billiard.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.SoftTimeLimitExceeded)
 
 
 def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:

@@ -156,3 +156,22 @@ def test_it_keeps_the_upload_pending_for_the_sweep_when_the_queue_is_down(
     reconstruction.refresh_from_db()
     # Kept, and not failed: reconstruct/services/recovery.py queues it once the broker answers (test_recovery.py).
     assert (reconstruction.status, reconstruction.queued_at, reconstruction.error) == (Status.PENDING, None, "")
+
+
+def test_it_fails_a_job_stopped_by_the_soft_time_limit_and_keeps_no_file(
+    settings, alice, car_png: bytes, monkeypatch
+) -> None:
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    from ml import framing
+
+    reconstruction = _pending(alice, car_png, settings)
+
+    def too_slow(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(framing, "photo_reconstruct", too_slow)
+    result = reconstruction_run(reconstruction.pk)
+    assert result.status == Status.FAILED
+    assert result.error == "The reconstruction took too long and was stopped. Please try again later."
+    assert not result.model_input and not result.reconstruction

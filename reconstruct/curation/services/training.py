@@ -14,7 +14,6 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
-from kombu.exceptions import OperationalError as QueueError
 
 from reconstruct.curation.models import TrainingRun
 from reconstruct.curation.selectors import dataset_approved, training_run_is_stuck
@@ -70,6 +69,8 @@ def training_run_start(
 
 def training_run_dispatch(run_id: int) -> None:
     """Queue the run for the training worker; if the broker is unreachable, fail it with a message that says so."""
+    from kombu.exceptions import OperationalError as QueueError
+
     from reconstruct.curation.tasks import training_run_execute_task
 
     try:
