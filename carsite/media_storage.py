@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
 from django.conf import settings
+from django.core.files.base import File
+from django.core.files.utils import validate_file_name
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
 # S3's answers to a conditional write (If-None-Match: *) whose key exists, or is being written meanwhile.
 KEY_TAKEN = ("PreconditionFailed", "ConditionalRequestConflict")
+
+# Threads for MediaStorage.save_concurrently, made once per process (on Lambda they sleep between invocations).
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-write")
 
 
 class MediaStorage(S3Storage):
@@ -55,6 +62,10 @@ class MediaStorage(S3Storage):
             if self._conditional():  # S3Storage's own write: the name is checked first, as it does
                 name = super().get_available_name(name)
             return super()._save(name, content)
+        return self._put_small(self.connection.meta.client, name, content)
+
+    def _put_small(self, client: Any, name: str, content: Any) -> str:
+        """One ``PutObject`` of ``content`` (under the multipart threshold) with ``client``; the name stored."""
         if hasattr(content, "seek"):
             content.seek(0, os.SEEK_SET)
         body = content.read()
@@ -66,12 +77,41 @@ class MediaStorage(S3Storage):
             key = self._normalize_name(cleaned_name)
             params = self._get_write_parameters(key, content)
             try:
-                self.connection.meta.client.put_object(
-                    Bucket=self.bucket_name, Key=key, Body=body, **params, **condition
-                )
+                client.put_object(Bucket=self.bucket_name, Key=key, Body=body, **params, **condition)
                 return cleaned_name
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") not in KEY_TAKEN:
                     raise
             name = super().get_available_name(name)  # taken: another name, as S3Storage would choose
         raise FileExistsError(f"no free name for {name!r} after 5 tries")
+
+    def save_concurrently(self, files: Sequence[tuple[str, Any]]) -> list[str | BaseException]:
+        """Write several small files at once: one ``PutObject`` each, in threads, so their round trips overlap.
+
+        ``files``: (name, content) pairs, content a Django ``File`` or bytes-like ``ContentFile``. Returns, in
+        order, each file's stored name or the exception its write raised (never raises itself: the caller,
+        reconstruct/storage.py: storage_save_all, deletes what was written when one fails). Files at or above
+        the multipart threshold, or without conditional writes, are written one after another by ``save``.
+        The threads share this thread's boto3 client (clients are thread-safe, boto3 guide "Multithreading or
+        multiprocessing with clients"; S3Storage's resources are per thread, and making one in each writer
+        thread would cost a cold start tens of ms). Measured through zappa's handler against moto on loopback:
+        see README, Speed under load.
+        """
+        if len(files) < 2 or not self._conditional() or not all(self._small(content) for _, content in files):
+            outcomes: list[str | BaseException] = []
+            for name, content in files:
+                try:
+                    outcomes.append(self.save(name, content))
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+        client = self.connection.meta.client
+
+        def write(name: str, content: Any) -> str:
+            if not hasattr(content, "chunks"):
+                content = File(content, name)
+            validate_file_name(name, allow_relative_path=True)
+            return self._put_small(client, self.get_available_name(name), content)
+
+        futures = [_WRITERS.submit(write, name, content) for name, content in files]
+        return [future.exception() or future.result() for future in futures]

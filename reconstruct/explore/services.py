@@ -36,7 +36,7 @@ from ml.preprocess import enlarge, to_image
 from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import reconstruction_rate_check
-from reconstruct.storage import storage_delete_keys
+from reconstruct.storage import storage_delete_keys, storage_save_all
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -430,8 +430,12 @@ def _reconstruction_from_latent(
     prefix = f"reconstructions/{user.pk}/{public_id}"
     written: list[str] = []
     try:
-        written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(image_png(picture))))
-        written.append(default_storage.save(f"{prefix}/thumbnail.jpg", ContentFile(thumbnail.getvalue())))
+        written += storage_save_all(
+            [
+                (f"{prefix}/reconstruction.png", ContentFile(image_png(picture))),
+                (f"{prefix}/thumbnail.jpg", ContentFile(thumbnail.getvalue())),
+            ]
+        )
         now = timezone.now()
         return Reconstruction.objects.create(
             uuid=public_id,

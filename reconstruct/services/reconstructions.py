@@ -31,7 +31,12 @@ from reconstruct.services.uploads import (
     reconstruction_rate_consume,
     upload_prepare,
 )
-from reconstruct.storage import StorageUnavailable, storage_delete_keys, storage_error_is_transient
+from reconstruct.storage import (
+    StorageUnavailable,
+    storage_delete_keys,
+    storage_error_is_transient,
+    storage_save_all,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -60,8 +65,12 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
     try:
-        written.append(default_storage.save(f"{prefix}/original.{prepared.extension}", ContentFile(prepared.content)))
-        written.append(default_storage.save(f"{prefix}/thumbnail.jpg", ContentFile(prepared.thumbnail)))
+        written += storage_save_all(
+            [
+                (f"{prefix}/original.{prepared.extension}", ContentFile(prepared.content)),
+                (f"{prefix}/thumbnail.jpg", ContentFile(prepared.thumbnail)),
+            ]
+        )
         reconstruction = Reconstruction.objects.create(
             uuid=public_id,
             owner=user,
@@ -213,8 +222,12 @@ def reconstruction_run(
         if not _result_is_finite(result):
             raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
-        written.append(default_storage.save(f"{prefix}/model_input.png", ContentFile(_png(result.model_input))))
-        written.append(default_storage.save(f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))))
+        written += storage_save_all(
+            [
+                (f"{prefix}/model_input.png", ContentFile(_png(result.model_input))),
+                (f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))),
+            ]
+        )
     except runtime.ImageError as error:
         storage_delete_keys(written)
         # The decoder's messages already say what to do ("Please use a photo saved as ..."): not twice.

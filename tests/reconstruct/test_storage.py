@@ -120,3 +120,58 @@ def test_s3_media_asks_s3_not_to_overwrite_instead_of_asking_first(on_s3: Any, s
     asked.clear()
     third = default_storage.save(f"{folder}/bus.png", ContentFile(b"three"))
     assert third == f"{folder}/bus.png" and asked == [third]
+
+
+def test_s3_media_writes_a_pair_of_files_at_once_and_keeps_neither_when_one_fails(on_s3: Any) -> None:
+    """storage_save_all on S3: both writes in flight together (their PutObject calls overlap in time, on two
+    threads), names in order; when one write fails, the other file is deleted and the failure raised."""
+    import threading
+
+    from django.core.exceptions import SuspiciousFileOperation
+
+    from reconstruct.storage import storage_save_all
+
+    folder = f"media-{uuid.uuid4()}"
+    client = default_storage.connection.meta.client
+    real_put = type(client).put_object
+    thumbnail_started = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def put(**kwargs: Any) -> Any:
+        if kwargs["Key"].endswith("thumbnail.jpg"):
+            thumbnail_started.set()
+        else:  # the original's write waits (up to 10 s) for the thumbnail's to begin: only together can it
+            seen["thumbnail began while the original was being written"] = thumbnail_started.wait(10)
+        return real_put(client, **kwargs)
+
+    client.put_object = put
+    try:
+        names = storage_save_all(
+            [(f"{folder}/original.jpg", ContentFile(b"a photo")), (f"{folder}/thumbnail.jpg", ContentFile(b"small"))]
+        )
+        assert names == [f"{folder}/original.jpg", f"{folder}/thumbnail.jpg"]
+        assert seen == {"thumbnail began while the original was being written": True}
+        assert [on_s3.client().get_object(Bucket=on_s3.bucket, Key=n)["Body"].read() for n in names] == [
+            b"a photo",
+            b"small",
+        ]
+
+        with pytest.raises(SuspiciousFileOperation):
+            storage_save_all([(f"{folder}/kept-not.png", ContentFile(b"fine")), ("../outside.png", ContentFile(b"x"))])
+    finally:
+        del client.put_object
+    listed = on_s3.client().list_objects_v2(Bucket=on_s3.bucket, Prefix=f"{folder}/")
+    assert sorted(item["Key"] for item in listed.get("Contents", [])) == sorted(names)  # kept-not.png deleted
+
+
+def test_local_media_writes_a_pair_one_after_another_and_keeps_neither_when_one_fails(settings: Any) -> None:
+    from django.core.exceptions import SuspiciousFileOperation
+
+    from reconstruct.storage import storage_save_all
+
+    folder = f"media-{uuid.uuid4()}"
+    names = storage_save_all([(f"{folder}/a.png", ContentFile(b"a")), (f"{folder}/b.png", ContentFile(b"b"))])
+    assert [default_storage.open(n).read() for n in names] == [b"a", b"b"]
+    with pytest.raises(SuspiciousFileOperation):
+        storage_save_all([(f"{folder}/c.png", ContentFile(b"c")), ("../outside.png", ContentFile(b"x"))])
+    assert sorted(default_storage.listdir(folder)[1]) == ["a.png", "b.png"]
