@@ -135,6 +135,8 @@ if (BASE_DIR / "reconstruct" / "curation" / "apps.py").exists():
     INSTALLED_APPS.append("reconstruct.curation")
 
 MIDDLEWARE = [
+    # Startup only (RECONSTRUCT_PRELOAD): loads the model before the first request, then leaves the chain.
+    "reconstruct.middleware.PreloadMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -296,6 +298,10 @@ RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STOR
 # How reconstructions run: "celery" queues a task for a worker; "sync" runs it inside the request
 # (AWS Lambda, where nothing else is running: chosen automatically there).
 RECONSTRUCT_MODE = envchoice("RECONSTRUCT_MODE", "sync" if ON_LAMBDA else "celery", ("celery", "sync"))
+# Load the active model (and run it once on a blank frame) and open the media storage's client when the site
+# starts, not in its first request (reconstruct/middleware.py: PreloadMiddleware). On by default on AWS Lambda,
+# where zappa's handler starts the site in the init phase (zappa_settings.json: INSTANTIATE_LAMBDA_HANDLER_ON_IMPORT).
+RECONSTRUCT_PRELOAD = envbool("RECONSTRUCT_PRELOAD", ON_LAMBDA)
 # A reconstruction is retried this many times after its worker died; then it is failed.
 RECONSTRUCT_MAX_ATTEMPTS = envint("RECONSTRUCT_MAX_ATTEMPTS", 3, minimum=1)
 # A job whose storage does not answer is retried this many times, RECONSTRUCT_STORAGE_RETRY_DELAY s later and

@@ -5,12 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
 from reconstruct.http import body_too_large, declared_length, wants_json
 from reconstruct.services.direct_uploads import inline_upload_limited, inline_upload_size_error
+
+
+class PreloadMiddleware:
+    """Not a middleware at all after startup: with RECONSTRUCT_PRELOAD (on by default on AWS Lambda) its
+    ``__init__``, which Django calls once when it builds the request handler, loads what the first request would
+    otherwise load (reconstruct/services/reconstructions.py: reconstruction_runtime_preload), then raises
+    ``MiddlewareNotUsed`` so that it is left out of every request (Django docs, "Marking middleware as unused").
+    On Lambda zappa builds the handler in the init phase, before the first request arrives."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        if settings.RECONSTRUCT_PRELOAD:
+            from reconstruct.services.reconstructions import reconstruction_runtime_preload
+
+            reconstruction_runtime_preload()
+        raise MiddlewareNotUsed
 
 
 class RequestSizeLimitMiddleware:

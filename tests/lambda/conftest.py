@@ -100,6 +100,8 @@ def lambda_container_start(
         # The one thing that differs from AWS: S3 is the local server (boto3 reads this for every S3 client).
         "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
         "CARSITE_TEST_LAMBDA_TIMEOUT": str(settings["timeout_seconds"]),
+        # The function's own environment variables, which Lambda sets before it imports the handler.
+        **settings.get("aws_environment_variables", {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", str(CONTAINER_SCRIPT), str(task_root), str(runtime_dir)],

@@ -178,6 +178,8 @@ def test_it_deploys_updates_rolls_back_and_undeploys_the_checked_bundle(reposito
     assert function["MemorySize"] == settings["memory_size"]
     assert function["Timeout"] == settings["timeout_seconds"]
     assert function["Role"] == f"arn:aws:iam::123456789012:role/{ROLE}"
+    # zappa's handler sets the site up when Lambda imports it (init phase), not in the first request.
+    assert function["Environment"]["Variables"]["INSTANTIATE_LAMBDA_HANDLER_ON_IMPORT"] == "true"
     assert (function["CodeSha256"], function["CodeSize"]) == (first_hash, checked.stat().st_size)
     assert [v["CodeSha256"] for v in published(lambda_client)] == [first_hash]
 
