@@ -234,6 +234,40 @@ def test_the_cached_gallery_shows_a_finished_job_and_a_deletion_at_once(client, 
     assert "done-car.png" not in client.get(gallery).content.decode()
 
 
+def test_a_new_card_renders_only_itself_the_others_come_from_one_cache_read(
+    client, alice, car_png: bytes, monkeypatch: Any
+) -> None:
+    from reconstruct import presenters
+
+    for number in range(3):
+        Reconstruction.objects.create(owner=alice, original_name=f"old-{number}.png", original="x/original.png")
+    client.force_login(alice)
+    gallery = reverse("reconstruct:gallery")
+    client.get(gallery)
+    rendered: list[str] = []
+    real_render = presenters.render_to_string
+    monkeypatch.setattr(
+        presenters,
+        "render_to_string",
+        lambda name, context, request: (
+            rendered.append(context["r"].original_name) or real_render(name, context, request)
+        ),
+    )
+    reads: list[int] = []
+    real_get_many = presenters.cache.get_many
+    monkeypatch.setattr(presenters.cache, "get_many", lambda keys: reads.append(len(keys)) or real_get_many(keys))
+    Reconstruction.objects.create(owner=alice, original_name="new.png", original="x/original.png")
+    page = client.get(gallery).content.decode()
+    assert rendered == ["new.png"] and reads == [4]
+    assert [name for name in re.findall(r"(old-\d|new)\.png<br>", page)] == ["new", "old-2", "old-1", "old-0"]
+    rendered.clear()
+    reads.clear()
+    again = client.get(gallery).content.decode()
+    grid = re.compile(r'<div class="grid thumbs">.*?</a>\s*</div>', re.S)
+    assert grid.search(again).group(0) == grid.search(page).group(0)
+    assert rendered == [] and reads == []  # the whole grid was one cache read
+
+
 def test_it_deletes_after_confirmation(client, alices, django_capture_on_commit_callbacks) -> None:
     client.force_login(alices.owner)
     url = reverse("reconstruct:delete", args=[alices.uuid])
