@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench train lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
+.PHONY: run test bench train train-default lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
@@ -57,7 +57,13 @@ format: $(VENV)/.installed-dev
 
 # The default model, reproduced from the photos in ../shared/data/cars (see ml/weights/default/MODEL_CARD.md).
 DATA ?= ../shared/data/cars
+# The shipped default model (issue 10's canonical recipe): train, then export-canonical (below). Resumable.
 train: $(VENV)/.installed-train
+	$(BIN)/python -m ml.train --data $(DATA_ALL) --out runs/canonical --config ml/configs/canonical.json --resume
+	$(BIN)/python -m ml.release runs/canonical/best.pt --out $(OUT) --data $(DATA_ALL) --noncars $(NONCARS) --locator $(LOCATOR)
+
+# The first default model's recipe (cars/ only, random flips), into runs/default and ml/weights/default.
+train-default: $(VENV)/.installed-train
 	$(BIN)/python -m ml.train --data $(DATA) --out runs/default --config ml/configs/default.json --resume
 	$(BIN)/python -m ml.export runs/default/best.pt --out ml/weights/default --data $(DATA)
 
