@@ -208,3 +208,22 @@ def test_its_car_likeness_shortcut_matches_the_full_score(tiny_export: Any) -> N
     assert model.calibration is not None
     for path in sorted(Path(tiny_export.data_dir).iterdir())[:3]:
         assert model.car_likeness(path) == pytest.approx(model.score(path).car_likeness, abs=1e-12)
+
+
+def test_an_int8_model_gives_each_row_of_a_batch_what_it_gives_alone() -> None:
+    """Dynamic int8 scales activations per call: batched, a photo's result would depend on its neighbours."""
+    from ml.runtime import DEFAULT_MODEL_DIR, Model
+
+    model = Model(DEFAULT_MODEL_DIR)
+    assert model.metadata["quantization"]["applied"]  # the shipped model is the int8 case
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, model.config.latent_dim)).astype(np.float32) * np.array([[0.2], [1.0], [3.0]], np.float32)
+    batch = model.decode_array(z)
+    for i in range(3):
+        np.testing.assert_array_equal(batch[i], model.decode_array(z[i : i + 1])[0])
+    x = rng.random((3, 3, model.config.height, model.config.width), dtype=np.float32)
+    out = model.run(x)
+    for i in range(3):
+        alone = model.run(x[i : i + 1])
+        np.testing.assert_array_equal(out.mu[i], alone.mu[0])
+        np.testing.assert_array_equal(out.recon[i], alone.recon[0])
