@@ -157,8 +157,15 @@ def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
 
     psnr = reconstruction.psnr or 0.0
     typical_psnr = _typical(version, "psnr")
+    no_car = reconstruction.frame is not None and reconstruction.car_box is None
     if typical_psnr is None:
         verdict = "Higher is better."
+    elif no_car:
+        # A plain wall or a blurred background reconstructs "well" too: the number says nothing about cars here.
+        verdict = (
+            f"The model averages {typical_psnr:.1f} dB on car photos; with no car in this photo the number is not "
+            "comparable (smooth, plain pictures score high whatever they show)."
+        )
     elif psnr >= typical_psnr + 1.5:
         verdict = f"Better than usual: the model averages {typical_psnr:.1f} dB on car photos it has not seen."
     elif psnr <= typical_psnr - 1.5:
@@ -201,7 +208,8 @@ def explain_scores(reconstruction: Reconstruction) -> list[ScoreExplanation]:
             "Surprise (KL divergence)",
             f"{kl:.0f} nats",
             kl_verdict,
-            "How much the photo's 128-number code differs from what the model expects before seeing anything: "
+            "How much the photo's code (the numbers the model squeezes it into) differs from what the model "
+            "expects before seeing anything: "
             "the information it had to store about this particular picture.",
         )
     )

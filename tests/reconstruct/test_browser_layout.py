@@ -101,6 +101,15 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
     page.goto(base + reverse("account"))  # the whole name is still on the account page
     assert "margaret_hamilton_1936" in page.locator("main").inner_text()
 
+    # The morph's strip of 8 frames keeps ~80 px a frame on a phone, scrolling inside its card, not the page.
+    phone.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": base}])  # alice again
+    other = reconstruction_create(user=alice, upload=upload(car_png, "other.png"))
+    assert other.status == "done"
+    morph = reverse("explore:morph", args=[done.uuid, other.uuid])
+    assert _sideways(page, base + morph) is None
+    page.wait_for_function("() => document.getElementById('morph-strip').complete")
+    assert page.evaluate("document.getElementById('morph-strip').getBoundingClientRect().width") / 8 >= 75
+
 
 def test_a_cards_age_follows_the_browsers_clock_not_the_cached_text(phone, live_server, alice, car_png) -> None:
     from datetime import timedelta

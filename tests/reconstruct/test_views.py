@@ -331,6 +331,21 @@ def test_it_words_the_car_check_by_what_the_search_decided(likeness: float) -> N
     assert [s.name for s in explain_scores(_done(car_likeness=likeness))][-1] == "Car-likeness"
 
 
+def test_it_does_not_praise_the_closeness_of_a_photo_with_no_car() -> None:
+    """A plain no-car picture reconstructs "well"; its PSNR is not compared with the model's average on cars."""
+    from reconstruct.models import ModelVersion
+    from reconstruct.presenters import explain_scores
+
+    version = ModelVersion(name="v", metrics={"psnr": 18.9, "kl": 700.0})
+    no_car = _done(psnr=22.0, car_likeness=0.004, frame=[0, 0, 400, 300], car_box=None, model_version=version)
+    box = [40, 50, 360, 210]
+    car = _done(psnr=22.0, car_likeness=0.99, frame=box, car_box=box, model_version=version)
+    [closeness] = [s.verdict for s in explain_scores(no_car) if s.name == "Closeness (PSNR)"]
+    assert "Better than usual" not in closeness and "not comparable" in closeness
+    [closeness] = [s.verdict for s in explain_scores(car) if s.name == "Closeness (PSNR)"]
+    assert closeness.startswith("Better than usual")
+
+
 def test_it_draws_the_found_car_and_the_frame_on_the_photo(client, alice, alices) -> None:
     Reconstruction.objects.filter(pk=alices.pk).update(car_box=[10, 20, 110, 70], frame=[5, 15, 115, 75], mirrored=True)
     client.force_login(alice)
@@ -384,3 +399,21 @@ def test_it_says_a_cut_reset_link_is_incomplete(client, alice) -> None:
     uid = _reset_link(client).split("/")[-3]
     for path in (f"/accounts/reset/{uid}/c3v2/", "/accounts/reset/Mzk5/c3v2-1a2b3c/"):  # token cut; no such user
         assert "The link is incomplete" in client.get(path).content.decode()
+
+
+def test_pages_say_how_many_numbers_the_active_model_uses(client, db) -> None:
+    """The pages' "N numbers" follow the active model's latent size (a quick model trained in the admin may
+    have 32), read once a minute per process."""
+    from reconstruct import context_processors
+    from reconstruct.models import ModelVersion
+
+    ModelVersion.objects.update(is_active=False)
+    ModelVersion.objects.create(name="small", source="trained", metadata={"model": {"latent_dim": 32}}, is_active=True)
+    context_processors._latent_size.clear()
+    body = client.get(reverse("home")).content.decode()
+    assert "into just 32 numbers" in body and "128 numbers" not in body
+    ModelVersion.objects.filter(name="small").update(metadata={"model": {"latent_dim": 64}})
+    assert "into just 32 numbers" in client.get(reverse("home")).content.decode()  # within the minute
+    context_processors._latent_size.clear()
+    assert "into just 64 numbers" in client.get(reverse("home")).content.decode()
+    context_processors._latent_size.clear()
