@@ -244,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/cars")
     parser.add_argument("--port", type=int, default=0, help="the web server's port (default: a free one)")
-    parser.add_argument("--poll", action="store_true", help="poll the status every second instead of ?wait=")
+    parser.add_argument(
+        "--mode",
+        choices=("upload-wait", "status-wait", "poll"),
+        default="upload-wait",
+        help="how a user waits for the result: the upload request waits (POST ?wait=, default), the status URL's "
+        "long-poll after a 202, or a poll of the status every second",
+    )
+    parser.add_argument("--poll", action="store_const", const="poll", dest="mode", help="the same as --mode poll")
     parser.add_argument("--concurrency", type=int, help="reconstruction worker processes (runlocal's default)")
     parser.add_argument("--web-workers", type=int, help="gunicorn processes (runlocal's default)")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results = workdir / "results.json"
         locust_env = {**stack.env, "LOADTEST_ACCOUNTS": str(accounts), "LOADTEST_IMAGES": str(args.images)}
-        locust_env.update(LOADTEST_RESULTS=str(results), LOADTEST_POLL="1" if args.poll else "0")
+        locust_env.update(LOADTEST_RESULTS=str(results), LOADTEST_MODE=args.mode)
         locust = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")), "--headless"]
         locust += ["--users", str(args.users), "--spawn-rate", str(args.users), "--run-time", f"{args.seconds}s"]
         locust += ["--host", stack.url, "--stop-timeout", "60", "--only-summary", "--loglevel", "WARNING"]
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "users": args.users,
         "seconds": args.seconds,
-        "mode": "poll" if args.poll else "wait",
+        "mode": args.mode,
         "requests": summary["requests"],
         "errors": summary["errors"] + outcome["missing_files"] + outcome["lost"] + (0 if drained else 1),
         "accepted": len(ids),

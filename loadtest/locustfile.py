@@ -1,10 +1,12 @@
 """The simulated users of `make loadtest` (Locust, headless; started by ``python -m loadtest``).
 
 Each user (signed in: an API token and a session cookie) loops: upload a real
-car photo through the JSON API (``Authorization: Token``), wait for its result (``?wait=`` long-poll, or a
-1 s poll with ``LOADTEST_POLL=1``, which is how the site worked before the long-poll), fetch the
-reconstruction's PNG, open the gallery. Every upload's timing goes to ``LOADTEST_RESULTS`` (JSON) when
-Locust quits, with Locust's own request and failure counts.
+car photo through the JSON API (``Authorization: Token``), wait for its result, fetch the reconstruction's
+PNG, open the gallery. How it waits, ``LOADTEST_MODE``: ``upload-wait`` (the default: the upload request
+itself waits, ``POST ?wait=``, one request), ``status-wait`` (the upload answers 202, then the status URL's
+``?wait=`` long-poll) or ``poll`` (the status every 1 s, as the site worked before the long-poll).
+Every upload's timing goes to ``LOADTEST_RESULTS`` (JSON) when Locust quits, with Locust's own request and
+failure counts.
 
 Environment (set by ``loadtest/__main__.py``): ``LOADTEST_ACCOUNTS`` (JSON file: username, API token,
 session cookie per user), ``LOADTEST_IMAGES`` (a folder of photos), ``LOADTEST_RESULTS`` (where to write).
@@ -35,7 +37,11 @@ _paths = sorted(p for p in _folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIX
 if not _paths:
     raise SystemExit(f"no photos (jpg, png, webp) in {_folder}")
 _photos = [(p.name, p.read_bytes()) for p in random.Random(0).sample(_paths, min(PHOTO_SAMPLE, len(_paths)))]
-_poll = os.environ.get("LOADTEST_POLL") == "1"
+MODES = ("upload-wait", "status-wait", "poll")
+_mode = os.environ.get("LOADTEST_MODE", MODES[0])
+if _mode not in MODES:
+    raise SystemExit(f"LOADTEST_MODE must be one of {', '.join(MODES)}, not {_mode!r}")
+_poll = _mode == "poll"
 uploads: list[dict[str, object]] = []
 
 
@@ -58,13 +64,15 @@ class SiteUser(FastHttpUser):
         started = time.time()
         record: dict[str, object] = {"started": started, "id": None, "status": "refused", "latency_s": None}
         uploads.append(record)
+        upload_wait = _mode == "upload-wait"
         response = self.client.post(
-            "/api/reconstructions/",
+            f"/api/reconstructions/?wait={WAIT_SECONDS}" if upload_wait else "/api/reconstructions/",
             data=body,
             headers={**self.token_header, "Content-Type": content_type},
-            name="upload (API)",
+            name="upload (API, wait)" if upload_wait else "upload (API)",
         )
-        if response.status_code not in (201, 202):  # 202: queued; 201: finished in the request (sync mode)
+        # 202: queued; 201: finished within the request (sync mode, or POST ?wait=)
+        if response.status_code not in (201, 202):
             return
         item = response.json()
         record.update(id=item["id"], status=item["status"])

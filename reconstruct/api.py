@@ -42,7 +42,8 @@ PAGE_SIZE = 50
 
 @api_view(("GET", "POST"))
 def reconstructions(request: HttpRequest) -> HttpResponse:
-    """GET: the caller's reconstructions, 50 a page, newest first. POST: a new one from a multipart ``image``."""
+    """GET: the caller's reconstructions, 50 a page, newest first. POST: a new one from a multipart ``image``
+    (202 queued; 201 finished: in sync mode, or with ``?wait=<seconds>`` when it finished within them)."""
     if request.method == "POST":
         return _create(request)
     paginator = Paginator(selectors.reconstruction_list(request.user), PAGE_SIZE)
@@ -66,7 +67,26 @@ def reconstructions(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _wait_seconds(request: HttpRequest) -> float | None:
+    """The ``?wait=<seconds>`` of a request, or None without one. Raises ValueError for anything but a finite
+    number of seconds >= 0 (more than MAX_WAIT_S waits MAX_WAIT_S)."""
+    wait = request.GET.get("wait")
+    if wait is None:
+        return None
+    try:
+        seconds = float(wait)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"wait must be a number of seconds (0 to {MAX_WAIT_S:.0f}).")
+    return seconds
+
+
 def _create(request: HttpRequest) -> HttpResponse:
+    try:
+        wait = _wait_seconds(request)
+    except ValueError as problem:
+        return json_error(str(problem), 400, code="bad_request")
     try:
         reconstruction_rate_check(request.user)
     except UploadRateLimited as problem:
@@ -100,6 +120,10 @@ def _create(request: HttpRequest) -> HttpResponse:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
+    if wait is not None and not reconstruction.is_finished:
+        # One request instead of an upload and a status long-poll: 201 with the result if it finished in time.
+        reconstruction_wait(reconstruction, wait)
+        reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
     return created_response(request, reconstruction)
 
 
@@ -116,15 +140,12 @@ def reconstruction(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     if request.method == "DELETE":
         reconstruction_delete(item)
         return HttpResponse(status=204)
-    wait = request.GET.get("wait")
+    try:
+        wait = _wait_seconds(request)
+    except ValueError as problem:
+        return json_error(str(problem), 400, code="bad_request")
     if wait is not None and not item.is_finished:
-        try:
-            seconds = float(wait)
-        except ValueError:
-            seconds = math.nan
-        if not math.isfinite(seconds) or seconds < 0:
-            return json_error(f"wait must be a number of seconds (0 to {MAX_WAIT_S:.0f}).", 400, code="bad_request")
-        reconstruction_wait(item, seconds)
+        reconstruction_wait(item, wait)
         item = selectors.reconstruction_get(request.user, public_id)
         if item is None:  # deleted meanwhile
             return json_error("No such reconstruction.", 404)
@@ -177,7 +198,12 @@ def upload_presign(request: HttpRequest) -> HttpResponse:
 
 @api_view(("POST",))
 def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
-    """POST /api/uploads/<upload_id>/complete/ (optional JSON {"name": "car.jpg"}) -> the reconstruction."""
+    """POST /api/uploads/<upload_id>/complete/ (optional JSON {"name": "car.jpg"}) -> the reconstruction (202
+    queued; 201 finished: in sync mode, or with ``?wait=<seconds>`` when it finished within them)."""
+    try:
+        wait = _wait_seconds(request)
+    except ValueError as problem:
+        return json_error(str(problem), 400, code="bad_request")
     filename = ""
     if request.content_type == "application/json" and request.body:
         try:
@@ -196,4 +222,8 @@ def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
+    if wait is not None and not reconstruction.is_finished:
+        # One request instead of an upload and a status long-poll: 201 with the result if it finished in time.
+        reconstruction_wait(reconstruction, wait)
+        reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
     return created_response(request, reconstruction)

@@ -39,6 +39,7 @@ def test_it_loads_the_real_stack_and_reports_json_last(tmp_path: Path) -> None:
     assert report["users"] == 2 and report["seconds"] == 3
     assert report["accepted"] > 0 and report["done"] == report["accepted"], report
     assert report["errors"] == 0 and report["failed"] == 0, result.stdout
-    assert report["requests"] >= 4 * report["done"]  # upload, status, the PNG, the gallery
+    assert report["requests"] >= 3 * report["done"]  # the upload (which waits for the result), the PNG, the gallery
+    assert report["mode"] == "upload-wait"
     assert {"web", "worker", "redis", "loadgen"} <= set(report["cpu_ms_per_recon_by_process"])
     assert 0 < report["p50_s"] <= report["p95_s"]

@@ -82,6 +82,26 @@ def test_it_reconstructs_in_a_worker_process_and_stores_on_s3(queued: S3Server, 
     assert not Reconstruction.objects.exists()
 
 
+def test_an_upload_can_wait_for_its_result_in_one_request(queued: S3Server, alice, car_jpeg: bytes) -> None:
+    """``POST ?wait=`` answers when the worker's notice arrives: 201 with the result, no status request."""
+    client = Client()
+    token = api_token_regenerate(alice)
+    started = time.monotonic()
+    response = client.post(
+        f"{API}?wait=25", {"image": upload(car_jpeg, "car.jpg")}, HTTP_AUTHORIZATION=f"Token {token}"
+    )
+    assert response.status_code == 201, response.content
+    data = response.json()
+    assert data["status"] == "done" and data["scores"]["psnr"] > 5
+    assert response["Location"].endswith(f"{API}{data['id']}/")
+    assert time.monotonic() - started < 20  # ended by the notice, not by the 25 s
+    refused = client.post(
+        f"{API}?wait=soon", {"image": upload(car_jpeg, "car.jpg")}, HTTP_AUTHORIZATION=f"Token {token}"
+    )
+    assert refused.status_code == 400 and "wait must be a number of seconds" in refused.json()["error"]
+    assert Reconstruction.objects.count() == 1  # the refused one was not kept
+
+
 def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3Server, alice, car_png: bytes):
     # Stored bytes that no longer decode (a damaged object): the worker must fail the row, not hang it.
     broken = dataclasses.replace(upload_prepare(upload(car_png)), content=b"not a png any more")
