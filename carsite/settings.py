@@ -393,6 +393,12 @@ CELERY_BEAT_SCHEDULE = {
     }
 }
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Celery's Django fixup closes every database connection before and after each task unless DB_REUSE_MAX is set
+# (a new SQLite connection per job cost ~2 ms of the worker's CPU; PostgreSQL's connect and authentication more).
+# With it set, carsite/celery.py applies Django's own per-request rule to each task instead (close_old_connections:
+# DATABASE_CONN_MAX_AGE, a broken connection, a transaction left open), so with the default CONN_MAX_AGE of 0 a
+# task still gets a fresh connection, and `make run` (600 s) keeps one per worker process.
+CELERY_DB_REUSE_MAX = 2**62
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # What a task prints (ml.train's line per epoch) is logged as INFO, not as a WARNING that reads as trouble.
 CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
