@@ -309,6 +309,9 @@ RECONSTRUCT_MAX_ATTEMPTS = envint("RECONSTRUCT_MAX_ATTEMPTS", 3, minimum=1)
 # storage is back.
 RECONSTRUCT_STORAGE_RETRIES = envint("RECONSTRUCT_STORAGE_RETRIES", 3, minimum=0)
 RECONSTRUCT_STORAGE_RETRY_DELAY = envfloat("RECONSTRUCT_STORAGE_RETRY_DELAY", 5.0, minimum=0)
+# The upload form waits this long (s) for the result before it shows the progress page: a job that finishes
+# in time goes straight to its finished page (no progress page, no long-poll, no reload). 0: never waits.
+RECONSTRUCT_UPLOAD_WAIT = envfloat("RECONSTRUCT_UPLOAD_WAIT", 3.0, minimum=0)
 # Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
 RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
 # Where each process keeps its copy of the active model's files (downloaded once per version, each file checked

@@ -34,7 +34,9 @@ def stack(settings: Any, on_s3: S3Server, s3_worker: Any) -> S3Server:
     return on_s3
 
 
-def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server, stack, tmp_path: Path) -> None:
+def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(
+    page, live_server, stack, settings: Any, tmp_path: Path
+) -> None:
     photo = tmp_path / "my red car.jpg"
     draw_car((480, 240)).save(photo, quality=90)
 
@@ -47,6 +49,9 @@ def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(page, live_server
     page.get_by_role("button", name="Sign up").click()
     page.wait_for_url(re.compile(r"/reconstruct/$"))
 
+    # The form does not wait for the worker here (RECONSTRUCT_UPLOAD_WAIT 0, as when a job takes longer than
+    # it): the progress page and its long-poll, the path a slow job takes (a quick one: test_integration.py).
+    settings.RECONSTRUCT_UPLOAD_WAIT = 0
     status_requests: list[str] = []
     page.on("request", lambda request: "/api/reconstructions/" in request.url and status_requests.append(request.url))
     page.set_input_files("#id_image", str(photo))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from ml import runtime
 from reconstruct.models import ModelVersion, Reconstruction
@@ -100,6 +101,26 @@ def test_an_upload_can_wait_for_its_result_in_one_request(queued: S3Server, alic
     )
     assert refused.status_code == 400 and "wait must be a number of seconds" in refused.json()["error"]
     assert Reconstruction.objects.count() == 1  # the refused one was not kept
+
+
+def test_the_upload_form_goes_straight_to_the_finished_page_when_the_job_is_quick(
+    settings: Any, queued: S3Server, alice, car_jpeg: bytes
+) -> None:
+    """The form waits RECONSTRUCT_UPLOAD_WAIT s for the worker; a job done by then needs no progress page."""
+    client = Client()
+    client.force_login(alice)
+    settings.RECONSTRUCT_UPLOAD_WAIT = 25
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_jpeg, "quick.jpg")})
+    assert response.status_code == 302
+    assert Reconstruction.objects.get(original_name="quick.jpg").status == Reconstruction.Status.DONE
+    page = client.get(response["Location"]).content.decode()
+    assert 'id="progress"' not in page and "The reconstruction" in page
+    settings.RECONSTRUCT_UPLOAD_WAIT = 0  # never waits: the progress page, as before
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_jpeg, "slow.jpg")})
+    assert Reconstruction.objects.get(original_name="slow.jpg").status in ("pending", "running")
+    assert 'id="progress"' in client.get(response["Location"]).content.decode()
+    slow = Reconstruction.objects.get(original_name="slow.jpg")
+    assert wait_until_finished(client, api_token_regenerate(alice), f"{API}{slow.uuid}/")["status"] == "done"
 
 
 def test_it_fails_readably_in_the_worker_for_an_unusable_stored_photo(queued: S3Server, alice, car_png: bytes):
