@@ -78,7 +78,7 @@ def _wait_seconds(request: HttpRequest) -> float | None:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"wait must be a number of seconds (0 to {MAX_WAIT_S:.0f}).")
+        raise ValueError(f"wait must be a number of seconds, 0 or more (at most {MAX_WAIT_S:.0f} are waited).")
     return seconds
 
 

@@ -129,6 +129,8 @@ def created_response(request: HttpRequest, reconstruction: Reconstruction) -> Js
     status = 201 if reconstruction.is_finished else 202
     response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
     response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))
+    if not reconstruction.is_finished:
+        response["Retry-After"] = "1"  # as the status URL says while the job runs
     return response
 
 

@@ -31,6 +31,7 @@ def latent_tools(context: dict[str, Any], reconstruction: Reconstruction) -> dic
     return {
         "r": reconstruction,
         "csrf_token": context.get("csrf_token"),
+        "LATENT_SIZE": context.get("LATENT_SIZE"),  # an inclusion tag's template sees only what it is given
         "directions": [{**d, "share": f"{d['explained_variance_ratio']:.1%}"} for d in directions],
         "max_offset": services.MAX_OFFSET,
         "problem": problem,

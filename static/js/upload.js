@@ -62,7 +62,7 @@
     const file = input.files[0];
     if (file && file.size > maxBytes) { event.preventDefault(); return; }
     submit.disabled = true;
-    submit.textContent = "Uploading…";
+    submit.textContent = "Uploading and reconstructing…";
     if (file && file.size > inlineMaxBytes && form.dataset.directUrl && window.carsiteDirectUpload) {
       // Too big for one request through this server (AWS Lambda): straight to storage instead.
       event.preventDefault();

@@ -106,9 +106,12 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
     other = reconstruction_create(user=alice, upload=upload(car_png, "other.png"))
     assert other.status == "done"
     morph = reverse("explore:morph", args=[done.uuid, other.uuid])
-    assert _sideways(page, base + morph) is None
-    page.wait_for_function("() => document.getElementById('morph-strip').complete")
-    assert page.evaluate("document.getElementById('morph-strip').getBoundingClientRect().width") / 8 >= 75
+    for steps in (8, 16):
+        assert _sideways(page, f"{base}{morph}?steps={steps}") is None
+        page.wait_for_function("() => document.getElementById('morph-strip').complete")
+        assert page.evaluate("document.getElementById('morph-strip').getBoundingClientRect().width") / steps >= 75
+        caption = page.evaluate("document.querySelector('.morph-strip figcaption').getBoundingClientRect().right")
+        assert caption <= PHONE["width"]  # only the picture scrolls, the words stay in the window
 
 
 def test_a_cards_age_follows_the_browsers_clock_not_the_cached_text(phone, live_server, alice, car_png) -> None:

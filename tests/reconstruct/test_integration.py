@@ -38,6 +38,7 @@ def queued(settings: Any, on_s3: S3Server, s3_worker: WorkerProcess) -> S3Server
 def post_photo(client: Client, token: str, content: bytes, name: str) -> dict[str, Any]:
     response = client.post(API, {"image": upload(content, name)}, HTTP_AUTHORIZATION=f"Token {token}")
     assert response.status_code == 202, response.content
+    assert response["Retry-After"] == "1"  # when to ask the status URL again
     return response.json()
 
 
@@ -91,7 +92,7 @@ def test_an_upload_can_wait_for_its_result_in_one_request(queued: S3Server, alic
     response = client.post(
         f"{API}?wait=25", {"image": upload(car_jpeg, "car.jpg")}, HTTP_AUTHORIZATION=f"Token {token}"
     )
-    assert response.status_code == 201, response.content
+    assert response.status_code == 201 and "Retry-After" not in response, response.content
     data = response.json()
     assert data["status"] == "done" and data["scores"]["psnr"] > 5
     assert response["Location"].endswith(f"{API}{data['id']}/")

@@ -417,3 +417,13 @@ def test_pages_say_how_many_numbers_the_active_model_uses(client, db) -> None:
     context_processors._latent_size.clear()
     assert "into just 64 numbers" in client.get(reverse("home")).content.decode()
     context_processors._latent_size.clear()
+
+
+def test_the_slider_card_says_how_many_numbers_the_car_has(client, alice, car_png) -> None:
+    from reconstruct import context_processors
+
+    context_processors._latent_size.clear()
+    done = reconstruction_create(user=alice, upload=upload(car_png, "car.png"))
+    client.force_login(alice)
+    body = client.get(reverse("reconstruct:detail", args=[done.uuid])).content.decode()
+    assert "Each slider moves this car's 128 numbers" in body
