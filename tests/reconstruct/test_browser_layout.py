@@ -106,6 +106,13 @@ def test_it_never_scrolls_sideways_on_a_phone(phone, live_server, alice, car_png
     other = reconstruction_create(user=alice, upload=upload(car_png, "other.png"))
     assert other.status == "done"
     morph = reverse("explore:morph", args=[done.uuid, other.uuid])
+    # With more cars than fit on the screen, the morph picker's button stays in view.
+    for index in range(4):
+        assert reconstruction_create(user=alice, upload=upload(car_png, f"car {index}.png")).status == "done"
+    page.goto(base + reverse("explore:morph_pick"))
+    button = page.get_by_role("button", name="Morph").bounding_box()
+    assert page.evaluate("document.documentElement.scrollHeight") > PHONE["height"]
+    assert button is not None and button["y"] + button["height"] <= PHONE["height"]
     for steps in (8, 16):
         assert _sideways(page, f"{base}{morph}?steps={steps}") is None
         page.wait_for_function("() => document.getElementById('morph-strip').complete")
