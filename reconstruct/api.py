@@ -31,6 +31,7 @@ from reconstruct.http import (
     rate_limited_response,
     storage_unavailable_response,
 )
+from reconstruct.models import Reconstruction
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete, reconstruction_retry
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
@@ -82,6 +83,15 @@ def _wait_seconds(request: HttpRequest) -> float | None:
     return seconds
 
 
+def _created_after_wait(request: HttpRequest, reconstruction: Reconstruction, wait: float | None) -> HttpResponse:
+    """The answer to an upload: with ``?wait=`` (``wait`` s) once the job finished or the time is up, so one request
+    can replace an upload and a status long-poll (201 with the result if it finished in time, else 202)."""
+    if wait is not None and not reconstruction.is_finished:
+        reconstruction_wait(reconstruction, wait)
+        reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
+    return created_response(request, reconstruction)
+
+
 def _create(request: HttpRequest) -> HttpResponse:
     try:
         wait = _wait_seconds(request)
@@ -120,11 +130,7 @@ def _create(request: HttpRequest) -> HttpResponse:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
-    if wait is not None and not reconstruction.is_finished:
-        # One request instead of an upload and a status long-poll: 201 with the result if it finished in time.
-        reconstruction_wait(reconstruction, wait)
-        reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
-    return created_response(request, reconstruction)
+    return _created_after_wait(request, reconstruction, wait)
 
 
 @api_view(("GET", "DELETE"))
@@ -222,8 +228,4 @@ def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
         return json_error(problem.messages[0], 413, code="too_large")
     except ValidationError as problem:
         return json_error(problem.messages[0], 400, code=problem.code or "invalid_image")
-    if wait is not None and not reconstruction.is_finished:
-        # One request instead of an upload and a status long-poll: 201 with the result if it finished in time.
-        reconstruction_wait(reconstruction, wait)
-        reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
-    return created_response(request, reconstruction)
+    return _created_after_wait(request, reconstruction, wait)
