@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from django.utils import timezone
 from PIL import Image
 
 from ml import framing, runtime
-from reconstruct.models import Reconstruction
+from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import (
     PreparedUpload,
@@ -61,6 +62,8 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
     counted = reconstruction_rate_consume(user)  # the limit's own check, safe under concurrency
+    # Sync mode: the model starts on the photo now, while the original and thumbnail are written below.
+    precomputed = _reconstruction_precompute(prepared.content) if settings.RECONSTRUCT_MODE == "sync" else None
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
@@ -92,7 +95,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     pk = reconstruction.pk
     if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        finished = reconstruction_run(pk, original=prepared.content)
+        finished = reconstruction_run(pk, original=prepared.content, precomputed=precomputed)
         if finished is None:
             reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
         else:
@@ -101,6 +104,25 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
         # Runs at once outside a transaction, or after the caller's transaction commits.
         transaction.on_commit(lambda: reconstruction_dispatch(pk))
     return reconstruction
+
+
+# Sync mode's model runs beside the request's storage writes (reconstruction_create): a thread each, at most this
+# many at once in a process (ONNX Runtime releases the GIL while the model runs; the writes mostly wait on S3).
+_precompute_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="carsite-precompute")
+
+Precomputed = tuple[ModelVersion, "Future[framing.Framed]"]
+
+
+def _reconstruction_precompute(original: bytes) -> Precomputed | None:
+    """Start ``framing.photo_reconstruct`` on ``original`` with the active model in a thread; returns the version
+    and the future, or None when the active model cannot be had now (the run then tries again and fails the row
+    readably). The database is read here, in the request's thread: the thread itself runs only the model."""
+    try:
+        version, model = model_version_load_active()
+    except Exception as error:  # reconstruction_run fails the row with a reason
+        logger.warning("could not load the active model before storing the upload: %r", error)
+        return None
+    return version, _precompute_pool.submit(framing.photo_reconstruct, model, io.BytesIO(original))
 
 
 def reconstruction_dispatch(reconstruction_id: int) -> None:
@@ -168,12 +190,18 @@ def _reconstruction_discard_leftovers(reconstruction: Reconstruction) -> None:
 
 
 def reconstruction_run(
-    reconstruction_id: int, original: bytes | None = None, *, storage_retry: bool = False
+    reconstruction_id: int,
+    original: bytes | None = None,
+    *,
+    storage_retry: bool = False,
+    precomputed: Precomputed | None = None,
 ) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
 
     ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
-    which saves reading them back from storage (an S3 GET on Lambda).
+    which saves reading them back from storage (an S3 GET on Lambda). ``precomputed``: the model version and the
+    ``framing.photo_reconstruct`` already started on those bytes (``_reconstruction_precompute``), used by the
+    first attempt instead of running the model here.
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
     ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
@@ -213,11 +241,15 @@ def reconstruction_run(
         _reconstruction_discard_leftovers(reconstruction)
     written: list[str] = []
     try:
-        version, model = model_version_load_active()
-        if original is None:
-            with default_storage.open(reconstruction.original.name, "rb") as handle:
-                original = handle.read()
-        framed = framing.photo_reconstruct(model, io.BytesIO(original))
+        if precomputed is not None and attempt == 1:
+            version, pending = precomputed
+            framed = pending.result()  # raises what photo_reconstruct raised, handled below
+        else:
+            version, model = model_version_load_active()
+            if original is None:
+                with default_storage.open(reconstruction.original.name, "rb") as handle:
+                    original = handle.read()
+            framed = framing.photo_reconstruct(model, io.BytesIO(original))
         result = framed.result
         if not _result_is_finite(result):
             raise NonFiniteResult(f"model {version.name} gave non-finite outputs or scores: {result.scores}")

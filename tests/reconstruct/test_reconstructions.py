@@ -19,6 +19,46 @@ from tests.support import refused_port, upload
 Status = Reconstruction.Status
 
 
+def test_sync_mode_runs_the_model_while_the_upload_is_stored(monkeypatch, alice, car_png: bytes) -> None:
+    """The original's write waits for the model to have started: it fails (after 5 s) when they run in turn."""
+    import threading
+
+    from ml import framing
+    from reconstruct.services import reconstructions
+
+    model_started = threading.Event()
+    overlapped: list[bool] = []
+    real_model, real_save_all = framing.photo_reconstruct, reconstructions.storage_save_all
+
+    def model(*args, **kwargs):
+        model_started.set()
+        return real_model(*args, **kwargs)
+
+    def save_all(files):
+        if not overlapped:  # the original and its thumbnail
+            overlapped.append(model_started.wait(5.0))
+        return real_save_all(files)
+
+    monkeypatch.setattr(framing, "photo_reconstruct", model)
+    monkeypatch.setattr(reconstructions, "storage_save_all", save_all)
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png, "red.png"))
+    assert overlapped == [True]
+    assert reconstruction.status == Status.DONE and reconstruction.attempts == 1, reconstruction.error
+
+
+def test_a_precomputed_photo_that_the_model_refuses_fails_readably(monkeypatch, alice, car_png: bytes) -> None:
+    """What the model raises in its thread reaches the row as a reason, as when it runs in the job itself."""
+    from ml import framing, runtime
+
+    def refuse(*args, **kwargs):
+        raise runtime.ImageError("corrupt", "The photo could not be read.")
+
+    monkeypatch.setattr(framing, "photo_reconstruct", refuse)
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png, "red.png"))
+    assert reconstruction.status == Status.FAILED and "could not be read" in reconstruction.error
+    assert all(default_storage.exists(key) for key in reconstruction.file_keys())  # the upload is kept
+
+
 def test_it_reconstructs_an_upload_in_sync_mode(alice, car_png: bytes) -> None:
     reconstruction = reconstruction_create(user=alice, upload=upload(car_png, "red.png"))
     assert reconstruction.status == Status.DONE, reconstruction.error
