@@ -35,7 +35,7 @@ from reconstruct.models import Reconstruction
 from reconstruct.services.direct_uploads import DirectUploadsUnavailable, direct_upload_complete, direct_upload_presign
 from reconstruct.services.reconstructions import reconstruction_create, reconstruction_delete, reconstruction_retry
 from reconstruct.services.uploads import UploadRateLimited, UploadTooLarge, reconstruction_rate_check, upload_size_error
-from reconstruct.services.waiting import MAX_WAIT_S, reconstruction_wait
+from reconstruct.services.waiting import MAX_WAIT_S, reconstruction_wait, reconstruction_wait_new
 from reconstruct.storage import StorageUnavailable
 
 PAGE_SIZE = 50
@@ -87,7 +87,7 @@ def _created_after_wait(request: HttpRequest, reconstruction: Reconstruction, wa
     """The answer to an upload: with ``?wait=`` (``wait`` s) once the job finished or the time is up, so one request
     can replace an upload and a status long-poll (201 with the result if it finished in time, else 202)."""
     if wait is not None and not reconstruction.is_finished:
-        reconstruction_wait(reconstruction, wait)
+        reconstruction_wait_new(reconstruction, wait)
         reconstruction = selectors.reconstruction_get(request.user, reconstruction.uuid) or reconstruction
     return created_response(request, reconstruction)
 

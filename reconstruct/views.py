@@ -50,7 +50,7 @@ from reconstruct.services.reconstructions import (
 )
 from reconstruct.services.tokens import api_token_regenerate, api_token_revoke
 from reconstruct.services.uploads import UploadRateLimited, reconstruction_rate_check, upload_size_error
-from reconstruct.services.waiting import reconstruction_wait
+from reconstruct.services.waiting import reconstruction_wait_new
 from reconstruct.storage import StorageUnavailable
 from reconstruct.throttle import lockout_response, throttle_failure, throttle_refusal
 
@@ -195,7 +195,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return _upload_page(request, [STORAGE_DOWN_MESSAGE], status=503)
     # A job that finishes within RECONSTRUCT_UPLOAD_WAIT s: its page arrives finished (one page instead of the
     # progress page, its long-poll and a reload). Otherwise the progress page, as before.
-    reconstruction_wait(reconstruction, settings.RECONSTRUCT_UPLOAD_WAIT)
+    reconstruction_wait_new(reconstruction, settings.RECONSTRUCT_UPLOAD_WAIT)
     return redirect("reconstruct:detail", public_id=reconstruction.uuid)
 
 

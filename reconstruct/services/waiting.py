@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import transaction
 
 from reconstruct.models import Reconstruction
 
@@ -214,3 +215,12 @@ def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
             event.wait(max(deadline - time.monotonic(), 0.0))
     finally:
         listener.unregister(public_id, event)
+
+
+def reconstruction_wait_new(reconstruction: Reconstruction, timeout: float) -> None:
+    """``reconstruction_wait`` for a reconstruction just created in this request (the upload form, ``POST
+    ?wait=``): returns at once inside a transaction, where its job is queued only when the transaction commits
+    (``reconstruction_create`` dispatches on commit), so waiting could only run out the clock."""
+    if transaction.get_connection().in_atomic_block:
+        return
+    reconstruction_wait(reconstruction, timeout)

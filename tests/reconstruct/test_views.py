@@ -427,3 +427,16 @@ def test_the_slider_card_says_how_many_numbers_the_car_has(client, alice, car_pn
     client.force_login(alice)
     body = client.get(reverse("reconstruct:detail", args=[done.uuid])).content.decode()
     assert "Each slider moves this car's 128 numbers" in body
+
+
+def test_the_upload_form_does_not_wait_for_a_job_queued_only_on_commit(settings, client, alice, car_png, monkeypatch):
+    """Inside a transaction the job is queued when it commits: waiting for it could only run out the clock."""
+    from reconstruct.services import waiting
+
+    settings.RECONSTRUCT_MODE = "celery"
+    settings.RECONSTRUCT_UPLOAD_WAIT = 20
+    waited: list[float] = []
+    monkeypatch.setattr(waiting, "reconstruction_wait", lambda reconstruction, timeout: waited.append(timeout))
+    client.force_login(alice)
+    response = client.post(reverse("reconstruct:upload"), {"image": upload(car_png, "car.png")})
+    assert response.status_code == 302 and waited == []
