@@ -28,7 +28,6 @@ from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import (
     PreparedUpload,
-    reconstruction_rate_check,
     reconstruction_rate_consume,
     upload_prepare,
 )
@@ -54,12 +53,13 @@ def _reconstruction_prefix(owner_id: int, public_id: uuid.UUID) -> str:
 def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUpload) -> Reconstruction:
     """Store an upload and queue its reconstruction; returns the new row (pending, or finished in sync mode).
 
-    Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over the
-    hourly limit), StorageUnavailable when the storage does not answer (nothing is kept then). The files are
+    Callers check the hourly limit first (``reconstruction_rate_check``: one query, before the photo is read);
+    here the upload is counted under a lock (``reconstruction_rate_consume``), the check that holds under
+    concurrency. Raises ValidationError for a file that is not a usable image (UploadRateLimited, a subclass, over
+    the hourly limit), StorageUnavailable when the storage does not answer (nothing is kept then). The files are
     written before the row exists, so a row never points at a missing file; the job is queued only once the row
     is committed, so a worker never looks for a row that is not there yet.
     """
-    reconstruction_rate_check(user)
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
     counted = reconstruction_rate_consume(user)  # the limit's own check, safe under concurrency
     # Sync mode: the model starts on the photo now, while the original and thumbnail are written below.
@@ -67,6 +67,9 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
+    # Sync mode runs the first attempt in this request: the row is inserted already claimed by it (running,
+    # attempt 1), which saves reconstruction_run's claim (a locking transaction: 4 queries).
+    claimed = {"status": Status.RUNNING, "attempts": 1, "started_at": timezone.now()} if precomputed else {}
     try:
         written += storage_save_all(
             [
@@ -77,7 +80,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
         reconstruction = Reconstruction.objects.create(
             uuid=public_id,
             owner=user,
-            status=Status.PENDING,
+            **(claimed or {"status": Status.PENDING}),
             original=written[0],
             thumbnail=written[1],
             original_name=prepared.name,
@@ -93,9 +96,16 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
             raise StorageUnavailable(str(error)) from error
         raise
     pk = reconstruction.pk
-    if settings.RECONSTRUCT_MODE == "sync":
+    if claimed:
         # In this process and on this database connection: the row is visible, commit or not.
-        finished = reconstruction_run(pk, original=prepared.content, precomputed=precomputed)
+        finished = _reconstruction_attempt(reconstruction, 1, prepared.content, precomputed=precomputed)
+        if finished is None:
+            reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
+        else:
+            reconstruction = finished
+    elif settings.RECONSTRUCT_MODE == "sync":
+        # The active model could not be had before the writes: the run tries again and fails the row readably.
+        finished = reconstruction_run(pk, original=prepared.content)
         if finished is None:
             reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
         else:
@@ -194,14 +204,11 @@ def reconstruction_run(
     original: bytes | None = None,
     *,
     storage_retry: bool = False,
-    precomputed: Precomputed | None = None,
 ) -> Reconstruction | None:
     """Reconstruct one upload with the active model; idempotent, safe to run twice or after a crash.
 
     ``original``: the stored original's bytes when the caller has them (sync mode, in the upload's request),
-    which saves reading them back from storage (an S3 GET on Lambda). ``precomputed``: the model version and the
-    ``framing.photo_reconstruct`` already started on those bytes (``_reconstruction_precompute``), used by the
-    first attempt instead of running the model here.
+    which saves reading them back from storage (an S3 GET on Lambda).
 
     A finished row (done or failed) is left alone. Each run claims the row by incrementing
     ``attempts`` and writes its PNGs under fresh keys before one UPDATE references them all, and
@@ -236,7 +243,24 @@ def reconstruction_run(
         attempt = reconstruction.attempts = reconstruction.attempts + 1
         reconstruction.started_at = timezone.now()
         reconstruction.save(update_fields=["status", "attempts", "started_at"])
+    return _reconstruction_attempt(reconstruction, attempt, original, storage_retry=storage_retry)
 
+
+def _reconstruction_attempt(
+    reconstruction: Reconstruction,
+    attempt: int,
+    original: bytes | None = None,
+    *,
+    storage_retry: bool = False,
+    precomputed: Precomputed | None = None,
+) -> Reconstruction | None:
+    """Attempt number ``attempt`` of a row already claimed for it (running, ``attempts == attempt``): the model,
+    the result's PNGs, then one UPDATE that only lands if the row is still this attempt's (reconstruction_run).
+
+    ``precomputed``: the model version and the ``framing.photo_reconstruct`` already started on ``original``
+    (``_reconstruction_precompute``, sync mode), used by the first attempt instead of running the model here.
+    Returns the row as the attempt left it, or None if it was deleted meanwhile."""
+    reconstruction_id = reconstruction.pk
     if attempt > 1:
         _reconstruction_discard_leftovers(reconstruction)
     written: list[str] = []

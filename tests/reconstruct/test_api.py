@@ -50,6 +50,26 @@ def test_it_returns_the_finished_result_in_sync_mode(client, token: str, car_png
     assert data["images"]["reconstruction"].endswith("/files/reconstruction")
 
 
+@pytest.mark.django_db(transaction=True)  # BEGIN and COMMIT as in production, not the test's savepoints
+def test_a_sync_upload_checks_the_limit_once_and_inserts_its_row_claimed(client, settings, token, car_png) -> None:
+    """Each query is a round trip to the database from Lambda. The hourly limit is read once before the body (then
+    once more under the lock that counts the upload), and the row is inserted running: no claim transaction. Before:
+    15 queries (three reads of the limit, and BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT to claim the row)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.RECONSTRUCT_UPLOADS_PER_HOUR = 100
+    client.post(LIST_URL, {"image": upload(car_png)}, **auth(token))  # the first registers the model, marks the token
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(LIST_URL, {"image": upload(car_png)}, **auth(token))
+    assert response.status_code == 201 and response.json()["status"] == "done"
+    sql = [query["sql"] for query in queries.captured_queries]
+    assert sum(q.startswith("SELECT") and "reconstruct_uploadrecord" in q for q in sql) == 2, sql
+    assert not any(q.startswith("UPDATE") and "SET \"status\" = 'running'" in q for q in sql), sql
+    assert len(sql) == 10, sql
+    assert Reconstruction.objects.get(uuid=response.json()["id"]).attempts == 1
+
+
 def test_it_reports_status_scores_and_image_urls(client, token: str, alice, car_png: bytes) -> None:
     reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     data = client.get(f"{LIST_URL}{reconstruction.uuid}/", **auth(token)).json()
