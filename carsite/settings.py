@@ -176,7 +176,13 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         envstr("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+        # On Lambda a warm container keeps its connection between requests (300 s) instead of connecting and
+        # authenticating in each: at most one connection per container (with many containers: RDS Proxy, or
+        # PostgreSQL's idle_session_timeout for frozen containers' connections; README, Deploy to AWS).
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 300 if ON_LAMBDA else 0, minimum=0),
+        # A kept connection is checked (one round trip) before a request reuses it, so one the server closed meanwhile
+        # (a frozen Lambda container's, past the database's idle timeout) is replaced instead of failing the request.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

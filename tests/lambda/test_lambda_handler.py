@@ -147,6 +147,33 @@ def test_it_signs_up_logs_in_and_returns_the_finished_reconstruction(migrated_co
     assert reconstruction.size == Image.open(io.BytesIO(pictures["model_input"])).size
 
 
+def test_a_warm_container_keeps_its_database_connection_between_requests(
+    migrated_container: LambdaContainer, postgres_url: str
+) -> None:
+    """Requests after the first reuse the container's connection (DATABASE_CONN_MAX_AGE, 300 s on Lambda) instead of
+    connecting and authenticating again each time; one the server closes is replaced by the next request."""
+    container = migrated_container
+    container.cookies.clear()
+    sign_up(container)
+
+    def site_connections(connection: psycopg.Connection) -> set[int]:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {row[0] for row in rows}
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        assert container.get("/reconstruct/").status == 200  # the session and the user: read from the database
+        kept = site_connections(connection)
+        assert len(kept) == 1, kept  # still open after the response (closed at its end before)
+        assert container.get("/gallery/").status == 200
+        assert site_connections(connection) == kept
+
+        connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s", (kept.pop(),))
+        assert container.get("/gallery/").status == 200  # checked before reuse, replaced: not a 500
+        assert len(site_connections(connection)) == 1
+
+
 def test_it_refuses_a_file_that_is_not_an_image(migrated_container: LambdaContainer) -> None:
     container = migrated_container
     container.cookies.clear()
