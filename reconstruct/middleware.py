@@ -26,7 +26,26 @@ class PreloadMiddleware:
             from reconstruct.services.reconstructions import reconstruction_runtime_preload
 
             reconstruction_runtime_preload()
+            url_resolver_preload()
         raise MiddlewareNotUsed
+
+
+def url_resolver_preload() -> None:
+    """Import the URLconf (and with it every view module) and build what ``resolve()`` and ``reverse()`` build on
+    first use: each route's compiled regex and the reverse lookup tables. Every request needs them, so this moves
+    work out of a process's first request without adding any: about 0.1 s of CPU here (the first upload request
+    of a fresh process took 382 ms under cProfile against 50 ms for the next, 270 of them in the URL resolver)."""
+    from django.urls import URLResolver, get_resolver
+
+    def compile_all(resolver: URLResolver) -> None:
+        for entry in resolver.url_patterns:
+            entry.pattern.regex  # noqa: B018 (compiled and cached on first access)
+            if isinstance(entry, URLResolver):
+                compile_all(entry)
+
+    root = get_resolver()
+    compile_all(root)
+    root.reverse_dict  # noqa: B018 (populates the reverse tables of every included URLconf)
 
 
 class RequestSizeLimitMiddleware:

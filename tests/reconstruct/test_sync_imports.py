@@ -1,6 +1,6 @@
 """A sync-mode process (Lambda) never imports Celery, kombu or billiard: nothing is queued there, and they were
 about a seventh of a cold start's imports. With RECONSTRUCT_PRELOAD (on by default on Lambda) the process loads
-the model when Django builds its request handler, before the first request (issue 12)."""
+the model and builds the URL resolver when Django builds its request handler, before the first request (issue 12)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ import json, sys
 from carsite.wsgi import application  # the site starts (RECONSTRUCT_PRELOAD: the model loads now)
 from reconstruct.registry import services
 loaded_models = len(services._loaded)
+from django.urls import get_resolver
+urls_ready = get_resolver()._populated and "reconstruct.views" in sys.modules  # before any request
 from django.test import Client
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
 client = Client()
 pages = [client.get(path).status_code for path in ("/", "/reconstruct/", "/accounts/login/", "/api/reconstructions/")]
 loaded = sorted({name.split(".")[0] for name in sys.modules} & {"celery", "kombu", "billiard", "amqp", "redis"})
-print(json.dumps({"pages": pages, "loaded": loaded, "models": loaded_models}))
+print(json.dumps({"pages": pages, "loaded": loaded, "models": loaded_models, "urls_ready": urls_ready}))
 """
 
 
@@ -55,7 +57,7 @@ def _run(tmp_path: Path, code: str, **environment: str) -> subprocess.CompletedP
 def test_a_sync_mode_process_serves_pages_without_importing_celery(tmp_path: Path) -> None:
     done = _run(tmp_path, "import django; django.setup()\n" + PROBE, RECONSTRUCT_PRELOAD="false")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 0}, report
+    assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 0, "urls_ready": False}, report
 
 
 def test_preload_loads_the_model_when_the_site_starts_and_never_stops_it_from_starting(tmp_path: Path) -> None:
@@ -66,11 +68,11 @@ def test_preload_loads_the_model_when_the_site_starts_and_never_stops_it_from_st
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["pages"] == [200, 302, 200, 401] and report["loaded"] == [], report
 
-    # Migrated: the shipped model is registered, loaded and run once before any request.
+    # Migrated: the shipped model is registered, loaded and run once before any request, and the URL resolver built.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     _run(fresh, MIGRATE)
     done = _run(fresh, "import django; django.setup()\n" + PROBE, RECONSTRUCT_PRELOAD="true")
     assert "preload" not in done.stderr, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 1}, report
+    assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 1, "urls_ready": True}, report
