@@ -11,7 +11,7 @@ import math
 import sys
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -111,8 +111,12 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
         else:
             reconstruction = finished
     else:
-        # Runs at once outside a transaction, or after the caller's transaction commits.
-        transaction.on_commit(lambda: reconstruction_dispatch(pk))
+        # Runs at once outside a transaction, or after the caller's transaction commits. The row in hand learns
+        # whether its job reached the queue (queued_at), so the request does not wait for a job that is not queued.
+        def dispatch() -> None:
+            reconstruction.queued_at = reconstruction_dispatch(pk)
+
+        transaction.on_commit(dispatch)
     return reconstruction
 
 
@@ -135,11 +139,12 @@ def _reconstruction_precompute(original: bytes) -> Precomputed | None:
     return version, _precompute_pool.submit(framing.photo_reconstruct, model, io.BytesIO(original))
 
 
-def reconstruction_dispatch(reconstruction_id: int) -> None:
-    """Run the reconstruction now (sync mode) or queue it for a Celery worker."""
+def reconstruction_dispatch(reconstruction_id: int) -> datetime | None:
+    """Run the reconstruction now (sync mode) or queue it for a Celery worker. Returns when it was queued (the
+    row's new ``queued_at``), or None: sync mode, or the broker did not take it (the sweep queues it later)."""
     if settings.RECONSTRUCT_MODE == "sync":
         reconstruction_run(reconstruction_id)
-        return
+        return None
     from kombu.exceptions import OperationalError as QueueError
 
     from reconstruct.tasks import reconstruction_run_task
@@ -150,8 +155,10 @@ def reconstruction_dispatch(reconstruction_id: int) -> None:
         # The row stays pending with no queued_at: the sweep (reconstruct/services/recovery.py) queues it
         # once the broker answers again, so the upload is kept and its 202 "pending" stays true.
         logger.error("could not queue reconstruction %s (the sweep will queue it later): %s", reconstruction_id, error)
-        return
-    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=timezone.now())
+        return None
+    queued_at = timezone.now()
+    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=queued_at)
+    return queued_at
 
 
 class NonFiniteResult(ValueError):

@@ -219,8 +219,11 @@ def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
 
 def reconstruction_wait_new(reconstruction: Reconstruction, timeout: float) -> None:
     """``reconstruction_wait`` for a reconstruction just created in this request (the upload form, ``POST
-    ?wait=``): returns at once inside a transaction, where its job is queued only when the transaction commits
-    (``reconstruction_create`` dispatches on commit), so waiting could only run out the clock."""
+    ?wait=``). Returns at once when nothing can finish it meanwhile, where waiting could only run out the clock:
+    inside a transaction (``reconstruction_create`` queues the job when it commits), or when the broker did not
+    take the job (Redis down: ``queued_at`` still None on a pending row; the sweep queues it later)."""
     if transaction.get_connection().in_atomic_block:
+        return
+    if reconstruction.status == Reconstruction.Status.PENDING and reconstruction.queued_at is None:
         return
     reconstruction_wait(reconstruction, timeout)

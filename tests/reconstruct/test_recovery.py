@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from reconstruct.models import Reconstruction
@@ -232,6 +233,38 @@ def test_it_keeps_an_upload_while_the_broker_is_out_and_queues_it_when_back(
     row.refresh_from_db()
     assert row.status == "pending" and row.queued_at is not None
     assert reconstruction_sweep().requeued == []
+
+
+@pytest.mark.parametrize("form", [False, True], ids=["api-wait", "form"])
+def test_an_upload_that_could_not_be_queued_does_not_wait_for_its_result(
+    form: bool, settings: Any, celery_app_on_test_redis: Any, tmp_path: Path, alice, car_png
+):
+    """POST ?wait= and the upload form wait for the job only once it is queued: with Redis down it is not, and
+    nothing can finish it meanwhile (it used to wait out the whole wait, on top of the broker's timeouts)."""
+    settings.RECONSTRUCT_MODE = "celery"
+    settings.RECONSTRUCT_UPLOAD_WAIT = 25
+    client = Client()
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as url, broker(celery_app_on_test_redis, url):
+        redis.Redis.from_url(url).shutdown(nosave=True)
+        started = time.monotonic()
+        if form:
+            client.force_login(alice)
+            response = client.post(reverse("reconstruct:upload"), {"image": upload(car_png, "car.png")})
+            assert response.status_code == 302, response.content
+            row = Reconstruction.objects.get()
+        else:
+            token = api_token_regenerate(alice)
+            response = client.post(
+                "/api/reconstructions/?wait=25",
+                {"image": upload(car_png, "car.png")},
+                HTTP_AUTHORIZATION=f"Token {token}",
+            )
+            assert response.status_code == 202 and response.json()["status"] == "pending", response.content
+            row = Reconstruction.objects.get(uuid=response.json()["id"])
+        waited = time.monotonic() - started
+    assert (row.status, row.queued_at) == ("pending", None)  # kept, for the sweep to queue
+    assert waited < 20, waited  # the broker's refusal, not the 25 s wait
 
 
 def test_it_retries_a_job_while_the_storage_is_down_then_fails_it_readably_and_retries_once_back(
