@@ -43,5 +43,15 @@ def reconstruction_sweep_task() -> dict[str, list[int]]:
 def reconstruction_sweep_event(event: dict, context: object) -> dict[str, list[int]]:
     """The sweep on AWS Lambda, where no Celery beat runs: zappa calls this on a schedule (zappa_settings.json
     "events"). In sync mode the jobs it finds run again right here (a request killed by Lambda's time limit
-    leaves its row running)."""
-    return reconstruction_sweep_task()
+    leaves its row running).
+
+    Outside any request, so Django's per-request rule for database connections is applied here, as around a
+    Celery task (carsite/celery.py): a kept connection that the server closed while the container was frozen is
+    replaced instead of failing this sweep and every later one in the container."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+    try:
+        return reconstruction_sweep_task()
+    finally:
+        close_old_connections()

@@ -151,7 +151,8 @@ def test_a_warm_container_keeps_its_database_connection_between_requests(
     migrated_container: LambdaContainer, postgres_url: str
 ) -> None:
     """Requests after the first reuse the container's connection (DATABASE_CONN_MAX_AGE, 300 s on Lambda) instead of
-    connecting and authenticating again each time; one the server closes is replaced by the next request."""
+    connecting and authenticating again each time; one the server closes is replaced by the next request, or by the
+    next scheduled event (the sweep), which runs outside any request."""
     container = migrated_container
     container.cookies.clear()
     sign_up(container)
@@ -171,7 +172,18 @@ def test_a_warm_container_keeps_its_database_connection_between_requests(
 
         connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s", (kept.pop(),))
         assert container.get("/gallery/").status == 200  # checked before reuse, replaced: not a 500
-        assert len(site_connections(connection)) == 1
+        kept = site_connections(connection)
+        assert len(kept) == 1
+
+        # The scheduled sweep (zappa_settings.json "events") runs outside any request, in the same container: one
+        # sweep after another, with the connection closed by the server in between (idle_session_timeout, say).
+        rule = f"arn:aws:events:us-east-1:123456789012:rule/carsite-{STAGE}-reconstruct.tasks"
+        sweep = {"detail-type": "Scheduled Event", "resources": [f"{rule}.reconstruction_sweep_event"]}
+        assert set(container.invoke(sweep)) == {"requeued", "failed"}
+        kept = site_connections(connection)
+        connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s", (kept.pop(),))
+        assert set(container.invoke(sweep)) == {"requeued", "failed"}
+        assert container.get("/gallery/").status == 200
 
 
 def test_it_refuses_a_file_that_is_not_an_image(migrated_container: LambdaContainer) -> None:
