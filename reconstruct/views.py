@@ -221,6 +221,7 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
             "box_rect": presenters.svg_rect(reconstruction.car_box),
             "frame_rect": presenters.svg_rect(reconstruction.frame),
             "car_check": presenters.car_check(reconstruction),
+            "car_found": presenters.framing_json(reconstruction)["car_found"],
             "stuck": reconstruction_is_stuck(reconstruction),
             "status_url": reverse("api:reconstruction", args=[reconstruction.uuid]),
             "reconstruct_mode": settings.RECONSTRUCT_MODE,

@@ -354,11 +354,14 @@ def test_it_draws_the_found_car_and_the_frame_on_the_photo(client, alice, alices
     assert 'class="box-rect" x="10" y="20" width="100" height="50"' in body
     assert 'class="frame-rect" x="5" y="15" width="110" height="60"' in body
     assert "the car we found" in body and "mirrored to face left" in body and "mirrored back" in body
+    assert "We found no car in this photo" not in body
     Reconstruction.objects.filter(pk=alices.pk).update(
         car_box=None, frame=[0, 0, alices.width, alices.height], mirrored=False
     )
     body = client.get(reverse("reconstruct:detail", args=[alices.uuid])).content.decode()
     assert "box-rect" not in body and "no car found" in body and "the whole photo" in body
+    # The offer to the training set says so too (a car the search missed may still be offered: staff review it).
+    assert "We found no car in this photo. If there is one, you can still offer it" in body
     assert "<script>" not in body  # no inline script: the page's JavaScript lives in static files
 
 
