@@ -63,6 +63,8 @@ def reconstruction_json(request: HttpRequest, reconstruction: Reconstruction) ->
         "error": reconstruction.error or None,
         "created_at": reconstruction.created_at.isoformat(),
         "finished_at": reconstruction.finished_at.isoformat() if reconstruction.finished_at else None,
+        # When its job was handed to the queue; null on a pending row: the queue did not answer (the sweep queues it).
+        "queued_at": reconstruction.queued_at.isoformat() if reconstruction.queued_at else None,
         "original_name": reconstruction.original_name,
         "width": reconstruction.width,
         "height": reconstruction.height,

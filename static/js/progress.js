@@ -14,12 +14,17 @@
   let delay = 700;
   let failures = 0;
 
-  function render(status) {
+  function render(status, queuedAt) {
     const seconds = Math.max(0, Math.round((Date.now() - created) / 1000));
     fill.className = "bar-fill " + status;
     if (status === "running") {
       title.textContent = "Reconstructing…";
       detail.textContent = "A worker is running the model on your photo (" + seconds + " s so far).";
+    } else if (!queuedAt) {
+      // The queue (Redis) did not take the job at upload: the sweep queues it once it answers.
+      title.textContent = "Not in the queue yet…";
+      detail.textContent = "The job queue did not answer when you uploaded (" + seconds + " s ago). Your photo " +
+        "is kept, and it is queued by itself once the queue answers again (the site checks every minute).";
     } else {
       title.textContent = "Waiting for a worker…";
       detail.textContent = "Queued " + seconds + " s ago. This page updates by itself.";
@@ -46,7 +51,7 @@
       failures = 0;
       warning.hidden = true;
       if (data.status === "done" || data.status === "failed") { window.location.reload(); return; }
-      render(data.status);
+      render(data.status, data.queued_at);
       // A long-poll that waited asks again at once; a server that answered at once (no waiting there)
       // is polled, a little more slowly each time.
       delay = Date.now() - asked > 1000 ? 0 : Math.min(Math.max(delay, 700) * 1.3, 3000);

@@ -95,6 +95,7 @@ def test_an_upload_can_wait_for_its_result_in_one_request(queued: S3Server, alic
     assert response.status_code == 201 and "Retry-After" not in response, response.content
     data = response.json()
     assert data["status"] == "done" and data["scores"]["psnr"] > 5
+    assert data["queued_at"] >= data["created_at"]  # handed to the queue (ISO 8601 in UTC sorts as text)
     assert response["Location"].endswith(f"{API}{data['id']}/")
     assert time.monotonic() - started < 20  # ended by the notice, not by the 25 s
     refused = client.post(

@@ -253,6 +253,10 @@ def test_an_upload_that_could_not_be_queued_does_not_wait_for_its_result(
             response = client.post(reverse("reconstruct:upload"), {"image": upload(car_png, "car.png")})
             assert response.status_code == 302, response.content
             row = Reconstruction.objects.get()
+            page = client.get(response["Location"]).content.decode()
+            # Says what happened: not "waiting for a worker", and never a hint that the worker is missing.
+            assert "Not in the queue yet" in page and "queued by itself once the queue answers" in page
+            assert "Waiting for a worker" not in page
         else:
             token = api_token_regenerate(alice)
             response = client.post(
@@ -261,6 +265,7 @@ def test_an_upload_that_could_not_be_queued_does_not_wait_for_its_result(
                 HTTP_AUTHORIZATION=f"Token {token}",
             )
             assert response.status_code == 202 and response.json()["status"] == "pending", response.content
+            assert response.json()["queued_at"] is None  # the queue did not take it
             row = Reconstruction.objects.get(uuid=response.json()["id"])
         waited = time.monotonic() - started
     assert (row.status, row.queued_at) == ("pending", None)  # kept, for the sweep to queue

@@ -12,6 +12,7 @@ from django.contrib.auth.tokens import default_token_generator
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from reconstruct.models import ApiToken, Reconstruction
 from reconstruct.services.reconstructions import reconstruction_create
@@ -164,8 +165,12 @@ def test_it_shows_progress_while_the_job_waits(client, alice, settings, car_png:
     settings.RECONSTRUCT_MODE = "celery"
     reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
     client.force_login(alice)
-    body = client.get(reverse("reconstruct:detail", args=[reconstruction.uuid])).content.decode()
-    assert "Waiting for a worker" in body
+    url = reverse("reconstruct:detail", args=[reconstruction.uuid])
+    # Not queued yet (here: the test's transaction never commits; live: Redis did not answer at upload).
+    assert "Not in the queue yet" in client.get(url).content.decode()
+    Reconstruction.objects.filter(pk=reconstruction.pk).update(queued_at=timezone.now())
+    body = client.get(url).content.decode()
+    assert "Waiting for a worker" in body and "Not in the queue yet" not in body
     assert f'data-status-url="{reverse("api:reconstruction", args=[reconstruction.uuid])}"' in body
     assert "progress.js" in body
 
