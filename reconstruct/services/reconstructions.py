@@ -96,16 +96,12 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
             raise StorageUnavailable(str(error)) from error
         raise
     pk = reconstruction.pk
-    if claimed:
+    if settings.RECONSTRUCT_MODE == "sync":
         # In this process and on this database connection: the row is visible, commit or not.
-        finished = _reconstruction_attempt(reconstruction, 1, prepared.content, precomputed=precomputed)
-        if finished is None:
-            reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
-        else:
-            reconstruction = finished
-    elif settings.RECONSTRUCT_MODE == "sync":
-        # The active model could not be had before the writes: the run tries again and fails the row readably.
-        finished = reconstruction_run(pk, original=prepared.content)
+        if claimed:
+            finished = _reconstruction_attempt(reconstruction, 1, prepared.content, precomputed=precomputed)
+        else:  # the active model could not be had before the writes: the run tries again, fails the row readably
+            finished = reconstruction_run(pk, original=prepared.content)
         if finished is None:
             reconstruction.refresh_from_db()  # deleted meanwhile: says so (DoesNotExist)
         else:

@@ -20,7 +20,7 @@
     if (status === "running") {
       title.textContent = "Reconstructing…";
       detail.textContent = "A worker is running the model on your photo (" + seconds + " s so far).";
-    } else if (!queuedAt) {
+    } else if (!queuedAt && box.dataset.mode === "celery") {
       // The queue (Redis) did not take the job at upload: the sweep queues it once it answers.
       title.textContent = "Not in the queue yet…";
       detail.textContent = "The job queue did not answer when you uploaded (" + seconds + " s ago). Your photo " +
