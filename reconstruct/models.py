@@ -88,6 +88,11 @@ class Reconstruction(models.Model):
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
 
+    @property
+    def is_unqueued(self) -> bool:
+        """Pending with no ``queued_at``: the broker did not take its job (Redis down); the sweep queues it later."""
+        return self.status == self.Status.PENDING and self.queued_at is None
+
     def scores(self) -> dict[str, float | None] | None:
         if self.status != self.Status.DONE or self.origin != self.Origin.UPLOAD:
             return None  # unfinished, or decoded from a latent: no photo to score against

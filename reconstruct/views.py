@@ -224,9 +224,7 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
             "car_found": presenters.framing_json(reconstruction)["car_found"],
             "stuck": reconstruction_is_stuck(reconstruction),
             # The queue did not take its job at upload (Redis down): the sweep queues it when Redis answers.
-            "not_queued": settings.RECONSTRUCT_MODE == "celery"
-            and reconstruction.status == Reconstruction.Status.PENDING
-            and reconstruction.queued_at is None,
+            "not_queued": settings.RECONSTRUCT_MODE == "celery" and reconstruction.is_unqueued,
             "status_url": reverse("api:reconstruction", args=[reconstruction.uuid]),
             "reconstruct_mode": settings.RECONSTRUCT_MODE,
         },

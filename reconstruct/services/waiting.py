@@ -224,6 +224,6 @@ def reconstruction_wait_new(reconstruction: Reconstruction, timeout: float) -> N
     take the job (Redis down: ``queued_at`` still None on a pending row; the sweep queues it later)."""
     if transaction.get_connection().in_atomic_block:
         return
-    if reconstruction.status == Reconstruction.Status.PENDING and reconstruction.queued_at is None:
+    if reconstruction.is_unqueued:
         return
     reconstruction_wait(reconstruction, timeout)
