@@ -18,6 +18,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from carsite.broker import publish_retry_errback
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local state of `make run`: the generated SECRET_KEY, Redis's data, the demo login.
 RUN_DIR = Path(os.environ.get("CARSITE_RUN_DIR") or BASE_DIR / ".run")
@@ -378,14 +380,20 @@ if CELERY_TASK_TIME_LIMIT >= CELERY_VISIBILITY_TIMEOUT:
     raise ImproperlyConfigured("RECONSTRUCT_SOFT_TIME_LIMIT + 30 must stay below CELERY_VISIBILITY_TIMEOUT")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing from a web request must not hang when Redis is down (connection refused) or hung (accepts, never
-# answers: SIGSTOP, a full disk): every connect and every command times out after RECONSTRUCT_BROKER_TIMEOUT s,
-# one retry, then the upload is kept pending and the sweep below queues it once Redis answers again.
+# answers: SIGSTOP, a full disk): every connect and every command times out after RECONSTRUCT_BROKER_TIMEOUT s.
+# A connection error is retried once (a reconnect: Redis restarted), a timeout is not (carsite/broker.py); then
+# the upload is kept pending and the sweep below queues it once Redis answers again.
 RECONSTRUCT_BROKER_TIMEOUT = envfloat("RECONSTRUCT_BROKER_TIMEOUT", 3.0, minimum=0.1)
 CELERY_BROKER_TRANSPORT_OPTIONS |= {
     "socket_timeout": RECONSTRUCT_BROKER_TIMEOUT,
     "socket_connect_timeout": RECONSTRUCT_BROKER_TIMEOUT,
 }
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "errback": publish_retry_errback,
+}
 CELERY_BROKER_CONNECTION_TIMEOUT = RECONSTRUCT_BROKER_TIMEOUT
 # The sweep (reconstruct/services/recovery.py), run by Celery beat (`make run` starts it): a job running longer
 # than RECONSTRUCT_STUCK_AFTER s (the hard time limit plus a margin) lost its worker, and is queued again (or

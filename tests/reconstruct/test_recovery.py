@@ -215,7 +215,7 @@ def test_it_keeps_an_upload_while_the_broker_is_out_and_queues_it_when_back(
         finally:
             if outage == "paused":
                 os.kill(server_pid, signal.SIGCONT)
-        # Not a hang: the connect and publish timeouts (3 s, one retry) ended the wait.
+        # Not a hang: the broker's connect or command timeout (3 s) ended the wait.
         assert waited < 30
         assert response.status_code == 202, response.content
         assert response.json()["status"] == "pending"
@@ -233,6 +233,40 @@ def test_it_keeps_an_upload_while_the_broker_is_out_and_queues_it_when_back(
     row.refresh_from_db()
     assert row.status == "pending" and row.queued_at is not None
     assert reconstruction_sweep().requeued == []
+
+
+def test_a_hung_broker_costs_an_upload_one_timeout_and_a_dropped_connection_is_reopened(
+    settings: Any, celery_app_on_test_redis: Any, tmp_path: Path, alice, car_png
+):
+    """A web process's kept broker connection, then Redis hangs: the upload waits one broker timeout, not three
+    (the command, the reconnect's handshake and the retry each timed out: 9 s). A connection the server dropped
+    (Redis restarted) is still reopened and the job queued within the same upload."""
+    settings.RECONSTRUCT_MODE = "celery"
+    timeout = settings.RECONSTRUCT_BROKER_TIMEOUT
+    client = Client()
+    token = api_token_regenerate(alice)
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as url, broker(celery_app_on_test_redis, url):
+        admin = redis.Redis.from_url(url)
+        assert post(client, token, car_png).json()["queued_at"] is not None  # the pool's connection is open now
+        server_pid = int(admin.info("server")["process_id"])
+        os.kill(server_pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            response = post(client, token, car_png)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(server_pid, signal.SIGCONT)
+        assert response.status_code == 202 and response.json()["queued_at"] is None, response.content
+        assert timeout <= waited < 2 * timeout, waited
+
+        admin.client_kill_filter(_type="normal", skipme=True)  # every connection but this one, as a restart would
+        response = post(client, token, car_png)
+        assert response.status_code == 202 and response.json()["queued_at"] is not None, response.content
+        last = Reconstruction.objects.get(uuid=response.json()["id"]).pk
+        # The hung one is there too: Redis read its command when it went on (its row's queued_at stays null, and
+        # the sweep's later publish is harmless: the first worker to claim the row runs it, the other finds it taken).
+        assert last in queued_ids(url)
 
 
 @pytest.mark.parametrize("form", [False, True], ids=["api-wait", "form"])
