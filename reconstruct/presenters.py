@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from django.core.cache import cache
+from django.core.cache import caches
 from django.core.cache.utils import make_template_fragment_key
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
@@ -255,23 +255,25 @@ CARD_SECONDS = 60  # as templates/reconstruct/_card.html's {% cache %} tag
 def cards_html(request: HttpRequest, reconstructions: Sequence[Reconstruction]) -> SafeString:
     """The gallery cards of ``reconstructions`` (templates/reconstruct/_card.html), as one piece of HTML.
 
-    The whole grid is kept CARD_SECONDS under its owner and its cards' ids and states, so a page shown again is
-    one cache read. When the grid changed (a new upload adds a card), the cards are fetched with one
-    ``cache.get_many`` from the entries the card template's own ``{% cache %}`` tag keeps (the same keys:
-    ``make_template_fragment_key``), and only the missing ones are rendered. Rendering 24 cached cards through
-    the template, one cache tag each, was about half of the gallery page's CPU time (py-spy under
-    ``make loadtest``). A card's "… ago" is rewritten in the browser (static/js/timeago.js).
+    The whole grid is kept CARD_SECONDS under its owner and its cards' ids and states (the ``grids`` cache), so a
+    page shown again is one cache read. When the grid changed (a new upload adds a card), the cards are fetched
+    with one ``get_many`` from the ``cards`` cache, where the card template's own ``{% cache %}`` tag keeps them
+    (the same keys: ``make_template_fragment_key``), and only the missing ones are rendered. Rendering 24 cached
+    cards through the template, one cache tag each, was about half of the gallery page's CPU time (py-spy under
+    ``make loadtest``). The two caches are separate (settings.CACHES) so that big grids never push cards out.
+    A card's "… ago" is rewritten in the browser (static/js/timeago.js).
     """
+    grids, cards = caches["grids"], caches["cards"]
     owner = request.user.pk
     states = "".join(f"{r.uuid}:{r.status};" for r in reconstructions)
     grid_key = f"gallery-grid:{owner}:{hashlib.sha256(states.encode()).hexdigest()[:32]}"
-    grid = cache.get(grid_key)
+    grid = grids.get(grid_key)
     if grid is None:
         keys = [make_template_fragment_key("reconstruction-card", [r.uuid, r.status]) for r in reconstructions]
-        found = cache.get_many(keys)
+        found = cards.get_many(keys)
         grid = "".join(
             found[key] if key in found else render_to_string("reconstruct/_card.html", {"r": r}, request)
             for key, r in zip(keys, reconstructions, strict=True)
         )
-        cache.set(grid_key, grid, CARD_SECONDS)
+        grids.set(grid_key, grid, CARD_SECONDS)
     return mark_safe(grid)

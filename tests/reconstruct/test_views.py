@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.tokens import default_token_generator
 from django.core import mail
+from django.core.cache import caches
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -259,8 +260,9 @@ def test_a_new_card_renders_only_itself_the_others_come_from_one_cache_read(
         ),
     )
     reads: list[int] = []
-    real_get_many = presenters.cache.get_many
-    monkeypatch.setattr(presenters.cache, "get_many", lambda keys: reads.append(len(keys)) or real_get_many(keys))
+    cards = caches["cards"]
+    real_get_many = cards.get_many
+    monkeypatch.setattr(cards, "get_many", lambda keys: reads.append(len(keys)) or real_get_many(keys))
     Reconstruction.objects.create(owner=alice, original_name="new.png", original="x/original.png")
     page = client.get(gallery).content.decode()
     assert rendered == ["new.png"] and reads == [4]
@@ -271,6 +273,43 @@ def test_a_new_card_renders_only_itself_the_others_come_from_one_cache_read(
     grid = re.compile(r'<div class="grid thumbs">.*?</a>\s*</div>', re.S)
     assert grid.search(again).group(0) == grid.search(page).group(0)
     assert rendered == [] and reads == []  # the whole grid was one cache read
+
+
+def test_many_galleries_keep_their_cards_cached_when_each_gets_a_new_card(db, monkeypatch: Any) -> None:
+    # 16 people with a full first page (24 cards each, 384 in all: more than Django's default cache of 300
+    # entries held, with the grids beside them): after each gets one new upload, showing every gallery again
+    # renders only the 16 new cards. With the default cache most cards had been pushed out and were rendered again.
+    from django.contrib.auth import get_user_model
+
+    from reconstruct import presenters
+
+    people = [get_user_model().objects.create_user(f"viewer{index}") for index in range(16)]
+    for person in people:
+        Reconstruction.objects.bulk_create(
+            Reconstruction(owner=person, original_name=f"old-{n}.png", original="x/original.png") for n in range(24)
+        )
+    gallery = reverse("reconstruct:gallery")
+    clients = []
+    for person in people:
+        client = Client()
+        client.force_login(person)
+        assert client.get(gallery).status_code == 200
+        clients.append(client)
+    rendered: list[str] = []
+    real_render = presenters.render_to_string
+    monkeypatch.setattr(
+        presenters,
+        "render_to_string",
+        lambda name, context, request: (
+            rendered.append(context["r"].original_name) or real_render(name, context, request)
+        ),
+    )
+    for person in people:
+        Reconstruction.objects.create(owner=person, original_name="new.png", original="x/original.png")
+    for client in clients:
+        page = client.get(gallery).content.decode()
+        assert "new.png" in page and page.count('class="card thumb"') == 24
+    assert rendered == ["new.png"] * len(people)
 
 
 def test_it_deletes_after_confirmation(client, alices, django_capture_on_commit_callbacks) -> None:
