@@ -45,10 +45,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
         ("JSON response", [("presenters.py", "reconstruction_json", None)]),
     ],
     "worker: reconstruction_run": [
-        (
-            "DB: claim the row",
-            [("query.py", "first", "reconstruction_run"), ("base.py", "save", "reconstruction_run")],
-        ),
+        ("DB: claim the row", [("reconstructions.py", "_reconstruction_claim", "reconstruction_run")]),
         (
             "active model lookup (DB)",
             [("registry/services.py", "model_version_load_active", "_reconstruction_attempt")],

@@ -111,6 +111,25 @@ def test_it_runs_a_job_only_once(settings, alice, car_png: bytes) -> None:
     assert files == ["model_input.png", "original.png", "reconstruction.png", "thumbnail.jpg"]
 
 
+def test_a_worker_claims_its_job_in_one_statement(settings, alice, car_png: bytes) -> None:
+    # The claim is one UPDATE ... RETURNING; with the active model's lookup and the result's UPDATE, a job is three
+    # statements. Before: BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT to claim it (six on SQLite).
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from reconstruct.registry.services import model_version_load_active
+
+    reconstruction = _pending(alice, car_png, settings)
+    model_version_load_active()  # as in a warm worker: the shipped model registered and loaded
+    with CaptureQueriesContext(connection) as queries:
+        result = reconstruction_run(reconstruction.pk)
+    assert (result.status, result.attempts) == (Status.DONE, 1)
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert len(statements) == 3, statements
+    assert statements[0].startswith("UPDATE") and "RETURNING" in statements[0]
+    assert statements[2].startswith("UPDATE")
+
+
 def test_it_picks_up_a_job_whose_worker_died(settings, alice, car_png: bytes) -> None:
     reconstruction = _pending(alice, car_png, settings)
     # What a worker killed mid-job leaves: the row claimed, no result.
