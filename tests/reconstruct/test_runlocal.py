@@ -175,3 +175,36 @@ def test_its_banner_shows_the_demo_password_only_while_it_still_works(db, tmp_pa
     demo.set_password("changed-by-its-owner-1")
     demo.save()
     assert "password changed since" in Command()._demo_account(tmp_path)
+
+
+def test_it_stops_every_child_at_once_and_redis_after_the_others_have_exited(tmp_path: Path) -> None:
+    # Real processes that, like gunicorn and Celery, take a moment to finish after SIGTERM, and write down when
+    # they were asked and when they were done. Redis must be asked only after every other child has exited (the
+    # workers acknowledge their last job there); the others are all asked before any of them has finished.
+    from reconstruct.management.commands.runlocal import Child, stop_children
+
+    def child(name: str) -> Child:
+        script = (
+            f'trap \'echo "$(date +%s.%N) asked" >> {tmp_path}/{name}; sleep 1; '
+            f'echo "$(date +%s.%N) done" >> {tmp_path}/{name}; exit 0\' TERM; '
+            f"touch {tmp_path}/{name}.ready; while true; do sleep 0.05; done"
+        )
+        return Child(name, ["bash", "-c", script], dict(os.environ))
+
+    children = [child(name) for name in ("redis", "worker", "beat", "web")]
+    for each in children:
+        each.start(sys.stdout)
+    for each in children:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / f"{each.name}.ready").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    stop_children(children)
+    assert all(each.process.poll() == 0 for each in children)
+    events = {
+        name: dict(reversed(line.split()) for line in (tmp_path / name).read_text().splitlines())
+        for name in ("redis", "worker", "beat", "web")
+    }
+    others = [events[name] for name in ("worker", "beat", "web")]
+    assert max(float(e["asked"]) for e in others) < min(float(e["done"]) for e in others)
+    assert float(events["redis"]["asked"]) > max(float(e["done"]) for e in others)

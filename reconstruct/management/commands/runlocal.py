@@ -176,15 +176,40 @@ class Child:
         self.restart_at = now + delay
         return delay
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def terminate(self) -> None:
+        """Ask the child to stop: SIGTERM, on which gunicorn and Celery finish what they are doing first."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the child has exited; kill it at ``deadline`` (``time.monotonic()`` s)."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(STOP_TIMEOUT)
+            self.process.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped(time.monotonic() + STOP_TIMEOUT)
+
+
+def stop_children(children: list[Child]) -> None:
+    """Stop the stack: every child but Redis at once (each finishes what it is doing: gunicorn its requests, the
+    Celery workers their jobs), then Redis, which the workers need until they have acknowledged their last job.
+    A job queued meanwhile stays in Redis's append-only file for the next start. One after another, as before,
+    the web server, beat and the workers' warm shutdowns added up to about 5 s."""
+    others = [child for child in children if child.name != "redis"]
+    for child in others:
+        child.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for child in others:
+        child.wait_stopped(deadline)
+    for child in children:
+        if child.name == "redis":
+            child.stop()
 
 
 class Command(BaseCommand):
@@ -279,8 +304,7 @@ class Command(BaseCommand):
                 self._supervise(children)
         finally:
             self.stdout.write("\nStopping…")
-            for child in reversed(children):  # web first, Redis last
-                child.stop()
+            stop_children(children)
         self.stdout.write("Stopped.")
 
     def _say_started(self, child: Child) -> None:
