@@ -208,3 +208,19 @@ def test_it_stops_every_child_at_once_and_redis_after_the_others_have_exited(tmp
     others = [events[name] for name in ("worker", "beat", "web")]
     assert max(float(e["asked"]) for e in others) < min(float(e["done"]) for e in others)
     assert float(events["redis"]["asked"]) > max(float(e["done"]) for e in others)
+
+
+def test_it_never_uses_a_redis_that_took_its_port_first(redis_url: str) -> None:
+    # Another redis-server answers on the port runlocal chose (it took the port between the choice and our own
+    # redis-server's bind, which then fails): runlocal stops with a clear error instead of queuing jobs there.
+    from django.core.management.base import CommandError
+
+    from reconstruct.management.commands.runlocal import Child, Command
+
+    ours = Child("redis", ["sleep", "30"], dict(os.environ))  # alive, but not the server that answers
+    ours.start(sys.stdout)
+    try:
+        with pytest.raises(CommandError, match=r"is in use by another redis-server \(pid \d+\)"):
+            Command()._wait_for_redis(redis_url, ours)
+    finally:
+        ours.stop()

@@ -360,9 +360,18 @@ class Command(BaseCommand):
                 raise CommandError("redis-server could not start; see its output above.")
             try:
                 client.ping()
-                return
             except redis.exceptions.ConnectionError:
                 time.sleep(0.1)
+                continue
+            # The port was free when it was chosen; another program may have taken it before redis-server bound
+            # it (this one then stops). Never hand the stack a stranger's Redis: its queue is not ours.
+            pid = client.info("server").get("process_id")
+            if child.process is not None and pid != child.process.pid:
+                raise CommandError(
+                    f"Redis's port {client.connection_pool.connection_kwargs.get('port')} is in use by another "
+                    f"redis-server (pid {pid}), which took it while this one started. Please run again."
+                )
+            return
         raise CommandError(f"redis-server did not answer on {url} within 15 s.")
 
     def _wait_for_port(self, host: str, port: int, child: Child) -> None:
