@@ -148,6 +148,7 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
         if re.search(r"WARNING|Warning|overcommit|Control socket|oO0OoO0OoO0Oo|Configuration ->|beat v\d", line)
     ]
     assert noise == []
+    assert [line for line in output if re.fullmatch(r"\[\w+\]\s*", line)] == []  # no bare "[worker] " lines
     for stopped in (port, redis_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", stopped), timeout=2).close()

@@ -157,6 +157,8 @@ class Child:
         quiet = tuple(words.encode() for words in QUIET_LINES.get(self.name, ()))
         sweep_lines_shown = self.sweep_lines_shown
         for line in self.process.stdout:
+            if not line.strip():  # Celery's blank line before "Warm shutdown": a bare "[worker] " says nothing
+                continue
             if any(words in line for words in quiet) or (self.name == "web" and VISITOR_4XX.search(line)):
                 continue
             if IDLE_SWEEP.search(line):
