@@ -48,6 +48,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from ml import runtime
+from ml.decode import REDUCING_GAP, image_decode
 from ml.preprocess import prepare
 
 # The photo is shrunk to this longest side for the search: each candidate ends up 128x64 anyway, and
@@ -414,8 +415,67 @@ def photo_reconstruct(
     ``(RGB frame) -> "left" | "right" | "front" | "rear" | None``; ``found_z`` replaces ``FOUND_Z`` (the
     VAE search's threshold); ``locator`` replaces the shipped one. Raises ``runtime.ImageError`` for
     bytes that are not a usable image.
+
+    A large photo is first decoded reduced (``WORKING_FIT``): the box and frame are found there and the frame is
+    cut from it when it still has at least ``REDUCING_GAP`` times the model's input across; otherwise (a small
+    car in a large photo) the photo is decoded again at full size and framed there, as when it is small. The box,
+    frame and size returned are always in the full photo's pixels.
     """
-    image = runtime.open_source(source)  # ml.decode.image_decode: upright, sRGB, RGB
+    options = {"locate": locate, "facing": facing, "found_z": found_z, "method": method, "locator": locator}
+    source = _readable_twice(source)
+    decoded = image_decode(source, reduce_to=WORKING_FIT)  # upright, sRGB, RGB; ImageError when unusable
+    framed = _frame_and_reconstruct(model, decoded.image, **options)
+    if not decoded.reduced:
+        return framed
+    full = (decoded.width, decoded.height)
+    if not _enough_pixels(framed.frame, model):
+        return _frame_and_reconstruct(model, runtime.open_source(source), **options)
+    return _in_full_size(framed, full)
+
+
+# Large photos are decoded at the smallest JPEG scale (1/2, 1/4, 1/8) or whole-factor reduction that keeps at
+# least REDUCING_GAP (3) times their fit into this (pixels): a 12-megapixel 4032x3024 photo at 1/4, 1008x756, whose
+# decode, locator letterbox and frame resize cost about a tenth of the full size's. Photos under 960 pixels on
+# their longer side (the training and held-out crops) are decoded whole, exactly as before.
+WORKING_FIT = (320, 320)
+
+
+def _readable_twice(source: runtime.ImageSource) -> runtime.ImageSource:
+    """``source`` in a form that can be decoded a second time: a binary file is read into bytes."""
+    read = getattr(source, "read", None)
+    return read() if callable(read) else source
+
+
+def _enough_pixels(frame: Box, model: runtime.Model) -> bool:
+    """Whether ``frame`` shrinks at least REDUCING_GAP times into the model's input (its letterbox fit), so that
+    cutting it from a reduced decode gives the model what the full-size photo would."""
+    shrink = max(frame.width / model.config.width, frame.height / model.config.height)
+    return shrink >= REDUCING_GAP
+
+
+def _in_full_size(framed: Framed, full: tuple[int, int]) -> Framed:
+    """``framed``, found on a reduced decode, with its box, frame and size in the full photo's pixels."""
+    factor = full[0] / framed.size[0]
+    whole = framed.frame == Box(0, 0, *framed.size)
+    return replace(
+        framed,
+        box=framed.box.scaled(factor, full) if framed.box is not None else None,
+        frame=Box(0, 0, *full) if whole else framed.frame.scaled(factor, full),
+        size=full,
+    )
+
+
+def _frame_and_reconstruct(
+    model: runtime.Model,
+    image: Image.Image,
+    *,
+    locate: bool,
+    facing: FacingPredictor | bool | None,
+    found_z: float | None,
+    method: str,
+    locator: CarLocator | None,
+) -> Framed:
+    """``photo_reconstruct`` on a decoded ``image`` (RGB, upright): box, frame and size in its pixels."""
     predictor = _default_facing() if facing is True else (facing or None)
     whole = Box(0, 0, image.width, image.height)
     if locate and method == "locator" and locator is None:

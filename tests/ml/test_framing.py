@@ -159,3 +159,76 @@ def test_it_weighs_the_locator_and_the_vae_in_the_car_check() -> None:
     assert framing.locator_check(1.0, 2.0, check) == pytest.approx(1 / (1 + math.exp(-2.0)))
     assert framing.locator_check(1.0, None, check) == pytest.approx(1 / (1 + math.exp(-1.0)))
     assert framing.locator_check(-800.0, 0.0, check) == pytest.approx(0.0)
+
+
+class _FixedLocator:
+    """A locator that always finds a car at ``fraction = (left, top, right, bottom)`` of the picture it is given
+    (fractions of its width and height), and remembers the sizes of the pictures it saw."""
+
+    def __init__(self, fraction: tuple[float, float, float, float]) -> None:
+        self.fraction = fraction
+        self.seen: list[tuple[int, int]] = []
+        self.metadata = {"margin": 0.0, "check": {"a": 1.0, "b": 0.0, "c": 0.0, "threshold": 0.5}}
+        self.sha256 = "fixed"
+
+    def locate(self, image: Image.Image) -> tuple[float, framing.Box]:
+        self.seen.append(image.size)
+        left, top, right, bottom = self.fraction
+        w, h = image.size
+        return 10.0, framing.Box(round(left * w), round(top * h), round(right * w), round(bottom * h))
+
+
+def _large_jpeg(size: tuple[int, int] = (2400, 1200)) -> bytes:
+    import io
+
+    scene = Image.new("RGB", size, (60, 110, 60))
+    scene.paste(draw_car((size[0] * 3 // 4, size[1] * 3 // 4)), (size[0] // 8, size[1] // 8))
+    buffer = io.BytesIO()
+    scene.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_a_large_photo_is_framed_on_a_reduced_decode_in_full_size_pixels(tiny_export: Any, monkeypatch: Any) -> None:
+    # A 2400x1200 JPEG whose car fills most of it: found and cut from a decode at half size (never decoded whole),
+    # with the box, frame and size given in the full photo's pixels, and what the model gets barely differs.
+    model = runtime.load_model(tiny_export.model_dir)
+    data = _large_jpeg()
+    full_decodes: list[object] = []
+    real_open = runtime.open_source
+    monkeypatch.setattr(runtime, "open_source", lambda source: full_decodes.append(source) or real_open(source))
+    locator = _FixedLocator((0.125, 0.125, 0.875, 0.875))
+    framed = framing.photo_reconstruct(model, data, facing=None, locator=locator)
+    assert full_decodes == [] and locator.seen == [(1200, 600)]
+    assert framed.size == (2400, 1200)
+    assert framed.box == framed.frame == framing.Box(300, 150, 2100, 1050)
+    whole = framing._frame_and_reconstruct(
+        model,
+        real_open(data),
+        locate=True,
+        facing=None,
+        found_z=None,
+        method="locator",
+        locator=_FixedLocator((0.125, 0.125, 0.875, 0.875)),
+    )
+    assert whole.frame == framed.frame
+    assert framed.result.scores.psnr == pytest.approx(whole.result.scores.psnr, abs=0.2)
+
+
+def test_a_small_car_in_a_large_photo_is_framed_on_the_full_size_decode(tiny_export: Any, monkeypatch: Any) -> None:
+    # A frame with fewer than REDUCING_GAP times the model's input across in the reduced decode: the photo is decoded
+    # again whole and framed there, exactly as a full-size decode frames it.
+    model = runtime.load_model(tiny_export.model_dir)
+    data = _large_jpeg()
+    width, height = model.config.width, model.config.height
+    small = (0.4, 0.4, 0.4 + 4 * width / 2400, 0.4 + 4 * height / 1200)  # 2x the input in the half-size decode
+    full_decodes: list[object] = []
+    real_open = runtime.open_source
+    monkeypatch.setattr(runtime, "open_source", lambda source: full_decodes.append(source) or real_open(source))
+    locator = _FixedLocator(small)
+    framed = framing.photo_reconstruct(model, data, facing=None, locator=locator)
+    assert len(full_decodes) == 1 and locator.seen == [(1200, 600), (2400, 1200)]
+    whole = framing._frame_and_reconstruct(
+        model, real_open(data), locate=True, facing=None, found_z=None, method="locator", locator=_FixedLocator(small)
+    )
+    assert (framed.box, framed.frame, framed.size) == (whole.box, whole.frame, (2400, 1200))
+    assert framed.result.scores == whole.result.scores
