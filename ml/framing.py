@@ -418,19 +418,24 @@ def photo_reconstruct(
 
     A large photo is first decoded reduced (``WORKING_FIT``): the box and frame are found there and the frame is
     cut from it when it still has at least ``REDUCING_GAP`` times the model's input across; otherwise (a small
-    car in a large photo) the photo is decoded again at full size and framed there, as when it is small. The box,
-    frame and size returned are always in the full photo's pixels.
+    car in a large photo) the photo is decoded again, reduced only as far as that frame allows (whole at worst),
+    and framed there. The box, frame and size returned are always in the full photo's pixels.
     """
     options = {"locate": locate, "facing": facing, "found_z": found_z, "method": method, "locator": locator}
     source = _readable_twice(source)
     decoded = image_decode(source, reduce_to=WORKING_FIT)  # upright, sRGB, RGB; ImageError when unusable
     framed = _frame_and_reconstruct(model, decoded.image, **options)
-    if not decoded.reduced:
-        return framed
-    full = (decoded.width, decoded.height)
-    if not _enough_pixels(framed.frame, model):
-        return _frame_and_reconstruct(model, runtime.open_source(source), **options)
-    return _in_full_size(framed, full)
+    if decoded.reduced and not _enough_pixels(framed.frame, model):
+        # A small car: decode again, large enough for the frame found (the whole photo at worst), and frame there.
+        full = (decoded.width, decoded.height)
+        needed = _in_full_size(framed, full).frame
+        reduce_to = (
+            math.ceil(full[0] * model.config.width / needed.width),
+            math.ceil(full[1] * model.config.height / needed.height),
+        )
+        decoded = image_decode(source, reduce_to=reduce_to)
+        framed = _frame_and_reconstruct(model, decoded.image, **options)
+    return _in_full_size(framed, (decoded.width, decoded.height)) if decoded.reduced else framed
 
 
 # Large photos are decoded at the smallest JPEG scale (1/2, 1/4, 1/8) or whole-factor reduction that keeps at

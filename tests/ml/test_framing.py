@@ -188,47 +188,47 @@ def _large_jpeg(size: tuple[int, int] = (2400, 1200)) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_large_photo_is_framed_on_a_reduced_decode_in_full_size_pixels(tiny_export: Any, monkeypatch: Any) -> None:
+def _framed_whole(model: runtime.Model, data: bytes, locator: _FixedLocator) -> framing.Framed:
+    """What framing the full-size decode gives (photo_reconstruct before large photos were decoded reduced)."""
+    options = {"locate": True, "facing": None, "found_z": None, "method": "locator", "locator": locator}
+    return framing._frame_and_reconstruct(model, runtime.open_source(data), **options)
+
+
+def test_a_large_photo_is_framed_on_a_reduced_decode_in_full_size_pixels(tiny_export: Any) -> None:
     # A 2400x1200 JPEG whose car fills most of it: found and cut from a decode at half size (never decoded whole),
     # with the box, frame and size given in the full photo's pixels, and what the model gets barely differs.
     model = runtime.load_model(tiny_export.model_dir)
     data = _large_jpeg()
-    full_decodes: list[object] = []
-    real_open = runtime.open_source
-    monkeypatch.setattr(runtime, "open_source", lambda source: full_decodes.append(source) or real_open(source))
     locator = _FixedLocator((0.125, 0.125, 0.875, 0.875))
     framed = framing.photo_reconstruct(model, data, facing=None, locator=locator)
-    assert full_decodes == [] and locator.seen == [(1200, 600)]
+    assert locator.seen == [(1200, 600)]
     assert framed.size == (2400, 1200)
     assert framed.box == framed.frame == framing.Box(300, 150, 2100, 1050)
-    whole = framing._frame_and_reconstruct(
-        model,
-        real_open(data),
-        locate=True,
-        facing=None,
-        found_z=None,
-        method="locator",
-        locator=_FixedLocator((0.125, 0.125, 0.875, 0.875)),
-    )
+    whole = _framed_whole(model, data, _FixedLocator((0.125, 0.125, 0.875, 0.875)))
     assert whole.frame == framed.frame
     assert framed.result.scores.psnr == pytest.approx(whole.result.scores.psnr, abs=0.2)
 
 
-def test_a_small_car_in_a_large_photo_is_framed_on_the_full_size_decode(tiny_export: Any, monkeypatch: Any) -> None:
-    # A frame with fewer than REDUCING_GAP times the model's input across in the reduced decode: the photo is decoded
-    # again whole and framed there, exactly as a full-size decode frames it.
+def test_a_small_car_in_a_large_photo_is_framed_on_a_decode_large_enough_for_it(tiny_export: Any) -> None:
+    # A frame with fewer than REDUCING_GAP times the model's input across in the first, reduced decode: the photo is
+    # decoded again, reduced only as far as that frame allows, and framed there.
     model = runtime.load_model(tiny_export.model_dir)
-    data = _large_jpeg()
     width, height = model.config.width, model.config.height
-    small = (0.4, 0.4, 0.4 + 4 * width / 2400, 0.4 + 4 * height / 1200)  # 2x the input in the half-size decode
-    full_decodes: list[object] = []
-    real_open = runtime.open_source
-    monkeypatch.setattr(runtime, "open_source", lambda source: full_decodes.append(source) or real_open(source))
+    # 2400x1200, a car 4 inputs across: 2 in the half-size decode, so the photo is decoded whole, and framed exactly
+    # as the full-size decode frames it.
+    data = _large_jpeg()
+    small = (0.4, 0.4, 0.4 + 4 * width / 2400, 0.4 + 4 * height / 1200)
     locator = _FixedLocator(small)
     framed = framing.photo_reconstruct(model, data, facing=None, locator=locator)
-    assert len(full_decodes) == 1 and locator.seen == [(1200, 600), (2400, 1200)]
-    whole = framing._frame_and_reconstruct(
-        model, real_open(data), locate=True, facing=None, found_z=None, method="locator", locator=_FixedLocator(small)
-    )
+    assert locator.seen == [(1200, 600), (2400, 1200)]
+    whole = _framed_whole(model, data, _FixedLocator(small))
     assert (framed.box, framed.frame, framed.size) == (whole.box, whole.frame, (2400, 1200))
     assert framed.result.scores == whole.result.scores
+    # 4800x2400, a car 7 inputs across: under 2 in the quarter-size first decode, 3.5 at half size, where it is framed.
+    data = _large_jpeg((4800, 2400))
+    locator = _FixedLocator((0.4, 0.4, 0.4 + 7 * width / 4800, 0.4 + 7 * height / 2400))
+    framed = framing.photo_reconstruct(model, data, facing=None, locator=locator)
+    assert locator.seen == [(1200, 600), (2400, 1200)]
+    assert framed.size == (4800, 2400) and framed.box == framed.frame
+    assert framed.frame.width == pytest.approx(7 * width, abs=2)
+    assert framed.frame.height == pytest.approx(7 * height, abs=2)
