@@ -51,7 +51,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
             [("registry/services.py", "model_version_load_active", "_reconstruction_attempt")],
         ),
         ("storage read", [("storage/base.py", "open", "_reconstruction_attempt")]),
-        ("decode (+ orientation, colour, reduced)", [("runtime.py", "open_source", "photo_reconstruct")]),
+        ("decode (+ orientation, colour, reduced)", [("ml/decode.py", "image_decode", "photo_reconstruct")]),
         ("car locator (ONNX Runtime)", [("framing.py", "locate", "locator_evidence")]),
         ("facing classifier (ONNX Runtime)", [("framing.py", "facing", "_reconstruct_frame")]),
         (

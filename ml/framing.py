@@ -446,9 +446,16 @@ WORKING_FIT = (320, 320)
 
 
 def _readable_twice(source: runtime.ImageSource) -> runtime.ImageSource:
-    """``source`` in a form that can be decoded a second time: a binary file is read into bytes."""
+    """``source`` in a form that can be decoded a second time: a binary file is read into bytes, from its start
+    (as ``image_decode`` reads it)."""
     read = getattr(source, "read", None)
-    return read() if callable(read) else source
+    if not callable(read):
+        return source
+    try:
+        source.seek(0)  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        pass
+    return read()
 
 
 def _enough_pixels(frame: Box, model: runtime.Model) -> bool:
