@@ -238,16 +238,17 @@ WHITENOISE_ROOT = BASE_DIR / "carsite" / "root"
 warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 # Caches, in each process's memory: the gallery's rendered cards and whole grids (reconstruct/presenters.py:
-# cards_html). A card is small (0.6 kB pickled) and lives while it is on someone's first page, so their cache holds
-# many (10,000: about 8 MB at most); a grid is a page's 24 cards in one string (about 14 kB) and only helps a page
-# shown again unchanged, so its cache is small (500: about 7 MB) and cannot push cards out. Django's default, one
-# LocMemCache of 300 entries for both, was full within seconds under `make loadtest` (20 users' 480 cards and a
-# new grid per upload), so most cards were rendered again on every gallery view.
+# cards_html). A card is small (about 0.6 kB pickled; 3.5 kB at most, with a 255-character file name) and lives
+# while it is on someone's first page, so their cache holds many (10,000: about 6 MB, 35 MB at most); a grid is a
+# page's 24 cards in one string (about 14 kB) and only helps a page shown again unchanged, so its cache is small
+# (200: about 3 MB, 17 MB at most) and cannot push cards out. Django's default, one LocMemCache of 300 entries for
+# both, was full within seconds under `make loadtest` (20 users' 480 cards and a new grid per upload), so most
+# cards were rendered again on every gallery view.
 _LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 CACHES = {
     "default": {"BACKEND": _LOCMEM, "LOCATION": "default"},
     "cards": {"BACKEND": _LOCMEM, "LOCATION": "gallery-cards", "OPTIONS": {"MAX_ENTRIES": 10_000}},
-    "grids": {"BACKEND": _LOCMEM, "LOCATION": "gallery-grids", "OPTIONS": {"MAX_ENTRIES": 500}},
+    "grids": {"BACKEND": _LOCMEM, "LOCATION": "gallery-grids", "OPTIONS": {"MAX_ENTRIES": 200}},
 }
 
 # Media: local files by default, private S3 objects when AWS_STORAGE_BUCKET_NAME is set. Keys are

@@ -423,7 +423,9 @@ def photo_reconstruct(
     """
     options = {"locate": locate, "facing": facing, "found_z": found_z, "method": method, "locator": locator}
     source = _readable_twice(source)
-    decoded = image_decode(source, reduce_to=WORKING_FIT)  # upright, sRGB, RGB; ImageError when unusable
+    # A Pillow image is decoded whole, as before: a reduced decode would shrink the caller's own (lazy) image.
+    working = None if isinstance(source, Image.Image) else WORKING_FIT
+    decoded = image_decode(source, reduce_to=working)  # upright, sRGB, RGB; ImageError when unusable
     framed = _frame_and_reconstruct(model, decoded.image, **options)
     if decoded.reduced and not _enough_pixels(framed.frame, model):
         # A small car: decode again, large enough for the frame found (the whole photo at worst), and frame there.
@@ -467,12 +469,16 @@ def _enough_pixels(frame: Box, model: runtime.Model) -> bool:
 
 def _in_full_size(framed: Framed, full: tuple[int, int]) -> Framed:
     """``framed``, found on a reduced decode, with its box, frame and size in the full photo's pixels."""
-    factor = full[0] / framed.size[0]
-    whole = framed.frame == Box(0, 0, *framed.size)
+    # Each axis by its own ratio: the reduced sides were rounded up separately (1001x7000 -> 501x3500).
+    fx, fy = full[0] / framed.size[0], full[1] / framed.size[1]
+
+    def scaled(box: Box) -> Box:
+        return _clip((box.left * fx, box.top * fy, box.right * fx, box.bottom * fy), *full)
+
     return replace(
         framed,
-        box=framed.box.scaled(factor, full) if framed.box is not None else None,
-        frame=Box(0, 0, *full) if whole else framed.frame.scaled(factor, full),
+        box=scaled(framed.box) if framed.box is not None else None,
+        frame=scaled(framed.frame),
         size=full,
     )
 

@@ -223,17 +223,13 @@ def reconstruction_run(
     is set, the row goes back to pending without counting the attempt and StorageUnavailable is raised for the
     caller to try again later (the Celery task, with a back-off); otherwise the row fails with that reason.
     """
-    for _ in range(3):  # a retry of the row between the claim and the read below: claim it again
-        reconstruction = _reconstruction_claim(reconstruction_id)
-        if reconstruction is not None:
-            break
+    reconstruction = _reconstruction_claim(reconstruction_id)
+    if reconstruction is None:
         reconstruction = Reconstruction.objects.filter(pk=reconstruction_id).first()
         if reconstruction is None:
             logger.info("reconstruction %s was deleted before it ran", reconstruction_id)
             return None
-        if reconstruction.is_finished:
-            return reconstruction
-        if reconstruction.attempts >= settings.RECONSTRUCT_MAX_ATTEMPTS:
+        if reconstruction.attempts >= settings.RECONSTRUCT_MAX_ATTEMPTS and not reconstruction.is_finished:
             # Each earlier attempt died with its worker (acks_late redelivered the job): stop here rather than let
             # one poisonous image kill workers forever. Conditional, as the claim: a retry meanwhile wins.
             error = (
@@ -244,8 +240,9 @@ def reconstruction_run(
                 pk=reconstruction_id, status=reconstruction.status, attempts=reconstruction.attempts
             ).update(status=Status.FAILED, error=error, finished_at=timezone.now())
             return Reconstruction.objects.filter(pk=reconstruction_id).first()
-    else:
-        return Reconstruction.objects.filter(pk=reconstruction_id).first()  # changing under us: leave it be
+        # Finished; or made claimable again since the claim (a retry, the sweep), which queued a job of its own
+        # that will run it: this one leaves it alone, as the old locking claim did.
+        return reconstruction
     attempt = reconstruction.attempts
     return _reconstruction_attempt(reconstruction, attempt, original, storage_retry=storage_retry)
 

@@ -232,3 +232,35 @@ def test_a_small_car_in_a_large_photo_is_framed_on_a_decode_large_enough_for_it(
     assert framed.size == (4800, 2400) and framed.box == framed.frame
     assert framed.frame.width == pytest.approx(7 * width, abs=2)
     assert framed.frame.height == pytest.approx(7 * height, abs=2)
+
+
+def test_a_lazily_opened_large_pillow_image_keeps_its_size_and_full_size_pixels(tiny_export: Any) -> None:
+    # A caller's own Image.open(...) is decoded whole, as before: a reduced decode would shrink that very object
+    # (Pillow's draft) and give the box and frame in the shrunk picture's pixels.
+    import io
+
+    model = runtime.load_model(tiny_export.model_dir)
+    image = Image.open(io.BytesIO(_large_jpeg()))
+    locator = _FixedLocator((0.4, 0.4, 0.45, 0.45))
+    framed = framing.photo_reconstruct(model, image, facing=None, locator=locator)
+    assert image.size == (2400, 1200) and locator.seen == [(2400, 1200)]
+    assert framed.size == (2400, 1200) and framed.box == framing.Box(960, 480, 1080, 540)
+
+
+def test_a_frame_found_on_a_reduced_decode_is_scaled_back_along_each_axis() -> None:
+    # 1001x7000 decodes at half size to 501x3500 (each side rounded up): x and y scale by different ratios, and a
+    # frame reaching the reduced picture's edges reaches the full photo's.
+    found = framing.Framed(
+        result=None,  # type: ignore[arg-type]
+        box=framing.Box(250, 1750, 501, 3500),
+        frame=framing.Box(0, 0, 501, 3500),
+        size=(501, 3500),
+        facing=None,
+        mirrored=False,
+        car_z=None,
+        car_found=True,
+        car_likeness=None,
+    )
+    full = framing._in_full_size(found, (1001, 7000))
+    assert full.size == (1001, 7000) and full.frame == framing.Box(0, 0, 1001, 7000)
+    assert full.box == framing.Box(round(250 * 1001 / 501), 3500, 1001, 7000)

@@ -130,6 +130,28 @@ def test_a_worker_claims_its_job_in_one_statement(settings, alice, car_png: byte
     assert statements[2].startswith("UPDATE")
 
 
+def test_a_job_whose_row_a_retry_reset_after_its_claim_failed_leaves_it_to_the_retrys_job(
+    settings, alice, car_png: bytes, monkeypatch
+) -> None:
+    # The claim found nothing to claim (the row had failed); before the run read the row, "Try again" reset it to
+    # pending and queued a job of its own. This run must leave the row to that job, not run the photo twice.
+    from reconstruct.services import reconstructions
+
+    reconstruction = _pending(alice, car_png, settings)
+    real_claim = reconstructions._reconstruction_claim
+    claims: list[int] = []
+
+    # The first claim finds nothing (the row was failed then); any later one would claim the reset row.
+    def first_claim_finds_nothing(pk: int):
+        claims.append(pk)
+        return None if len(claims) == 1 else real_claim(pk)
+
+    monkeypatch.setattr(reconstructions, "_reconstruction_claim", first_claim_finds_nothing)
+    result = reconstruction_run(reconstruction.pk)
+    assert (result.status, result.attempts) == (Status.PENDING, 0)
+    assert not result.reconstruction
+
+
 def test_it_picks_up_a_job_whose_worker_died(settings, alice, car_png: bytes) -> None:
     reconstruction = _pending(alice, car_png, settings)
     # What a worker killed mid-job leaves: the row claimed, no result.
