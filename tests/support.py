@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -427,3 +428,11 @@ def worker_environment(s3: S3Server, database_url: str, broker_url: str, model_c
 
 def stop_worker(worker: WorkerProcess) -> None:
     worker.stop(timeout=20)
+
+
+def run_module_json(*args: str, timeout: float = 240) -> tuple[dict, str]:
+    """``python -m <args>`` run from the project's root: asserts it succeeded; returns its last line as JSON, and
+    its whole standard output (for an assertion's message)."""
+    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout

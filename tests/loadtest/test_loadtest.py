@@ -4,14 +4,11 @@ figures are speed, which is never asserted here."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, draw_car, encode
+from tests.support import run_module_json
 
 pytestmark = pytest.mark.integration
 
@@ -21,24 +18,12 @@ KEYS = {
 }  # fmt: skip
 
 
-def test_it_loads_the_real_stack_and_reports_json_last(tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for index, colour in enumerate([(200, 30, 30), (30, 60, 200), (40, 160, 60)]):
-        (photos / f"car{index}.jpg").write_bytes(encode(draw_car((320, 160), colour), "JPEG", quality=90))
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest", "--users", "2", "--seconds", "3", "--images", str(photos)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_it_loads_the_real_stack_and_reports_json_last(drawn_cars: Path) -> None:
+    report, output = run_module_json("loadtest", "--users", "2", "--seconds", "3", "--images", str(drawn_cars))
     assert set(report) >= KEYS
     assert report["users"] == 2 and report["seconds"] == 3
     assert report["accepted"] > 0 and report["done"] == report["accepted"], report
-    assert report["errors"] == 0 and report["failed"] == 0, result.stdout
+    assert report["errors"] == 0 and report["failed"] == 0, output
     assert report["requests"] >= 3 * report["done"]  # the upload (which waits for the result), the PNG, the gallery
     assert report["mode"] == "upload-wait"
     assert {"web", "worker", "redis", "loadgen"} <= set(report["cpu_ms_per_recon_by_process"])

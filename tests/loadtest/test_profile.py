@@ -5,29 +5,14 @@ claim and ``_reconstruction_attempt``). Its figures are speed, which is never as
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from loadtest.profile import STAGES
-from tests.support import ROOT, draw_car, encode
+from tests.support import run_module_json
 
 
-def test_every_stage_of_a_round_is_found_in_the_profile(tmp_path: Path) -> None:
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for index, colour in enumerate([(200, 30, 30), (30, 60, 200)]):
-        (photos / f"car{index}.jpg").write_bytes(encode(draw_car((320, 160), colour), "JPEG", quality=90))
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.profile", "--count", "2", "--images", str(photos)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_every_stage_of_a_round_is_found_in_the_profile(drawn_cars: Path) -> None:
+    report, _output = run_module_json("loadtest.profile", "--count", "2", "--images", str(drawn_cars))
     assert set(report["parts"]) == set(STAGES)
     for part, stages in STAGES.items():
         table = report["parts"][part]
