@@ -478,7 +478,12 @@ def image_decode(
                 ):
                     scale *= 2
                 if scale > 1:
-                    image.draft(None, _reduced(image.size, scale))
+                    # Pillow picks the largest of 1/2, 1/4, 1/8 that keeps the size asked for, judged by whole
+                    # divisions: ask for the floor (4033x3025 at 1/4: 1008x756; the ceiling, 1009x757, would give
+                    # 1/2), then read the scale it chose from the box it returns (the original in the new pixels).
+                    full_width = image.size[0]
+                    drafted = image.draft(None, (max(1, full_width // scale), max(1, image.size[1] // scale)))
+                    scale = round(full_width / drafted[1][2]) if drafted else 1
                     wanted = max(1, wanted // scale)
             factor = wanted
             plain = image.mode == "RGB" and orientation == 1 and not mirror and not icc
