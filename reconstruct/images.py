@@ -10,6 +10,7 @@ browsers cannot show).
 from __future__ import annotations
 
 import io
+import re
 
 from PIL import Image, features
 
@@ -46,6 +47,11 @@ _PNG_KEEP = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# The end of a scan's entropy-coded data: a 0xFF that starts a marker, i.e. not followed by a stuffed 0x00, a
+# restart marker (RST0-RST7) or another 0xFF (a fill byte; the last 0xFF of a run is the marker's).
+_JPEG_SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+
+
 def jpeg_without_metadata(data: bytes) -> bytes:
     """The first picture of a JPEG (or MPO) file with its metadata segments removed; the compressed data is
     copied byte for byte. Raises ``ValueError`` when the marker structure is not what the standard says
@@ -80,20 +86,11 @@ def jpeg_without_metadata(data: bytes) -> bytes:
             continue
         out += bytes((0xFF, marker)) + segment
         if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker that is not 00 or RSTn
-            j = i
-            while True:
-                j = data.find(b"\xff", j)
-                if j < 0 or j + 1 >= n:
-                    raise ValueError("JPEG scan cut short")
-                following = data[j + 1]
-                if following == 0xFF:
-                    j += 1
-                elif following == 0x00 or 0xD0 <= following <= 0xD7:
-                    j += 2
-                else:
-                    break
-            out += data[i:j]
-            i = j
+            end = _JPEG_SCAN_END.search(data, i)
+            if end is None:
+                raise ValueError("JPEG scan cut short")
+            out += data[i : end.start()]
+            i = end.start()
 
 
 def png_without_metadata(data: bytes) -> bytes:

@@ -109,3 +109,24 @@ def test_it_stores_a_png_or_webp_as_its_own_picture_without_metadata(fmt: str) -
     assert stored.format == fmt and dict(stored.getexif()) == {} and "Author" not in stored.info
     assert stored.tobytes() == Image.open(io.BytesIO(photo)).tobytes()  # the same pixels, not encoded again
     assert len(prepared.content) < len(photo)
+
+
+def test_the_stored_copy_keeps_a_scan_with_restart_markers_and_fill_bytes_byte_for_byte() -> None:
+    from reconstruct.images import jpeg_without_metadata
+
+    out = io.BytesIO()
+    draw_car((320, 160), seed=4).save(out, "JPEG", quality=95, restart_marker_blocks=1, comment=b"taken at home")
+    photo = out.getvalue()
+    start = photo.index(b"\xff\xda")
+    end = photo.rindex(b"\xff\xd9")
+    scan = photo[start:end]
+    assert scan.count(b"\xff\x00") > 0 and scan.count(b"\xff\xd0") > 0  # stuffed bytes and restart markers
+    # Fill bytes (any number of 0xFF) may precede the end-of-image marker (ITU T.81, B.1.1.2).
+    padded = photo[:end] + b"\xff\xff\xff" + photo[end:]
+    stripped = jpeg_without_metadata(padded)
+    assert b"taken at home" not in stripped
+    assert scan in stripped and stripped.endswith(b"\xff\xd9")
+    same = Image.open(io.BytesIO(stripped)).convert("RGB").tobytes()
+    assert same == Image.open(io.BytesIO(photo)).convert("RGB").tobytes()
+    with pytest.raises(ValueError, match="scan cut short"):
+        jpeg_without_metadata(photo[: start + len(scan) // 2])
