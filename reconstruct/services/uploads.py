@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 THUMBNAIL_SIZE = (480, 480)
+# The upload is decoded for its thumbnail at no less than twice the thumbnail's size, as Pillow's own
+# ``Image.thumbnail`` drafts a JPEG (``reducing_gap=2.0``), not ml.decode's default three times: a 12-megapixel
+# JPEG decodes at 1/4 instead of 1/2, and the upload costs about 10 ms less CPU (README, "Speed under load").
+THUMBNAIL_REDUCING_GAP = 2.0
 
 
 class UploadTooLarge(ValidationError):
@@ -139,6 +143,7 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
             max_pixels=max_pixels,
             formats=UPLOAD_FORMATS,
             reduce_to=THUMBNAIL_SIZE,
+            reducing_gap=THUMBNAIL_REDUCING_GAP,
             min_side=settings.RECONSTRUCT_MIN_IMAGE_SIDE,
         )
         content, _stored_format, extension, (width, height) = original_for_storage(data, decoded, max_pixels=max_pixels)

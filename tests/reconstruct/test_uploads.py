@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
 
+from ml.decode import image_decode
 from reconstruct.services.uploads import UploadTooLarge, upload_prepare
 from tests.support import draw_car, encode, upload
 
@@ -130,3 +131,22 @@ def test_the_stored_copy_keeps_a_scan_with_restart_markers_and_fill_bytes_byte_f
     assert same == Image.open(io.BytesIO(photo)).convert("RGB").tobytes()
     with pytest.raises(ValueError, match="scan cut short"):
         jpeg_without_metadata(photo[: start + len(scan) // 2])
+
+
+def test_a_large_jpeg_is_decoded_for_its_thumbnail_at_twice_the_thumbnail_size(monkeypatch) -> None:
+    from reconstruct.services import uploads
+
+    decoded_sizes = []
+
+    def spy(*args, **kwargs):
+        decoded = image_decode(*args, **kwargs)
+        decoded_sizes.append(decoded.image.size)
+        return decoded
+
+    monkeypatch.setattr(uploads, "image_decode", spy)
+    prepared = upload_prepare(upload(encode(draw_car((1920, 960)), "JPEG"), "big.jpg"))
+    # 1920x960 fits 480x480 at 1/4: libjpeg's 1/2 keeps twice that (Pillow's Image.thumbnail rule), where three
+    # times would have meant a whole decode.
+    assert decoded_sizes == [(960, 480)]
+    assert (prepared.width, prepared.height) == (1920, 960)
+    assert Image.open(io.BytesIO(prepared.thumbnail)).size == (480, 240)
