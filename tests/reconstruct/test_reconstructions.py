@@ -152,6 +152,23 @@ def test_a_job_whose_row_a_retry_reset_after_its_claim_failed_leaves_it_to_the_r
     assert not result.reconstruction
 
 
+def test_the_sweep_queues_again_a_job_left_running_by_a_claim(settings, alice, car_png: bytes, monkeypatch) -> None:
+    # The claim writes started_at in raw SQL; the sweep moves a stuck row with a conditional UPDATE that compares
+    # started_at with what it read, through the ORM. Both must store the time alike (on SQLite, the same text).
+    from reconstruct.services import recovery
+    from reconstruct.services.reconstructions import _reconstruction_claim
+
+    reconstruction = _pending(alice, car_png, settings)
+    claimed = _reconstruction_claim(reconstruction.pk)  # its worker then died: the row stays running
+    assert (claimed.status, claimed.attempts) == (Status.RUNNING, 1)
+    assert Reconstruction.objects.filter(pk=reconstruction.pk, started_at=claimed.started_at).exists()
+    settings.RECONSTRUCT_STUCK_AFTER = 0
+    queued: list[int] = []
+    monkeypatch.setattr(recovery, "reconstruction_dispatch", queued.append)
+    assert recovery.reconstruction_sweep().requeued == [reconstruction.pk] == queued
+    assert Reconstruction.objects.get(pk=reconstruction.pk).status == Status.PENDING
+
+
 def test_it_picks_up_a_job_whose_worker_died(settings, alice, car_png: bytes) -> None:
     reconstruction = _pending(alice, car_png, settings)
     # What a worker killed mid-job leaves: the row claimed, no result.
