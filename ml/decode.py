@@ -97,6 +97,9 @@ class DecodedImage:
     ``frames``: frames in the file (only the first is used). ``orientation``: the EXIF orientation applied (1 when
     none or unreadable). ``icc_converted``: an embedded profile other than sRGB was converted to sRGB.
     ``had_alpha``: the file had transparency (composited on white). ``mode``: the file's own pixel mode.
+    ``keeps``: ``reduce_to`` times ``reducing_gap`` (pixels, upright), the box whose fit the picture was allowed to
+    shrink to; None when no reduction was asked. Two decodes of one file with equal ``keeps`` (and the same
+    ``max_bytes``) give the same picture, so a caller can tell whether another's decode is the one it would make.
     """
 
     image: Image.Image
@@ -108,6 +111,7 @@ class DecodedImage:
     icc_converted: bool
     had_alpha: bool
     mode: str
+    keeps: tuple[float, float] | None = None
 
     @property
     def reduced(self) -> bool:
@@ -298,9 +302,11 @@ STRIP_PIXELS = 2_000_000
 
 
 def _reduce_factor(size: tuple[int, int], target: tuple[int, int], gap: float = REDUCING_GAP) -> int:
-    """The largest whole factor that keeps ``size`` at least ``gap`` times its fit into ``target``."""
-    scale = min(target[0] / size[0], target[1] / size[1])
-    return max(1, int(1 / (scale * gap)))
+    """The largest whole factor that keeps ``size`` at least ``gap`` times its fit into ``target``.
+
+    Computed from ``target`` x ``gap`` alone (the box kept), so that equal boxes give equal factors: (480, 480) at
+    2 and (320, 320) at 3 both keep 960 pixels, and 2880 pixels across reduce by exactly 3 in both."""
+    return max(1, int(max(size[0] / (target[0] * gap), size[1] / (target[1] * gap))))
 
 
 def _reduced(size: tuple[int, int], factor: int) -> tuple[int, int]:
@@ -522,6 +528,7 @@ def image_decode(
         icc_converted=icc_converted,
         had_alpha=had_alpha,
         mode=mode,
+        keeps=(reduce_to[0] * reducing_gap, reduce_to[1] * reducing_gap) if reduce_to else None,
     )
 
 

@@ -48,7 +48,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from ml import runtime
-from ml.decode import REDUCING_GAP, image_decode
+from ml.decode import REDUCING_GAP, DecodedImage, image_decode
 from ml.preprocess import prepare
 
 # The photo is shrunk to this longest side for the search: each candidate ends up 128x64 anyway, and
@@ -406,6 +406,7 @@ def photo_reconstruct(
     found_z: float | None = None,
     method: str = "locator",
     locator: CarLocator | None = None,
+    decoded: DecodedImage | None = None,
 ) -> Framed:
     """Decode a photo, find the car, frame it, face it left and reconstruct it (the module docstring).
 
@@ -420,12 +421,17 @@ def photo_reconstruct(
     cut from it when it still has at least ``REDUCING_GAP`` times the model's input across; otherwise (a small
     car in a large photo) the photo is decoded again, reduced only as far as that frame allows (whole at worst),
     and framed there. The box, frame and size returned are always in the full photo's pixels.
+
+    ``decoded``: ``source`` already decoded by the caller (``ml.decode.image_decode`` of the same pixels), used
+    instead of the first decode when it is the one this function would make (its ``keeps`` is ``WORKING_FIT`` x
+    ``REDUCING_GAP``): the site's upload decodes a photo at that size for its thumbnail. Any other is ignored.
     """
     options = {"locate": locate, "facing": facing, "found_z": found_z, "method": method, "locator": locator}
     source = _readable_twice(source)
     # A Pillow image is decoded whole, as before: a reduced decode would shrink the caller's own (lazy) image.
     working = None if isinstance(source, Image.Image) else WORKING_FIT
-    decoded = image_decode(source, reduce_to=working)  # upright, sRGB, RGB; ImageError when unusable
+    if decoded is None or working is None or decoded.keeps != _WORKING_KEEPS:
+        decoded = image_decode(source, reduce_to=working)  # upright, sRGB, RGB; ImageError when unusable
     framed = _frame_and_reconstruct(model, decoded.image, **options)
     if decoded.reduced and not _enough_pixels(framed.frame, model):
         # A small car: decode again, large enough for the frame found (the whole photo at worst), and frame there.
@@ -445,6 +451,7 @@ def photo_reconstruct(
 # decode, locator letterbox and frame resize cost about a tenth of the full size's. Photos under 960 pixels on
 # their longer side (the training and held-out crops) are decoded whole, exactly as before.
 WORKING_FIT = (320, 320)
+_WORKING_KEEPS = (WORKING_FIT[0] * REDUCING_GAP, WORKING_FIT[1] * REDUCING_GAP)
 
 
 def _readable_twice(source: runtime.ImageSource) -> runtime.ImageSource:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import NamedTuple
 
 from PIL import Image, features
 
@@ -138,10 +139,20 @@ def webp_without_metadata(data: bytes) -> bytes:
     return b"RIFF" + (len(out) + 4).to_bytes(4, "little") + b"WEBP" + bytes(out)
 
 
-def original_for_storage(
-    data: bytes, decoded: DecodedImage, *, max_pixels: int
-) -> tuple[bytes, str, str, tuple[int, int]]:
-    """What to store for an accepted upload: ``(bytes, stored format, extension, (width, height))``.
+class StoredOriginal(NamedTuple):
+    """What ``original_for_storage`` keeps: the bytes, their format (JPEG, PNG, WEBP) and file extension, the
+    picture's ``(width, height)`` in pixels, and ``copied``: the bytes are the file's own compressed picture (only
+    metadata cut out), so they decode to exactly the pixels the file did."""
+
+    content: bytes
+    format: str
+    extension: str
+    size: tuple[int, int]
+    copied: bool
+
+
+def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int) -> StoredOriginal:
+    """What to store for an accepted upload (:class:`StoredOriginal`).
 
     ``decoded`` is ``image_decode``'s answer for ``data`` (at any size). The file's own bytes, metadata removed,
     when the picture needs no change; otherwise the picture decoded at full size and saved anew: JPEG sources as
@@ -155,11 +166,11 @@ def original_for_storage(
     try:
         # A JPEG's first picture (an MPO's other frames dropped) is copied as it is; CMYK is re-encoded as RGB.
         if unchanged and decoded.format in ("JPEG", "MPO") and decoded.mode in ("RGB", "L"):
-            return jpeg_without_metadata(data), "JPEG", "jpg", size
+            return StoredOriginal(jpeg_without_metadata(data), "JPEG", "jpg", size, copied=True)
         if unchanged and decoded.format == "PNG" and decoded.frames == 1:
-            return png_without_metadata(data), "PNG", "png", size
+            return StoredOriginal(png_without_metadata(data), "PNG", "png", size, copied=True)
         if unchanged and decoded.format == "WEBP" and decoded.frames == 1:
-            return webp_without_metadata(data), "WEBP", "webp", size
+            return StoredOriginal(webp_without_metadata(data), "WEBP", "webp", size, copied=True)
     except ValueError:
         pass  # a structure the copy does not understand: saved anew from the decoded picture
     full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image
@@ -171,7 +182,7 @@ def original_for_storage(
         full.save(out, "WEBP", quality=95)
     else:
         full.save(out, "PNG", compress_level=4)
-    return out.getvalue(), stored_format, extension, full.size
+    return StoredOriginal(out.getvalue(), stored_format, extension, full.size, copied=False)
 
 
 def thumbnail_jpeg(image: Image.Image, size: tuple[int, int], quality: int = 85) -> bytes:

@@ -63,7 +63,7 @@ def reconstruction_create(*, user: AbstractBaseUser, upload: File | PreparedUplo
     prepared = upload if isinstance(upload, PreparedUpload) else upload_prepare(upload)
     counted = reconstruction_rate_consume(user)  # the limit's own check, safe under concurrency
     # Sync mode: the model starts on the photo now, while the original and thumbnail are written below.
-    precomputed = _reconstruction_precompute(prepared.content) if settings.RECONSTRUCT_MODE == "sync" else None
+    precomputed = _reconstruction_precompute(prepared) if settings.RECONSTRUCT_MODE == "sync" else None
     public_id = uuid.uuid4()
     prefix = _reconstruction_prefix(user.pk, public_id)
     written: list[str] = []
@@ -123,16 +123,19 @@ _precompute_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="carsite
 Precomputed = tuple[ModelVersion, "Future[framing.Framed]"]
 
 
-def _reconstruction_precompute(original: bytes) -> Precomputed | None:
-    """Start ``framing.photo_reconstruct`` on ``original`` with the active model in a thread; returns the version
-    and the future, or None when the active model cannot be had now (the run then tries again and fails the row
-    readably). The database is read here, in the request's thread: the thread itself runs only the model."""
+def _reconstruction_precompute(prepared: PreparedUpload) -> Precomputed | None:
+    """Start ``framing.photo_reconstruct`` on the upload's stored original with the active model in a thread
+    (from the upload's own decode where that is the one it needs); returns the version and the future, or None
+    when the active model cannot be had now (the run then tries again and fails the row readably). The database
+    is read here, in the request's thread: the thread itself runs only the model."""
     try:
         version, model = model_version_load_active()
     except Exception as error:  # reconstruction_run fails the row with a reason
         logger.warning("could not load the active model before storing the upload: %r", error)
         return None
-    return version, _precompute_pool.submit(framing.photo_reconstruct, model, io.BytesIO(original))
+    return version, _precompute_pool.submit(
+        framing.photo_reconstruct, model, io.BytesIO(prepared.content), decoded=prepared.decoded
+    )
 
 
 def reconstruction_dispatch(reconstruction_id: int) -> datetime | None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from django.db import transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from ml.decode import ImageDecodeError, image_decode
+from ml.decode import DecodedImage, ImageDecodeError, image_decode
 from reconstruct.images import UPLOAD_FORMATS, display_name, original_for_storage, sizes_text, thumbnail_jpeg
 from reconstruct.models import UploadRecord
 
@@ -103,6 +103,10 @@ class PreparedUpload:
     height: int
     thumbnail: bytes  # JPEG
     name: str  # the user's file name, for display only
+    # The thumbnail's decode, when ``content`` is the file's own compressed picture (so it decodes to the same
+    # pixels): sync mode hands it to ml.framing.photo_reconstruct, whose first decode of a large photo it is (the
+    # thumbnail's 480 pixels x 2 = the working fit's 320 x 3), instead of decoding the photo a second time.
+    decoded: DecodedImage | None = field(default=None, repr=False, compare=False)
 
 
 def size_text(n: int) -> str:
@@ -146,16 +150,17 @@ def upload_prepare(uploaded: File) -> PreparedUpload:
             reducing_gap=THUMBNAIL_REDUCING_GAP,
             min_side=settings.RECONSTRUCT_MIN_IMAGE_SIDE,
         )
-        content, _stored_format, extension, (width, height) = original_for_storage(data, decoded, max_pixels=max_pixels)
+        stored = original_for_storage(data, decoded, max_pixels=max_pixels)
     except ImageDecodeError as problem:
         raise ValidationError(problem.message, code=problem.code) from None
     name = display_name(getattr(uploaded, "name", "") or "")
     return PreparedUpload(
-        content=content,
-        extension=extension,
+        content=stored.content,
+        extension=stored.extension,
         format=decoded.format,
-        width=width,
-        height=height,
+        width=stored.size[0],
+        height=stored.size[1],
         thumbnail=thumbnail_jpeg(decoded.image, THUMBNAIL_SIZE),
         name=name,
+        decoded=decoded if stored.copied else None,
     )

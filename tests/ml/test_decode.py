@@ -86,6 +86,21 @@ def test_an_odd_sized_jpeg_is_reduced_as_far_as_an_even_sized_one() -> None:
     assert even.image.size == (250, 189)
 
 
+def test_decodes_that_keep_the_same_box_are_the_same_picture() -> None:
+    # The upload's decode for its thumbnail (480 pixels, 2 times to spare) and ml.framing's first decode (320, 3
+    # times) keep the same 960-pixel box: the same scale, the same pixels, and ``keeps`` says so. A width that is an
+    # exact multiple of the box (2880 = 3 x 960) reduces by that multiple in both.
+    for size, fmt, reduced in (((4032, 3024), "JPEG", (1008, 756)), ((2880, 1000), "PNG", (960, 334))):
+        data = encode(draw_car(size, seed=2), fmt)
+        thumbnail = image_decode(data, reduce_to=(480, 480), reducing_gap=2.0)
+        working = image_decode(data, reduce_to=(320, 320))
+        assert thumbnail.keeps == working.keeps == (960.0, 960.0)
+        assert thumbnail.image.size == working.image.size == reduced
+        assert thumbnail.image.tobytes() == working.image.tobytes()
+    assert image_decode(data).keeps is None
+    assert image_decode(data, reduce_to=(100, 50), reducing_gap=2.5).keeps == (250.0, 125.0)
+
+
 def test_it_checks_the_pixel_count_from_the_header_before_decoding() -> None:
     bomb = hostile.pixel_bomb(20_000)  # 400 megapixels in a few kilobytes
     assert len(bomb) < 100_000

@@ -234,6 +234,33 @@ def test_a_small_car_in_a_large_photo_is_framed_on_a_decode_large_enough_for_it(
     assert framed.frame.height == pytest.approx(7 * height, abs=2)
 
 
+def test_a_large_photo_decoded_by_the_caller_at_the_working_size_is_not_decoded_again(
+    monkeypatch: pytest.MonkeyPatch, tiny_export: Any
+) -> None:
+    # The site's upload decodes a photo for its thumbnail at the size framing's first decode keeps (960 pixels):
+    # handed over, it gives the same result without a decode of its own; a decode of another size is not used.
+    from ml.decode import image_decode
+
+    model = runtime.load_model(tiny_export.model_dir)
+    data = _large_jpeg((4032, 3024))
+    fraction = (0.125, 0.125, 0.875, 0.875)
+    own = framing.photo_reconstruct(model, data, facing=None, locator=_FixedLocator(fraction))
+    decodes: list[Any] = []
+    monkeypatch.setattr(framing, "image_decode", lambda *a, **k: decodes.append(k) or image_decode(*a, **k))
+    thumbnail_decode = image_decode(data, reduce_to=(480, 480), reducing_gap=2.0)
+    handed = framing.photo_reconstruct(
+        model, data, facing=None, locator=_FixedLocator(fraction), decoded=thumbnail_decode
+    )
+    assert decodes == []
+    assert (handed.box, handed.frame, handed.size) == (own.box, own.frame, own.size)
+    assert handed.result.scores == own.result.scores
+    assert np.array_equal(np.asarray(handed.result.reconstruction), np.asarray(own.result.reconstruction))
+    other = framing.photo_reconstruct(
+        model, data, facing=None, locator=_FixedLocator(fraction), decoded=image_decode(data, reduce_to=(100, 100))
+    )
+    assert len(decodes) == 1 and other.result.scores == own.result.scores
+
+
 def test_a_lazily_opened_large_pillow_image_keeps_its_size_and_full_size_pixels(tiny_export: Any) -> None:
     # A caller's own Image.open(...) is decoded whole, as before: a reduced decode would shrink that very object
     # (Pillow's draft) and give the box and frame in the shrunk picture's pixels.

@@ -59,6 +59,48 @@ def test_a_precomputed_photo_that_the_model_refuses_fails_readably(monkeypatch, 
     assert all(default_storage.exists(key) for key in reconstruction.file_keys())  # the upload is kept
 
 
+def test_sync_mode_frames_a_large_photo_on_the_uploads_own_decode(monkeypatch, alice) -> None:
+    """A large upright JPEG is decoded once in sync mode: the thumbnail's decode is framing's first one too, and
+    the result is the one the worker's own decode of the stored original gives. A photo turned upright (stored
+    as a new encoding, so other pixels) is decoded again from what was stored, as the worker does."""
+    from PIL import Image
+
+    from ml import framing
+    from reconstruct.registry.services import model_version_load_active
+    from tests.support import draw_car, encode
+
+    decodes: list[object] = []
+    real_decode = framing.image_decode
+    monkeypatch.setattr(framing, "image_decode", lambda *a, **k: decodes.append(k) or real_decode(*a, **k))
+    scene = Image.new("RGB", (4032, 3024), (70, 100, 60))
+    scene.paste(draw_car((2800, 1400), seed=4), (600, 800))
+    reconstruction = reconstruction_create(user=alice, upload=upload(encode(scene, "JPEG", quality=90), "big.jpg"))
+    assert reconstruction.status == Status.DONE, reconstruction.error
+    assert decodes == []
+    _version, model = model_version_load_active()
+    with default_storage.open(reconstruction.original.name, "rb") as stored:
+        worker = framing.photo_reconstruct(model, stored.read())  # what reconstruction_run does
+    scores = worker.result.scores
+    likeness = worker.car_likeness if worker.car_likeness is not None else scores.car_likeness
+    assert reconstruction.scores() == {
+        "mse": scores.mse,
+        "psnr": scores.psnr,
+        "ssim": scores.ssim,
+        "kl": scores.kl,
+        "car_likeness": likeness,
+    }
+    box = worker.box.as_list() if worker.box else None
+    assert (reconstruction.car_box, reconstruction.frame) == (box, worker.frame.as_list())
+
+    decodes.clear()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone held upright: the stored copy is turned and encoded anew
+    turned = encode(scene.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif)
+    reconstruction = reconstruction_create(user=alice, upload=upload(turned, "phone.jpg"))
+    assert reconstruction.status == Status.DONE, reconstruction.error
+    assert len(decodes) == 1
+
+
 def test_it_reconstructs_an_upload_in_sync_mode(alice, car_png: bytes) -> None:
     reconstruction = reconstruction_create(user=alice, upload=upload(car_png, "red.png"))
     assert reconstruction.status == Status.DONE, reconstruction.error
