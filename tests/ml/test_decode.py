@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import numpy as np
@@ -99,6 +100,17 @@ def test_decodes_that_keep_the_same_box_are_the_same_picture() -> None:
         assert thumbnail.image.tobytes() == working.image.tobytes()
     assert image_decode(data).keeps is None
     assert image_decode(data, reduce_to=(100, 50), reducing_gap=2.5).keeps == (250.0, 125.0)
+
+
+def test_pillow_keeps_a_few_freed_blocks_for_the_next_picture() -> None:
+    # Set by importing ml.decode (every process that decodes does); an operator's PILLOW_BLOCKS_MAX is left alone.
+    import subprocess
+    import sys
+
+    assert Image.core.get_blocks_max() == decode.PILLOW_BLOCKS_CACHED
+    probe = "import ml.decode; from PIL import Image; print(Image.core.get_blocks_max())"
+    env = {**os.environ, "PILLOW_BLOCKS_MAX": "1"}
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout == "1\n"
 
 
 def test_it_checks_the_pixel_count_from_the_header_before_decoding() -> None:
