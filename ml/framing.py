@@ -48,7 +48,7 @@ import onnxruntime as ort
 from PIL import Image, ImageOps
 
 from ml import runtime
-from ml.decode import REDUCING_GAP, DecodedImage, image_decode
+from ml.decode import DEFAULT_MAX_PIXELS, REDUCING_GAP, DecodedImage, image_decode
 from ml.preprocess import prepare
 
 # The photo is shrunk to this longest side for the search: each candidate ends up 128x64 anyway, and
@@ -424,14 +424,16 @@ def photo_reconstruct(
 
     ``decoded``: ``source`` already decoded by the caller (``ml.decode.image_decode`` of the same pixels), used
     instead of the first decode when it is the one this function would make (its ``keeps`` is ``WORKING_FIT`` x
-    ``REDUCING_GAP``): the site's upload decodes a photo at that size for its thumbnail. Any other is ignored.
+    ``REDUCING_GAP``, and the photo has at most ``MAX_PIXELS``, which this function's own decode refuses beyond):
+    the site's upload decodes a photo at that size for its thumbnail. Any other is ignored.
     """
     options = {"locate": locate, "facing": facing, "found_z": found_z, "method": method, "locator": locator}
     source = _readable_twice(source)
     # A Pillow image is decoded whole, as before: a reduced decode would shrink the caller's own (lazy) image.
     working = None if isinstance(source, Image.Image) else WORKING_FIT
-    if decoded is None or working is None or decoded.keeps != _WORKING_KEEPS:
-        decoded = image_decode(source, reduce_to=working)  # upright, sRGB, RGB; ImageError when unusable
+    handed = decoded is not None and decoded.keeps == _WORKING_KEEPS and decoded.width * decoded.height <= MAX_PIXELS
+    if not handed or working is None:
+        decoded = image_decode(source, reduce_to=working, max_pixels=MAX_PIXELS)  # upright sRGB RGB; ImageError
     framed = _frame_and_reconstruct(model, decoded.image, **options)
     if decoded.reduced and not _enough_pixels(framed.frame, model):
         # A small car: decode again, large enough for the frame found (the whole photo at worst), and frame there.
@@ -441,7 +443,7 @@ def photo_reconstruct(
             math.ceil(full[0] * model.config.width / needed.width),
             math.ceil(full[1] * model.config.height / needed.height),
         )
-        decoded = image_decode(source, reduce_to=reduce_to)
+        decoded = image_decode(source, reduce_to=reduce_to, max_pixels=MAX_PIXELS)
         framed = _frame_and_reconstruct(model, decoded.image, **options)
     return _in_full_size(framed, (decoded.width, decoded.height)) if decoded.reduced else framed
 
@@ -451,6 +453,8 @@ def photo_reconstruct(
 # decode, locator letterbox and frame resize cost about a tenth of the full size's. Photos under 960 pixels on
 # their longer side (the training and held-out crops) are decoded whole, exactly as before.
 WORKING_FIT = (320, 320)
+# The most pixels a photo may have here (ml.decode's default; the site's uploads may be allowed more or fewer).
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 _WORKING_KEEPS = (WORKING_FIT[0] * REDUCING_GAP, WORKING_FIT[1] * REDUCING_GAP)
 
 

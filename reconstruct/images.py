@@ -96,7 +96,8 @@ def jpeg_without_metadata(data: bytes) -> bytes:
 
 def png_without_metadata(data: bytes) -> bytes:
     """A PNG with only its picture chunks (IHDR, PLTE, tRNS, IDAT, IEND); nothing after IEND. Raises
-    ``ValueError`` for a broken chunk structure."""
+    ``ValueError`` for a broken chunk structure, or an animated PNG (an ``acTL`` chunk, even for one frame: its
+    frame control, which the picture's decoding follows, would be cut out)."""
     if not data.startswith(_PNG_SIGNATURE):
         raise ValueError("not a PNG file")
     out = bytearray(_PNG_SIGNATURE)
@@ -107,6 +108,8 @@ def png_without_metadata(data: bytes) -> bytes:
         end = i + 12 + length
         if end > n:
             break
+        if kind == b"acTL":
+            raise ValueError("an animated PNG")
         if kind in _PNG_KEEP:
             out += data[i:end]
         i = end

@@ -259,6 +259,11 @@ def test_a_large_photo_decoded_by_the_caller_at_the_working_size_is_not_decoded_
         model, data, facing=None, locator=_FixedLocator(fraction), decoded=image_decode(data, reduce_to=(100, 100))
     )
     assert len(decodes) == 1 and other.result.scores == own.result.scores
+    # Nor is a decode of a photo over the pixels framing's own decode accepts: refused as it would be without it.
+    monkeypatch.setattr(framing, "MAX_PIXELS", 4032 * 3024 - 1)
+    with pytest.raises(runtime.ImageError) as refused:
+        framing.photo_reconstruct(model, data, facing=None, locator=_FixedLocator(fraction), decoded=thumbnail_decode)
+    assert refused.value.code == "too_many_pixels"
 
 
 def test_a_lazily_opened_large_pillow_image_keeps_its_size_and_full_size_pixels(tiny_export: Any) -> None:

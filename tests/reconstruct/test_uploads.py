@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
 from PIL import Image
@@ -90,6 +91,32 @@ def test_it_keeps_an_upright_jpeg_s_quality_and_drops_its_metadata() -> None:
     # Re-saved with the photo's own quantisation tables: no second round of compression.
     assert stored.quantization == Image.open(io.BytesIO(photo)).quantization
     assert abs(len(prepared.content) - len(photo)) < 0.1 * len(photo)
+
+
+def test_a_one_frame_animated_png_is_stored_as_the_picture_it_shows() -> None:
+    # An APNG's frame control says how its picture is read; cutting it out with the metadata (as for a plain PNG)
+    # stored another picture. Here the frame control (against the specification) covers a quarter of the canvas.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    width, height = 120, 90
+    rows = np.random.default_rng(0).integers(0, 5, (height, width, 3), dtype=np.uint8)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"acTL", struct.pack(">II", 1, 0))
+        + chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, width // 2, height // 2, 0, 0, 1, 10, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row.tobytes() for row in rows)))
+        + chunk(b"IEND", b"")
+    )
+    prepared = upload_prepare(upload(png, "one-frame.png"))
+    assert prepared.decoded is None  # stored anew: sync mode decodes what was stored
+    shown = image_decode(png).image
+    stored = image_decode(prepared.content).image
+    assert stored.size == shown.size and stored.tobytes() == shown.tobytes()
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
