@@ -3,8 +3,8 @@
 Decoding is ``ml.decode.image_decode`` (one path for every file). This module decides what is *stored*: the
 file's own bytes with their metadata blocks cut out when nothing about the picture has to change (no second
 round of JPEG compression, no full-size decode of a 100-megapixel file just to save it again), a new encoding
-only when the picture changes (turned upright, converted to sRGB, first frame of an animation, a format
-browsers cannot show).
+only when the picture changes (turned upright, CMYK made RGB, first frame of an animation, a format browsers
+cannot show). A colour profile other than sRGB stays with the copy (browsers apply it).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ UPLOAD_FORMATS: tuple[str, ...] = (
 DATASET_FORMATS: tuple[str, ...] = tuple(STORED_FORMATS)
 
 # JPEG segments kept: JFIF (APP0) and Adobe (APP14: says how to read the colour channels); every other
-# application block (EXIF with GPS, XMP, ICC, MPF, maker notes) and comments go.
+# application block (EXIF with GPS, XMP, MPF, maker notes) and comments go, and the colour profile (APP2
+# ICC_PROFILE) too unless it is asked for (``keep_icc``: a profile other than sRGB, which viewers apply).
 _JPEG_KEEP_APP = (0xE0, 0xEE)
-# PNG chunks kept: the picture and its transparency; text, EXIF, time, ICC, gamma and animation chunks go
-# (the decoded pixels, what the model sees, ignore gamma and chromaticity too).
+_JPEG_ICC = b"ICC_PROFILE\x00"
+# PNG chunks kept: the picture and its transparency; text, EXIF, time, gamma and animation chunks go (the decoded
+# pixels, what the model sees, ignore gamma and chromaticity too), and the colour profile unless asked for.
 _PNG_KEEP = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,10 +55,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
-def jpeg_without_metadata(data: bytes) -> bytes:
+def jpeg_without_metadata(data: bytes, *, keep_icc: bool = False) -> bytes:
     """The first picture of a JPEG (or MPO) file with its metadata segments removed; the compressed data is
-    copied byte for byte. Raises ``ValueError`` when the marker structure is not what the standard says
-    (ITU T.81, annex B)."""
+    copied byte for byte, and with ``keep_icc`` its colour profile (every APP2 ``ICC_PROFILE`` segment, in order).
+    Raises ``ValueError`` when the marker structure is not what the standard says (ITU T.81, annex B)."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG file")
     out = bytearray(b"\xff\xd8")
@@ -82,7 +84,10 @@ def jpeg_without_metadata(data: bytes) -> bytes:
         segment = data[i : i + length]
         i += length
         is_jfif = marker == 0xE0 and segment[2:7] == b"JFIF\x00"
-        dropped_app = 0xE0 <= marker <= 0xEF and (marker not in _JPEG_KEEP_APP or (marker == 0xE0 and not is_jfif))
+        is_icc = keep_icc and marker == 0xE2 and segment[2:14] == _JPEG_ICC
+        dropped_app = (
+            0xE0 <= marker <= 0xEF and not is_icc and (marker not in _JPEG_KEEP_APP or (marker == 0xE0 and not is_jfif))
+        )
         if marker == 0xFE or dropped_app:
             continue
         out += bytes((0xFF, marker)) + segment
@@ -94,8 +99,9 @@ def jpeg_without_metadata(data: bytes) -> bytes:
             i = end.start()
 
 
-def png_without_metadata(data: bytes) -> bytes:
-    """A PNG with only its picture chunks (IHDR, PLTE, tRNS, IDAT, IEND); nothing after IEND. Raises
+def png_without_metadata(data: bytes, *, keep_icc: bool = False) -> bytes:
+    """A PNG with only its picture chunks (IHDR, PLTE, tRNS, IDAT, IEND), and with ``keep_icc`` its colour profile
+    (iCCP); nothing after IEND. Raises
     ``ValueError`` for a broken chunk structure, or an animated PNG (an ``acTL`` chunk, even for one frame: its
     frame control, which the picture's decoding follows, would be cut out)."""
     if not data.startswith(_PNG_SIGNATURE):
@@ -110,7 +116,7 @@ def png_without_metadata(data: bytes) -> bytes:
             break
         if kind == b"acTL":
             raise ValueError("an animated PNG")
-        if kind in _PNG_KEEP:
+        if kind in _PNG_KEEP or (keep_icc and kind == b"iCCP"):
             out += data[i:end]
         i = end
         if kind == b"IEND":
@@ -118,9 +124,10 @@ def png_without_metadata(data: bytes) -> bytes:
     raise ValueError("PNG cut short")
 
 
-def webp_without_metadata(data: bytes) -> bytes:
-    """A still WebP without its EXIF, XMP and ICC chunks (the VP8X flags and RIFF size follow); the compressed
-    picture is copied byte for byte. Raises ``ValueError`` for a broken RIFF structure or an animation."""
+def webp_without_metadata(data: bytes, *, keep_icc: bool = False) -> bytes:
+    """A still WebP without its EXIF and XMP chunks, and without its ICC chunk unless ``keep_icc`` (the VP8X flags
+    and RIFF size follow); the compressed picture is copied byte for byte. Raises ``ValueError`` for a broken RIFF
+    structure or an animation."""
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         raise ValueError("not a WebP file")
     out = bytearray()
@@ -134,10 +141,10 @@ def webp_without_metadata(data: bytes) -> bytes:
         i += len(chunk)
         if kind in (b"ANIM", b"ANMF"):
             raise ValueError("an animated WebP")
-        if kind in (b"EXIF", b"XMP ", b"ICCP"):
+        if kind in (b"EXIF", b"XMP ") or (kind == b"ICCP" and not keep_icc):
             continue
         if kind == b"VP8X":
-            chunk[8] &= ~(0x20 | 0x08 | 0x04) & 0xFF  # no ICC, EXIF or XMP any more
+            chunk[8] &= ~((0 if keep_icc else 0x20) | 0x08 | 0x04) & 0xFF  # no EXIF or XMP (nor ICC) any more
         out += chunk
     return b"RIFF" + (len(out) + 4).to_bytes(4, "little") + b"WEBP" + bytes(out)
 
@@ -158,22 +165,27 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     """What to store for an accepted upload (:class:`StoredOriginal`).
 
     ``decoded`` is ``image_decode``'s answer for ``data`` (at any size). The file's own bytes, metadata removed,
-    when the picture needs no change; otherwise the picture decoded at full size and saved anew: JPEG sources as
+    when the picture needs no change; a colour profile other than sRGB (Display P3 from phones, Adobe RGB) stays
+    with them, as every browser applies it, instead of the whole picture being converted and encoded again (about
+    300 ms of CPU for a 12-megapixel phone photo, and a second round of JPEG compression); the site's own decode
+    applies it too (thumbnail, model). Otherwise (turned upright, CMYK, several frames, a structure the copy does
+    not understand) the picture decoded at full size, in sRGB, and saved anew: JPEG sources as
     JPEG (quality 92), WebP as WebP (quality 95), everything else as PNG (lossless). Never with options that
     assume the source format (``quality="keep"`` needs a JPEG image object). A picture that cannot be decoded
     whole within ml.decode's memory budget is stored at the size it could be decoded at (a 100-megapixel JPEG
     that must be turned upright: at 1/2 or 1/4 scale); raises ImageDecodeError for one that cannot be at all.
     """
     size = (decoded.width, decoded.height)
-    unchanged = decoded.orientation == 1 and not decoded.icc_converted
+    unchanged = decoded.orientation == 1
+    icc = decoded.icc_converted  # a profile the decode applied: kept, so the copy decodes (and shows) the same
     try:
         # A JPEG's first picture (an MPO's other frames dropped) is copied as it is; CMYK is re-encoded as RGB.
         if unchanged and decoded.format in ("JPEG", "MPO") and decoded.mode in ("RGB", "L"):
-            return StoredOriginal(jpeg_without_metadata(data), "JPEG", "jpg", size, copied=True)
+            return StoredOriginal(jpeg_without_metadata(data, keep_icc=icc), "JPEG", "jpg", size, copied=True)
         if unchanged and decoded.format == "PNG" and decoded.frames == 1:
-            return StoredOriginal(png_without_metadata(data), "PNG", "png", size, copied=True)
+            return StoredOriginal(png_without_metadata(data, keep_icc=icc), "PNG", "png", size, copied=True)
         if unchanged and decoded.format == "WEBP" and decoded.frames == 1:
-            return StoredOriginal(webp_without_metadata(data), "WEBP", "webp", size, copied=True)
+            return StoredOriginal(webp_without_metadata(data, keep_icc=icc), "WEBP", "webp", size, copied=True)
     except ValueError:
         pass  # a structure the copy does not understand: saved anew from the decoded picture
     full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image

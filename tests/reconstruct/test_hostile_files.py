@@ -66,9 +66,11 @@ def test_each_file_is_accepted_or_refused_with_its_exact_message(
 
 
 def _body(reconstruction: Reconstruction, media: Path, kind: str) -> tuple[int, ...]:
-    """The mean colour of the middle of a car's body (drawn by tests.support.draw_car) in a stored picture."""
-    with Image.open(media / getattr(reconstruction, kind).name) as picture:
-        pixels = np.asarray(picture.convert("RGB"), dtype=np.float64)
+    """The mean colour of the middle of a car's body (drawn by tests.support.draw_car) in a stored picture, as a
+    colour-managed viewer (a browser) shows it: through its colour profile, if it has one."""
+    from ml.decode import image_decode
+
+    pixels = np.asarray(image_decode(media / getattr(reconstruction, kind).name).image, dtype=np.float64)
     h, w = pixels.shape[:2]
     return tuple(
         round(float(v)) for v in pixels[int(h * 0.43) : int(h * 0.58), int(w * 0.55) : int(w * 0.85)].mean((0, 1))
@@ -98,8 +100,10 @@ def test_converted_right_through_to_the_model_input(client, alice, media_root: P
         assert response.status_code == (302 if channel == "form" else 201), response.content[:300]
         rows[name] = Reconstruction.objects.get(original_name=f"{name}.img")
         assert rows[name].status == "done", rows[name].error
-    # Display P3 converted to sRGB before the profile is dropped: what a colour-managed viewer shows.
+    # Display P3: the original keeps its profile (a browser shows it as drawn), the model sees it in sRGB.
     assert _close(_body(rows["p3"], media_root, "original"), hostile.P3_BODY_SRGB, 3)
+    with Image.open(media_root / rows["p3"].original.name) as original:
+        assert original.info["icc_profile"] == Image.open(io.BytesIO(sent["p3"])).info["icc_profile"]
     assert _close(_body(rows["p3"], media_root, "model_input"), hostile.P3_BODY_SRGB, 4)
     # 16-bit greyscale stretched, not clipped to white.
     with Image.open(media_root / rows["grey16"].model_input.name) as seen:

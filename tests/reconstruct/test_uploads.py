@@ -93,6 +93,31 @@ def test_it_keeps_an_upright_jpeg_s_quality_and_drops_its_metadata() -> None:
     assert abs(len(prepared.content) - len(photo)) < 0.1 * len(photo)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_display_p3_photo_is_stored_as_its_own_picture_with_its_colour_profile(fmt: str) -> None:
+    # A phone's Display P3 photo: its own compressed picture and profile (browsers apply it), nothing else of its
+    # metadata; the site's decode of the stored copy (thumbnail, model) is exactly the upload's.
+    from tests import hostile
+
+    profile = hostile.display_p3_profile()
+    exif = Image.Exif()
+    exif[0x8825] = {2: (52.0, 31.0, 0.0)}  # GPS latitude
+    source = Image.open(io.BytesIO(hostile.p3_jpeg((640, 320))))
+    options = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    photo = encode(source, fmt, icc_profile=profile, exif=exif, **options)
+    prepared = upload_prepare(upload(photo, f"phone.{fmt.lower()}"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert stored.format == fmt and stored.info["icc_profile"] == profile
+    assert dict(stored.getexif()) == {}
+    if fmt == "JPEG":
+        assert stored.quantization == source.quantization  # not compressed a second time
+    assert prepared.decoded is not None and prepared.decoded.icc_converted
+    again = image_decode(prepared.content)
+    assert again.icc_converted and again.image.tobytes() == image_decode(photo).image.tobytes()
+    body = again.image.getpixel((int(640 * 0.7), int(320 * 0.5)))
+    assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 3, body
+
+
 def test_a_one_frame_animated_png_is_stored_as_the_picture_it_shows() -> None:
     # An APNG's frame control says how its picture is read; cutting it out with the metadata (as for a plain PNG)
     # stored another picture. Here the frame control (against the specification) covers a quarter of the canvas.
