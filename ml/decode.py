@@ -440,6 +440,7 @@ def image_decode(
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     mirror: bool = False,
     reducing_gap: float = REDUCING_GAP,
+    to_srgb: bool = True,
 ) -> DecodedImage:
     """Decode ``source`` (bytes, a path, a binary file or a Pillow image) into an upright 8-bit sRGB RGB picture.
 
@@ -454,7 +455,8 @@ def image_decode(
     Conversions run strip by strip (STRIP_PIXELS), so no second full-size copy exists. ``mirror``: the upright
     picture mirrored left to right, done in the same pass (a flip costs no extra copy). ``reducing_gap``: how many
     times its fit into ``reduce_to`` a reduced picture keeps at least (default REDUCING_GAP, 3; Pillow's own
-    ``Image.thumbnail`` drafts with 2).
+    ``Image.thumbnail`` drafts with 2). ``to_srgb=False``: an RGB file's embedded colour profile is not applied (the
+    pixels stay in its colour space, for a caller that keeps the profile with them; ``icc_converted`` is False).
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
     missing path raises ``FileNotFoundError``.
@@ -477,7 +479,7 @@ def image_decode(
             f"The image is only {width}x{height} pixels; it needs at least {min_side} pixels on each side.",
         )
     mode = image.mode
-    icc = bytes(image.info.get("icc_profile") or b"")
+    icc = bytes(image.info.get("icc_profile") or b"") if to_srgb or mode not in ("RGB", "RGBA") else b""
     had_alpha = _has_alpha(image)
     target = (reduce_to[1], reduce_to[0]) if reduce_to and turned else reduce_to
     wanted = _reduce_factor(image.size, target, reducing_gap) if target else 1

@@ -118,6 +118,26 @@ def test_a_display_p3_photo_is_stored_as_its_own_picture_with_its_colour_profile
     assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 3, body
 
 
+def test_a_turned_display_p3_photo_is_stored_upright_with_its_colour_profile() -> None:
+    # Turned upright, so encoded anew, but not converted to sRGB first: the profile goes with the new encoding.
+    from tests import hostile
+
+    profile = hostile.display_p3_profile()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = Image.open(io.BytesIO(hostile.p3_jpeg((640, 320)))).transpose(Image.Transpose.ROTATE_90)
+    photo = encode(sideways, "JPEG", quality=95, icc_profile=profile, exif=exif)
+    prepared = upload_prepare(upload(photo, "phone.jpg"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert stored.size == (640, 320) and stored.info["icc_profile"] == profile and dict(stored.getexif()) == {}
+    shown, sent = image_decode(prepared.content), image_decode(photo)
+    assert shown.icc_converted and shown.image.size == sent.image.size == (640, 320)
+    difference = np.abs(np.asarray(shown.image, dtype=int) - np.asarray(sent.image, dtype=int))
+    assert difference.mean() < 1.5  # one more round of JPEG compression
+    body = shown.image.getpixel((int(640 * 0.7), int(320 * 0.5)))
+    assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 3, body
+
+
 def test_a_one_frame_animated_png_is_stored_as_the_picture_it_shows() -> None:
     # An APNG's frame control says how its picture is read; cutting it out with the metadata (as for a plain PNG)
     # stored another picture. Here the frame control (against the specification) covers a quarter of the canvas.
