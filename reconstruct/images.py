@@ -176,8 +176,10 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     that must be turned upright: at 1/2 or 1/4 scale); raises ImageDecodeError for one that cannot be at all.
     """
     size = (decoded.width, decoded.height)
-    unchanged = decoded.orientation == 1
     icc = decoded.icc_converted  # a profile the decode applied: kept, so the copy decodes (and shows) the same
+    # ... where the file may carry it: an RGB profile on RGB or palette pixels, a grey one on grey pixels. Its
+    # decode applies an RGB profile to a grey picture with alpha too (after making it RGB): stored in sRGB instead.
+    unchanged = decoded.orientation == 1 and (not icc or decoded.mode in ("RGB", "RGBA", "P", "L"))
     try:
         # A JPEG's first picture (an MPO's other frames dropped) is copied as it is; CMYK is re-encoded as RGB.
         if unchanged and decoded.format in ("JPEG", "MPO") and decoded.mode in ("RGB", "L"):
@@ -196,6 +198,7 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     else:
         full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image
     stored_format, extension = STORED_FORMATS.get(decoded.format, ("PNG", "png"))
+    full.info.clear()  # nothing of the file's own (a JPEG comment would otherwise be written again)
     out = io.BytesIO()
     if stored_format == "JPEG":
         full.save(out, "JPEG", quality=92, icc_profile=profile)

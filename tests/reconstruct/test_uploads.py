@@ -138,6 +138,35 @@ def test_a_turned_display_p3_photo_is_stored_upright_with_its_colour_profile() -
     assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 3, body
 
 
+@pytest.mark.parametrize("with_profile", [False, True])
+def test_a_jpeg_stored_anew_keeps_none_of_its_comments(with_profile: bool) -> None:
+    # A stray byte between two segments: libjpeg skips it, the byte-for-byte copy does not, so the picture is
+    # encoded anew; Pillow's JPEG writer would carry the file's comment over unless told otherwise.
+    from tests import hostile
+
+    profile = {"icc_profile": hostile.display_p3_profile()} if with_profile else {}
+    photo = encode(draw_car((96, 64)), "JPEG", quality=95, comment=b"GPS 52.1N 4.3E home", **profile)
+    tables = photo.index(b"\xff\xdb")
+    prepared = upload_prepare(upload(photo[:tables] + b"\x00" + photo[tables:], "stray.jpg"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert "comment" not in stored.info and dict(stored.getexif()) == {}
+    assert bool(stored.info.get("icc_profile")) == with_profile
+
+
+def test_a_grey_png_with_an_rgb_profile_is_stored_in_srgb() -> None:
+    # A PNG may not carry an RGB profile on grey pixels (browsers may ignore it); the site's decode applies it.
+    from tests import hostile
+
+    photo = encode(draw_car((96, 64)).convert("LA"), "PNG", icc_profile=hostile.display_p3_profile())
+    prepared = upload_prepare(upload(photo, "grey.png"))
+    stored = Image.open(io.BytesIO(prepared.content))
+    assert "icc_profile" not in stored.info and prepared.decoded is None
+    difference = np.abs(
+        np.asarray(image_decode(prepared.content).image, dtype=int) - np.asarray(image_decode(photo).image, dtype=int)
+    )
+    assert difference.max() <= 1
+
+
 def test_a_one_frame_animated_png_is_stored_as_the_picture_it_shows() -> None:
     # An APNG's frame control says how its picture is read; cutting it out with the metadata (as for a plain PNG)
     # stored another picture. Here the frame control (against the specification) covers a quarter of the canvas.
