@@ -102,3 +102,33 @@ def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, a
     page.goto(f"{live_server.url}/gallery/")
     expect(page.get_by_text("Nothing here yet")).to_be_visible()
     assert page.get_by_text("alices-secret-car").count() == 0
+
+
+def test_a_display_p3_photo_shows_in_its_own_colours(page, live_server, settings, alice) -> None:
+    """The stored original keeps a phone's Display P3 profile instead of being converted (reconstruct/images.py):
+    Chromium applies it, so the car's body shows as the sRGB colour it was drawn in, not the file's own numbers."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests import hostile
+
+    settings.RECONSTRUCT_MODE = "sync"
+    photo = hostile.p3_jpeg((640, 320))
+    reconstruction = reconstruction_create(user=alice, upload=upload(photo, "phone-p3.jpg"))
+    assert Image.open(io.BytesIO(photo)).info["icc_profile"]
+
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/reconstruct/$"))
+    page.goto(f"{live_server.url}/r/{reconstruction.uuid}/")
+    original = page.locator("figure a.located img").first
+    expect(original).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=original.element_handle())
+    shown = np.asarray(Image.open(io.BytesIO(original.screenshot())).convert("RGB"), dtype=np.float64)
+    h, w = shown.shape[:2]
+    body = shown[int(h * 0.45) : int(h * 0.56), int(w * 0.6) : int(w * 0.8)].mean((0, 1))
+    assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 6, body
