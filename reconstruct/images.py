@@ -101,9 +101,8 @@ def jpeg_without_metadata(data: bytes, *, keep_icc: bool = False) -> bytes:
 
 def png_without_metadata(data: bytes, *, keep_icc: bool = False) -> bytes:
     """A PNG with only its picture chunks (IHDR, PLTE, tRNS, IDAT, IEND), and with ``keep_icc`` its colour profile
-    (iCCP); nothing after IEND. Raises
-    ``ValueError`` for a broken chunk structure, or an animated PNG (an ``acTL`` chunk, even for one frame: its
-    frame control, which the picture's decoding follows, would be cut out)."""
+    (iCCP); nothing after IEND. Raises ``ValueError`` for a broken chunk structure, or an animated PNG (an ``acTL``
+    chunk, even for one frame: its frame control, which the picture's decoding follows, would be cut out)."""
     if not data.startswith(_PNG_SIGNATURE):
         raise ValueError("not a PNG file")
     out = bytearray(_PNG_SIGNATURE)
@@ -169,7 +168,8 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     with them, as every browser applies it, instead of the whole picture being converted and encoded again (about
     300 ms of CPU for a 12-megapixel phone photo, and a second round of JPEG compression); the site's own decode
     applies it too (thumbnail, model). Otherwise (turned upright, CMYK, several frames, a structure the copy does
-    not understand) the picture decoded at full size, in sRGB, and saved anew: JPEG sources as
+    not understand) the picture decoded at full size and saved anew, in sRGB or, for an RGB picture with a profile
+    other than sRGB, in its own colour space with that profile (``_profile_to_keep``): JPEG sources as
     JPEG (quality 92), WebP as WebP (quality 95), everything else as PNG (lossless). Never with options that
     assume the source format (``quality="keep"`` needs a JPEG image object). A picture that cannot be decoded
     whole within ml.decode's memory budget is stored at the size it could be decoded at (a 100-megapixel JPEG
