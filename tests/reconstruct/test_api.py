@@ -29,6 +29,20 @@ def auth(key: str) -> dict[str, str]:
     return {"HTTP_AUTHORIZATION": f"Token {key}"}
 
 
+def test_manage_py_api_token_prints_a_token_that_replaces_the_old_one(client, alice, token: str) -> None:
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    out = io.StringIO()
+    call_command("api_token", "alice", stdout=out)
+    key = out.getvalue().strip()
+    assert client.get(LIST_URL, **auth(key)).status_code == 200
+    assert client.get(LIST_URL, **auth(token)).status_code == 401  # the account's previous token
+    with pytest.raises(CommandError, match="No active account named 'nobody'"):
+        call_command("api_token", "nobody")
+
+
 def test_it_accepts_a_photo_with_202_and_a_status_url(client, settings, token: str, car_png: bytes) -> None:
     settings.RECONSTRUCT_MODE = "celery"  # queued after commit, which a test transaction never reaches
     response = client.post(LIST_URL, {"image": upload(car_png, "car.png")}, **auth(token))
