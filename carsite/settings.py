@@ -334,6 +334,12 @@ RECONSTRUCT_STORAGE_RETRY_DELAY = envfloat("RECONSTRUCT_STORAGE_RETRY_DELAY", 5.
 # The upload form waits this long (s) for the result before it shows the progress page: a job that finishes
 # in time goes straight to its finished page (no progress page, no long-poll, no reload). 0: never waits.
 RECONSTRUCT_UPLOAD_WAIT = envfloat("RECONSTRUCT_UPLOAD_WAIT", 3.0, minimum=0)
+# At most this many requests of one web process wait for a job at once (``?wait=``, the upload form's wait), and
+# at most RECONSTRUCT_MAX_WAITING_PER_USER of one account; past either, a request answers at once and the client
+# polls (reconstruct/services/waiting.py). Each waiting request holds a server thread (16 a process under
+# ``make run``): the cap keeps threads for everyone else.
+RECONSTRUCT_MAX_WAITING = envint("RECONSTRUCT_MAX_WAITING", 12, minimum=0)
+RECONSTRUCT_MAX_WAITING_PER_USER = envint("RECONSTRUCT_MAX_WAITING_PER_USER", 4, minimum=0)
 # Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
 RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)
 # Where each process keeps its copy of the active model's files (downloaded once per version, each file checked
@@ -494,11 +500,13 @@ PERMISSIONS_POLICY = {
 
 # Guessing is throttled (django-axes): after AXES_FAILURE_LIMIT failures within AXES_COOLOFF_MINUTES, from one address
 # or against one account, further tries are refused (429) until the cool-off has passed. This covers the login page,
-# the admin's login, API tokens and password resets (reconstruct/throttle.py); a success resets the count.
+# the admin's login, API tokens and password resets (reconstruct/throttle.py). A successful login clears the
+# failures against that account only (reconstruct/throttle.py: throttle_reset_account): axes' own reset would also
+# clear the failures from the login's address, the guesses at other accounts among them.
 AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 10, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = "reconstruct.throttle.lockout_parameters"
-AXES_RESET_ON_SUCCESS = True
+AXES_RESET_ON_SUCCESS = False
 AXES_LOCKOUT_CALLABLE = "reconstruct.throttle.lockout_response"
 AXES_VERBOSE = False
 # Behind this many reverse proxies (nginx, a load balancer), each appending to X-Forwarded-For, the client's

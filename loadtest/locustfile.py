@@ -82,7 +82,12 @@ class SiteUser(FastHttpUser):
                 response = self.client.get(item["status_url"], headers=self.token_header, name="status (poll)")
             else:
                 url = f"{item['status_url']}?wait={WAIT_SECONDS}"
+                asked = time.time()
                 response = self.client.get(url, headers=self.token_header, name="status (wait)")
+                if time.time() - asked < 1.0 and response.status_code == 200 and "Retry-After" in response.headers:
+                    # Answered at once, unfinished: the server had no waiting place free (RECONSTRUCT_MAX_WAITING):
+                    # poll as it says, as the result page does, instead of asking again at once.
+                    time.sleep(float(response.headers["Retry-After"]))
             if response.status_code != 200:
                 return
             item = response.json()

@@ -8,7 +8,6 @@ session-authenticated one that changes something must pass them like any form.
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 
@@ -25,6 +24,7 @@ from reconstruct.http import (
     api_view,
     body_too_large,
     created_response,
+    json_body,
     json_error,
     length_missing,
     part_unreadable,
@@ -213,7 +213,7 @@ def upload_complete(request: HttpRequest, upload_id: uuid.UUID) -> HttpResponse:
     filename = ""
     if request.content_type == "application/json" and request.body:
         try:
-            filename = str(json.loads(request.body).get("name") or "")
+            filename = str(json_body(request).get("name") or "")
         except (ValueError, AttributeError):
             return json_error('The body must be JSON like {"name": "car.jpg"}, or empty.', 400, code="bad_request")
     try:

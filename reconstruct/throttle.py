@@ -76,6 +76,18 @@ def throttle_refusal(request: HttpRequest, username: str | None = None) -> HttpR
     return get_lockout_response(request, None, credentials)
 
 
+def throttle_reset_account(username: str) -> int:
+    """Forget the failed attempts counted against the account ``username`` (from every address), and only those:
+    called on its successful login (AXES_RESET_ON_SUCCESS is off). django-axes' own reset deletes every attempt
+    that matches the login's address *or* account, so a guesser who logged in to an account of their own after
+    each few guesses at someone else's wiped those guesses too and could guess forever. Returns the number of
+    attempt records deleted."""
+    from axes.models import AccessAttempt
+
+    deleted, _ = AccessAttempt.objects.filter(username=username).delete()
+    return deleted
+
+
 def throttle_failure(request: HttpRequest, username: str | None = None) -> None:
     """Count one failed attempt of ``request``'s client (and against ``username``, if given)."""
     user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)

@@ -11,7 +11,7 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import RequestDataTooBig, TooManyFilesSent, ValidationError
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
@@ -120,11 +120,22 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create an account and log in."""
+    """Create an account and log in. Throttled like a reset request (reconstruct/throttle.py): each account made
+    sends an email to the address given, so each counts as an attempt from the client's address and against that
+    email address (an attack review sent five such emails to one inbox in seconds, and could go on)."""
     if request.user.is_authenticated:
         return redirect("reconstruct:upload")
     form = SignupForm(request.POST or None)
+    if request.method == "POST":
+        email = str(request.POST.get("email", "")).strip().lower()
+        account = f"signup:{email}" if email else None
+        refused = throttle_refusal(request, account)
+        if refused is not None:
+            return refused
     if request.method == "POST" and form.is_valid():
+        throttle_failure(request, account)
+        if getattr(request, "axes_locked_out", False):  # that one was one too many: no account, no email
+            return lockout_response(request)
         user = form.save()
         account_signup_notify(user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -325,14 +336,34 @@ UNREADABLE_REQUEST = (
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    """400. A multipart body Django cannot parse (a part header over its 1,024 bytes: a very long file name) is
-    raised while the CSRF check reads the form, before any view: say what is wrong, as JSON or on a page. Any
-    other 400 (a disallowed host...) keeps Django's plain page, which needs nothing from the request."""
-    if not isinstance(exception, MultiPartParserError):
+    """400 (413 for a body over Django's limits) for a request Django refused before any view could: a multipart
+    body it cannot parse (a part header over its 1,024 bytes: a very long file name, raised while the CSRF check
+    reads the form), too many form fields or files (DATA_UPLOAD_MAX_NUMBER_FIELDS / _FILES), a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE read as a form or JSON. Says what is wrong, as JSON (the API, or a client that asks
+    for it) or on a page. Any other 400 (a disallowed host...) keeps Django's plain page, which needs nothing from
+    the request."""
+    problem = _unreadable_request(exception)
+    if problem is None:
         return default_bad_request(request, exception)
+    message, status, code = problem
     if wants_json(request):
-        return json_error(UNREADABLE_REQUEST, 400, code="bad_request")
-    return render(request, "400.html", {"message": UNREADABLE_REQUEST}, status=400)
+        return json_error(message, status, code=code)
+    return render(request, "400.html", {"message": message}, status=status)
+
+
+def _unreadable_request(exception: Exception) -> tuple[str, int, str] | None:
+    """(message, status, code) for a request body Django refused, or None for any other 400."""
+    if isinstance(exception, RequestDataTooBig):
+        return "The request is too large.", 413, "too_large"
+    if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
+        return (
+            "The request has too many form fields or files; send one photo in a field named 'image'.",
+            400,
+            "bad_request",
+        )
+    if isinstance(exception, MultiPartParserError):
+        return UNREADABLE_REQUEST, 400, "bad_request"
+    return None
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -27,7 +26,7 @@ from django.utils.http import urlencode
 from ml import latent
 from reconstruct import presenters, selectors
 from reconstruct.explore import services
-from reconstruct.http import api_view, created_response, json_error, rate_limited_response
+from reconstruct.http import api_view, created_response, json_body, json_error, rate_limited_response
 from reconstruct.models import Reconstruction
 from reconstruct.services.uploads import UploadRateLimited
 
@@ -39,7 +38,7 @@ def _body(request: HttpRequest) -> dict[str, Any] | None:
     if not request.body:
         return {}
     try:
-        data = json.loads(request.body)
+        data = json_body(request)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None

@@ -35,7 +35,7 @@ from ml import framing, latent, runtime
 from ml.preprocess import enlarge, to_image
 from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
-from reconstruct.services.uploads import reconstruction_rate_check
+from reconstruct.services.uploads import reconstruction_rate_consume
 from reconstruct.storage import storage_delete_keys, storage_save_all
 
 if TYPE_CHECKING:
@@ -419,8 +419,10 @@ def _reconstruction_from_latent(
     mirrored: bool = False,
 ) -> Reconstruction:
     """A finished result decoded from ``z``: reconstruction.png and a thumbnail written first, then the row.
-    ``mirrored``: ``z`` is a left-facing (canonical) car shown mirrored, as the result it was edited from."""
-    reconstruction_rate_check(user)
+    ``mirrored``: ``z`` is a left-facing (canonical) car shown mirrored, as the result it was edited from.
+    Counts against the hourly limit like an upload (``reconstruction_rate_consume``; raises UploadRateLimited): it
+    only checked before, so kept cars were never counted and one account could keep them without end."""
+    counted = reconstruction_rate_consume(user)
     picture = space.model.decode(z)
     if mirrored:
         picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -455,6 +457,8 @@ def _reconstruction_from_latent(
         )
     except BaseException:
         storage_delete_keys(written)
+        if counted is not None:
+            counted.delete()
         raise
 
 

@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST, require_safe
 
 from reconstruct import presenters, selectors
@@ -190,6 +190,14 @@ def new_car_image(request: HttpRequest, seed: int, index: int) -> HttpResponse:
     return _png_response(services.image_png(image), max_age=3600)
 
 
+def _same_site_referer(request: HttpRequest) -> str | None:
+    """The page the request came from (Referer), when it is one of this site's, else None: never a redirect to
+    another site (``url_has_allowed_host_and_scheme``, as Django's login does with ``next``)."""
+    referer = request.META.get("HTTP_REFERER")
+    allowed = url_has_allowed_host_and_scheme(referer, {request.get_host()}, require_https=request.is_secure())
+    return referer if referer and allowed else None
+
+
 @login_required
 @require_POST
 def new_car_keep(request: HttpRequest) -> HttpResponse:
@@ -200,7 +208,7 @@ def new_car_keep(request: HttpRequest) -> HttpResponse:
         kept = services.sample_keep(user=request.user, seed=seed, temperature=temperature, index=index)
     except UploadRateLimited as problem:
         messages.error(request, problem.messages[0])
-        return redirect(request.META.get("HTTP_REFERER") or reverse("explore:new_cars"))
+        return redirect(_same_site_referer(request) or reverse("explore:new_cars"))
     except (ValidationError, ValueError) as problem:
         text = problem.messages[0] if isinstance(problem, ValidationError) else "index must be a whole number."
         messages.error(request, text)

@@ -17,6 +17,8 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -192,15 +194,57 @@ def _listener() -> _FinishedListener:
         return listener
 
 
+_slots_lock = threading.Lock()
+_waiting_total = 0
+_waiting_by_owner: dict[int, int] = {}
+
+
+@contextmanager
+def _waiting_slot(owner_id: int) -> Iterator[bool]:
+    """Whether a request of ``owner_id`` may wait now, holding its place while it does: at most
+    RECONSTRUCT_MAX_WAITING requests of this process wait at once, and RECONSTRUCT_MAX_WAITING_PER_USER of one
+    account. Each waiting request holds one of the web server's threads (gunicorn: 16 a process under
+    ``make run``) for up to ``MAX_WAIT_S``: without a cap, one account's 40 long-polls held every thread and the
+    site stopped answering anyone (an attack review, stop 27)."""
+    global _waiting_total
+    with _slots_lock:
+        allowed = (
+            _waiting_total < settings.RECONSTRUCT_MAX_WAITING
+            and _waiting_by_owner.get(owner_id, 0) < settings.RECONSTRUCT_MAX_WAITING_PER_USER
+        )
+        if allowed:
+            _waiting_total += 1
+            _waiting_by_owner[owner_id] = _waiting_by_owner.get(owner_id, 0) + 1
+    try:
+        yield allowed
+    finally:
+        if allowed:
+            with _slots_lock:
+                _waiting_total -= 1
+                left = _waiting_by_owner[owner_id] - 1
+                if left:
+                    _waiting_by_owner[owner_id] = left
+                else:
+                    del _waiting_by_owner[owner_id]
+
+
 def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
     """Block until ``reconstruction`` is finished or ``timeout`` seconds (at most ``MAX_WAIT_S``) have passed.
 
     Returns nothing: the caller reads the row again. Registers with the process's subscription before it
-    checks the row, so a job that finishes in between is not missed.
+    checks the row, so a job that finishes in between is not missed. Returns at once when this process already
+    has RECONSTRUCT_MAX_WAITING waiting requests, or the owner RECONSTRUCT_MAX_WAITING_PER_USER
+    (``_waiting_slot``): the client then polls, as the status's ``Retry-After`` says.
     """
     timeout = min(max(timeout, 0.0), MAX_WAIT_S)
     if reconstruction.is_finished or timeout <= 0 or settings.RECONSTRUCT_MODE != "celery":
         return
+    with _waiting_slot(reconstruction.owner_id) as allowed:
+        if allowed:
+            _wait(reconstruction, timeout)
+
+
+def _wait(reconstruction: Reconstruction, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     public_id = str(reconstruction.uuid)
     listener = _listener()

@@ -105,6 +105,10 @@ def test_it_exports_the_approved_set_from_the_admin(staff_client, active_model, 
     with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as zf:
         manifest = json.loads(zf.read("manifest.json"))
     assert [row["id"] for row in manifest["images"]] == [a.pk]
+    # A snapshot that is not an id is no snapshot: 404, never a 500 (an attack review found int("abc") raised).
+    for snapshot in ("abc", "1.5", "99999999999999999999", "404"):
+        url = reverse("admin:curation_datasetimage_export") + f"?snapshot={snapshot}"
+        assert staff_client.get(url).status_code == 404, snapshot
 
 
 def test_it_starts_a_run_from_the_form_and_shows_its_progress(staff_client, active_model, settings, draw) -> None:

@@ -237,6 +237,20 @@ def test_it_keeps_a_new_car_in_the_gallery_marked_as_sampled(alice_client, alice
     assert "Sampled from the prior" in detail and "seed 42" in detail and "Closeness" not in detail
 
 
+def test_a_refused_keep_goes_back_to_a_page_of_this_site_only(alice_client, settings) -> None:
+    """A kept car counts against the hourly limit like an upload (it was only checked, never counted, so keeps
+    were unlimited); over the limit, keeping goes back to the page it came from (Referer), but never to another
+    site's (an attack review found a redirect to whatever the Referer said)."""
+    settings.RECONSTRUCT_UPLOADS_PER_HOUR = 1
+    assert alice_client.post("/new-cars/keep/", {"seed": "42", "temperature": "0.7", "index": "2"}).status_code == 302
+    keep = {"seed": "42", "temperature": "0.7", "index": "3"}  # over the limit: refused
+    back = alice_client.post("/new-cars/keep/", keep, HTTP_REFERER="http://testserver/new-cars/?seed=7")
+    assert back.status_code == 302 and back["Location"] == "http://testserver/new-cars/?seed=7"
+    for elsewhere in ("https://evil.example/phish", "//evil.example/", "javascript:alert(1)"):
+        away = alice_client.post("/new-cars/keep/", keep, HTTP_REFERER=elsewhere)
+        assert away.status_code == 302 and away["Location"] == "/new-cars/", elsewhere
+
+
 # --- Sliders ------------------------------------------------------------------------------------------------
 
 

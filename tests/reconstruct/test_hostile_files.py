@@ -163,6 +163,29 @@ def test_a_file_name_too_long_for_django_to_parse_gets_a_clear_error(alice) -> N
     assert Reconstruction.objects.count() == 0
 
 
+def test_bodies_django_refuses_before_any_view_get_a_clear_error(alice) -> None:
+    """Too many form fields (a 400 page with an empty message before), a JSON body over Django's in-memory limit
+    (400 HTML on the API) and JSON nested past Python's recursion limit (a 500): each says what is wrong, as JSON
+    on the API and on a page otherwise. Found by an attack review (stop 27)."""
+    from reconstruct.services.tokens import api_token_regenerate
+
+    api = Client(HTTP_AUTHORIZATION=f"Token {api_token_regenerate(alice)}")
+    fields = "&".join(f"a{i}=1" for i in range(2000))
+    answer = api.post(API_URL, fields, content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 400 and answer.json()["code"] == "bad_request"
+    assert "too many form fields" in answer.json()["error"]
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.post(reverse("reconstruct:upload"), fields, content_type="application/x-www-form-urlencoded")
+    assert page.status_code == 400 and "too many form fields" in page.content.decode()
+    big = api.post("/api/decode/", b'{"latent": [' + b"0," * 1_500_000 + b"0]}", content_type="application/json")
+    assert big.status_code == 413 and big.json() == {"error": "The request is too large.", "code": "too_large"}
+    for url in ("/api/decode/", "/api/samples/", f"/api/uploads/{'0' * 8}-0000-0000-0000-{'0' * 12}/complete/"):
+        deep = api.post(url, "[" * 50_000 + "]" * 50_000, content_type="application/json")
+        assert deep.status_code in (400, 404) and deep.json()["code"] != "server_error", (url, deep.content[:200])
+    assert Reconstruction.objects.count() == 0
+
+
 def test_a_size_just_over_the_limit_never_reads_as_equal_to_it(client, alice, settings) -> None:
     settings.RECONSTRUCT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024
     client.force_login(alice)

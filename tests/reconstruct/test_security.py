@@ -67,6 +67,41 @@ def test_a_successful_login_resets_the_count(throttled, alice) -> None:
         assert log_in(from_address("192.0.2.1"), "alice", "wrong").status_code == 200
 
 
+def test_logging_in_to_ones_own_account_keeps_the_guesses_at_another(throttled, alice, bob) -> None:
+    """A guesser who logs in to an account of their own between guesses does not wipe the guesses at alice's
+    (django-axes' own reset on success deleted every attempt from the same address: guessing without end)."""
+    for _ in range(LIMIT - 1):
+        assert log_in(from_address("203.0.113.20"), "alice", "wrong").status_code == 200
+    assert log_in(from_address("203.0.113.20"), "bob", PASSWORD).status_code == 302
+    assert log_in(from_address("203.0.113.20"), "alice", "wrong").status_code == 429
+    assert log_in(from_address("203.0.113.21"), "alice", PASSWORD).status_code == 429  # the account is paused
+    # The same for reset requests, each an email to alice: a login of one's own between them clears none.
+    for _ in range(LIMIT - 1):
+        assert (
+            from_address("203.0.113.22").post("/accounts/password_reset/", {"email": "alice@example.com"}).status_code
+            == 302
+        )
+    assert log_in(from_address("203.0.113.22"), "bob", PASSWORD).status_code == 302
+    assert (
+        from_address("203.0.113.23").post("/accounts/password_reset/", {"email": "alice@example.com"}).status_code
+        == 429
+    )
+    assert len(mail.outbox) == LIMIT - 1
+
+
+def test_it_throttles_sign_ups_that_email_one_address(throttled, alice) -> None:
+    """Each new account emails the address it gives ("a new carsite account uses your email address"): counted
+    like a reset request, per client address and per email address, so nobody can flood an inbox with them."""
+    before = len(mail.outbox)
+    for attempt in range(LIMIT):
+        form = {"username": f"flood{attempt}", "email": "ALICE@example.com", "password1": PASSWORD}
+        answer = from_address(f"198.51.100.{attempt}").post("/accounts/signup/", {**form, "password2": PASSWORD})
+        assert answer.status_code == (302 if attempt < LIMIT - 1 else 429), attempt
+    assert len(mail.outbox) - before == LIMIT - 1
+    form = {"username": "other", "email": "other@example.com", "password1": PASSWORD, "password2": PASSWORD}
+    assert from_address("198.51.100.50").post("/accounts/signup/", form).status_code == 302  # another address: fine
+
+
 def test_it_throttles_the_admins_login(throttled, db) -> None:
     make_user("root", staff=True)
     guesser = from_address("203.0.113.9")

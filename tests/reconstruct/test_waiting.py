@@ -148,3 +148,55 @@ def test_waiting_requests_share_one_redis_subscription(settings, celery_app_on_t
         ours[0]["name"]
         and waiting._listener()._subscriber().connection_pool.connection_kwargs["socket_timeout"] is None
     )
+
+
+def test_waiting_places_are_capped_per_account_and_per_process(settings, monkeypatch, alice, bob) -> None:
+    """Each waiting request holds a server thread: one account holds at most RECONSTRUCT_MAX_WAITING_PER_USER of
+    them and the process at most RECONSTRUCT_MAX_WAITING; past either, the request answers at once (pending,
+    ``Retry-After: 1``: the client polls). Found by an attack review: 40 long-polls of one account held every
+    thread, and the site stopped answering anyone."""
+    settings.RECONSTRUCT_MODE = "celery"
+    settings.RECONSTRUCT_MAX_WAITING, settings.RECONSTRUCT_MAX_WAITING_PER_USER = 3, 2
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def held(reconstruction: Reconstruction, timeout: float) -> None:  # a job that takes a while
+        entered.release()
+        release.wait(WAIT_S)
+
+    monkeypatch.setattr(waiting, "_wait", held)
+    tokens = {user.pk: api_token_regenerate(user) for user in (alice, bob)}
+
+    def ask(user) -> tuple[Any, float]:
+        job = Reconstruction.objects.create(owner=user, original_name="car.png", original="x/original.png")
+        started = time.monotonic()
+        response = Client().get(
+            f"/api/reconstructions/{job.uuid}/?wait={WAIT_S}", HTTP_AUTHORIZATION=f"Token {tokens[user.pk]}"
+        )
+        return response, time.monotonic() - started
+
+    answers: list[Any] = []
+
+    def hold(user) -> threading.Thread:
+        def run() -> None:
+            try:
+                answers.append(ask(user)[0])
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert entered.acquire(timeout=WAIT_S)
+        return thread
+
+    holders = [hold(alice), hold(alice)]
+    refused, elapsed = ask(alice)  # her third: at once
+    assert refused.status_code == 200 and refused.json()["status"] == "pending" and refused["Retry-After"] == "1"
+    assert elapsed < WAIT_S / 4
+    holders.append(hold(bob))  # another account may still wait...
+    full, elapsed = ask(bob)  # ...until the process's places are taken
+    assert full.json()["status"] == "pending" and elapsed < WAIT_S / 4
+    release.set()
+    for thread in holders:
+        thread.join()
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert waiting._waiting_total == 0 and waiting._waiting_by_owner == {}

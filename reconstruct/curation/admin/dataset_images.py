@@ -6,6 +6,7 @@ requests and render answers.
 
 from __future__ import annotations
 
+import re
 import tempfile
 
 from django import forms
@@ -410,6 +411,8 @@ class DatasetImageAdmin(admin.ModelAdmin):
             raise PermissionDenied
         snapshot = None
         if request.GET.get("snapshot"):
+            if not re.fullmatch(r"[0-9]{1,18}", request.GET["snapshot"]):  # an id; anything else names none
+                raise Http404("No such snapshot.")
             snapshot = get_object_or_404(DatasetSnapshot, pk=request.GET["snapshot"])
         # Not a context manager: FileResponse closes (and so deletes) the spool once it is sent.
         spool = tempfile.TemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR)  # noqa: SIM115
