@@ -15,6 +15,7 @@ urlpatterns = [
     # Before Django's own: throttled reset views (reconstruct/throttle.py); a link that does not work says why.
     path("accounts/password_reset/", views.PasswordResetView.as_view(), name="password_reset"),
     path("accounts/reset/<uidb64>/<token>/", views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
+    path("accounts/logout/", views.LogoutView.as_view(), name="logout"),  # a GET asks (Django's: a blank 405)
     path("accounts/", include("django.contrib.auth.urls")),
     path("account/", views.account, name="account"),
     # Before "api/": its catch-all answers every other path under /api/ with a JSON 404.

@@ -73,12 +73,17 @@ UNREADABLE_PART = (
 
 
 def length_missing(request: HttpRequest) -> bool:
-    """Whether a request that should carry a body announces no size (Content-Length absent, empty or invalid)."""
+    """Whether a request carries a body without announcing its size: chunked (Transfer-Encoding), or a
+    Content-Length that is empty or not a size. A request with neither header has no body at all (RFC 9112,
+    section 6.3): that is not a missing size but a missing photo, which the caller says as such (a bare
+    ``curl -X POST`` was told its upload was chunked)."""
     value = request.META.get("CONTENT_LENGTH")
-    if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
         return True
+    if value is None:
+        return False
     try:
-        return value is None or value == "" or int(value) < 0
+        return value == "" or int(value) < 0
     except ValueError:
         return True
 

@@ -103,6 +103,16 @@ def example_image(request: HttpRequest, index: int, kind: str) -> HttpResponse:
     return response
 
 
+class LogoutView(auth_views.LogoutView):
+    """Django's logout (POST only, so that no link or image on another page can log anyone out), with a page for a
+    GET (the address typed by hand) that asks, instead of Django's blank 405."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        return render(request, "registration/logout_confirm.html")
+
+
 class PasswordResetView(auth_views.PasswordResetView):
     """Django's reset request, throttled (reconstruct/throttle.py): each request sends an email, so each counts
     as an attempt from the client's address and against the address asked for."""

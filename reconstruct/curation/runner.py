@@ -275,8 +275,10 @@ def _register(
     The registry's model_version_register copies the files into storage under models/<version>/ and
     only then creates the row (deleting the files if that fails); the row, the run's link to it and
     the run's "succeeded" are one transaction, so a crash anywhere leaves either a registered
-    version with a finished run or neither (and no files). The log is flushed first and the line naming
-    the version is written in that transaction, so a run never reads "succeeded" with its log cut short.
+    version with a finished run or neither (and no files). A run cancelled meanwhile (``cancel_requested``)
+    is not finished as succeeded: ``ml.train.Cancelled`` is raised and nothing stays registered. The log is
+    flushed first and the line naming the version is written in that transaction, so a run never reads
+    "succeeded" with its log cut short.
     """
     monitor.flush()  # the log so far is kept whatever happens next, and is complete when the run reads "succeeded"
     reports = [key for key in (_store_report(run, train_dir / "loss_curve.png"),) if key]
@@ -296,7 +298,7 @@ def _register(
             _append_log(
                 run.pk, monitor.attempt, f"[{timezone.now():%H:%M:%S}] registered model version {version.name}\n"
             )
-            updated = TrainingRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+            updated = TrainingRun.objects.filter(pk=run.pk, status=Status.RUNNING, cancel_requested=False).update(
                 status=Status.SUCCEEDED,
                 model_version=version,
                 loss_curve=reports[0] if reports else "",
@@ -304,6 +306,10 @@ def _register(
                 finished_at=timezone.now(),
             )
             if not updated:
+                if TrainingRun.objects.filter(pk=run.pk, status=Status.RUNNING, cancel_requested=True).exists():
+                    from ml.train import Cancelled  # torch: only the training worker gets here
+
+                    raise Cancelled("while its model was being registered; nothing was registered")
                 raise RuntimeError("the run was changed by someone else while it was being registered")
     except BaseException:
         if version is not None:
@@ -311,6 +317,15 @@ def _register(
         storage_delete_keys(reports)
         raise
     return version
+
+
+def _stop_if_cancelled(monitor: RunMonitor, when: str) -> None:
+    """Raise ``ml.train.Cancelled`` when staff cancelled the run: between training's end and the registration
+    (exporting, evaluating), a cancel used to be accepted and then ignored, and its model registered anyway."""
+    if monitor.should_stop():
+        from ml.train import Cancelled  # torch: only the training worker gets here
+
+        raise Cancelled(when)
 
 
 def _fail(run_id: int, attempt: int, error: str, log: str = "") -> None:
@@ -363,6 +378,7 @@ def training_run_execute(run_id: int) -> TrainingRun | None:
                 val_names = list(checkpoint.get("val_names", []))
                 del checkpoint
                 TrainingRun.objects.filter(pk=run.pk).update(val_image_ids=[names[n] for n in val_names if n in names])
+                _stop_if_cancelled(monitor, "after training, before the export")
                 monitor.phase("exporting the best checkpoint to ONNX")
                 export_checkpoint(result.best_checkpoint, model_dir, data_dir=images_dir, name=f"run{run.pk}")
                 monitor.phase(f"evaluating on {len(val_names)} validation photos")
@@ -375,6 +391,7 @@ def training_run_execute(run_id: int) -> TrainingRun | None:
                     best_epoch=result.best_epoch,
                     seconds=round(result.seconds, 1),
                 )
+                _stop_if_cancelled(monitor, "after the export, before registering its model")
                 monitor.phase("registering the model version")
                 _register(run, model_dir, metrics, train_dir, monitor)
             finally:

@@ -253,8 +253,11 @@ def reconstruction_run(
 def _reconstruction_claim(reconstruction_id: int) -> Reconstruction | None:
     """Claim reconstruction ``reconstruction_id`` for a new attempt in one statement: ``UPDATE ... RETURNING``
     (SQLite 3.35+ and PostgreSQL) sets it running, counts the attempt and returns the whole row, only while it is
-    pending or running and has attempts left (RECONSTRUCT_MAX_ATTEMPTS). Returns the claimed row (``attempts`` is
-    this attempt's number), or None when there was nothing to claim: deleted, finished, or out of attempts.
+    pending or running and has attempts left (RECONSTRUCT_MAX_ATTEMPTS). A row without ``queued_at`` gets the
+    claim's time there: its job did reach the queue (Redis took the message while the upload's publish timed
+    out), and a finished job said ``"queued_at": null``, "not in the queue yet". Returns the claimed row
+    (``attempts`` is this attempt's number), or None when there was nothing to claim: deleted, finished, or out of
+    attempts.
 
     Atomic by itself, so two workers given the same job never claim one attempt twice; it replaces a transaction
     of four statements (BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT), 1.06 -> 0.32 ms of CPU on SQLite.
@@ -263,12 +266,14 @@ def _reconstruction_claim(reconstruction_id: int) -> Reconstruction | None:
     column = connection.ops.quote_name
     sql = (
         f"UPDATE {table} SET {column('status')} = %s, {column('attempts')} = {column('attempts')} + 1, "
-        f"{column('started_at')} = %s WHERE {column('id')} = %s AND {column('status')} IN (%s, %s) "
-        f"AND {column('attempts')} < %s RETURNING *"
+        f"{column('started_at')} = %s, {column('queued_at')} = COALESCE({column('queued_at')}, %s) "
+        f"WHERE {column('id')} = %s AND {column('status')} IN (%s, %s) AND {column('attempts')} < %s RETURNING *"
     )
+    now = timezone.now()
     parameters = [
         Status.RUNNING,
-        timezone.now(),
+        now,
+        now,  # a job that reached a worker was queued, even when the broker's answer did not reach the upload
         reconstruction_id,
         Status.PENDING,
         Status.RUNNING,

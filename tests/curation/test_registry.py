@@ -69,6 +69,23 @@ def test_it_leaves_no_version_and_no_files_when_registration_fails(run, tiny_mod
     assert _files_under(f"models/{name}") == []
 
 
+def test_a_run_cancelled_after_training_registers_nothing(run, tiny_model_dirs, tmp_path) -> None:
+    """Cancelled while its model was exported or registered (training over): it used to be registered anyway, the
+    run "Finished", though the admin had said "Cancelling". Now the registration sees the cancel and undoes."""
+    from ml.train import Cancelled
+
+    TrainingRun.objects.filter(pk=run.pk).update(status="running", cancel_requested=True)
+    name = runtime.load_model(tiny_model_dirs[1]).version
+    monitor = runner.RunMonitor(run.pk, run.attempts)
+    with pytest.raises(Cancelled, match="before the export"):
+        runner._stop_if_cancelled(monitor, "after training, before the export")
+    with pytest.raises(Cancelled, match="nothing was registered"):
+        runner._register(run, tiny_model_dirs[1], {}, tmp_path / "train", monitor)
+    assert not ModelVersion.objects.filter(name=name).exists()
+    assert _files_under(f"models/{name}") == []
+    assert TrainingRun.objects.get(pk=run.pk).status == "running"  # for training_run_execute to mark cancelled
+
+
 def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, monkeypatch) -> None:
     monkeypatch.setattr(selectors, "TRAINING_HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(selectors, "TRAINING_STALE_SECONDS", 0.3)

@@ -128,6 +128,10 @@ def test_a_chunked_upload_is_refused_with_411_not_no_image(client, alice) -> Non
         "POST", reverse("reconstruct:upload"), body, content_type="multipart/form-data; boundary=B", **headers
     )
     assert page.status_code == 411 and escape(LENGTH_REQUIRED) in page.content.decode()
+    # With neither Content-Length nor Transfer-Encoding there is no body (a bare `curl -X POST`): no photo, said
+    # as such, not "chunked" (a new user was told that).
+    bare = client.generic("POST", API_URL, b"", CONTENT_LENGTH=None)
+    assert bare.status_code == 400 and bare.json()["code"] == "no_image"
     assert Reconstruction.objects.count() == 0
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from reconstruct.models import Reconstruction
 from reconstruct.services.reconstructions import (
@@ -151,6 +154,20 @@ def test_it_runs_a_job_only_once(settings, alice, car_png: bytes) -> None:
     )
     files = sorted(p.name for p in (settings.MEDIA_ROOT / first.original.name).parent.iterdir())
     assert files == ["model_input.png", "original.png", "reconstruction.png", "thumbnail.jpg"]
+
+
+def test_a_job_that_ran_says_when_it_was_queued_even_if_the_upload_never_heard(settings, alice, car_png) -> None:
+    """Redis took the job while the upload's publish timed out (paused Redis): the row kept ``queued_at`` null,
+    and even done it said "not in the queue yet" (a new user found it). The claim fills it in; a known time stays."""
+    reconstruction = _pending(alice, car_png, settings)
+    assert reconstruction.queued_at is None  # on_commit never ran: as if the broker's answer was lost
+    done = Reconstruction.objects.get(pk=reconstruction_run(reconstruction.pk).pk)
+    assert done.status == Status.DONE and done.queued_at is not None and done.queued_at <= done.started_at
+    queued = _pending(alice, car_png, settings)
+    known = timezone.now() - timedelta(seconds=5)
+    Reconstruction.objects.filter(pk=queued.pk).update(queued_at=known)
+    reconstruction_run(queued.pk)
+    assert Reconstruction.objects.get(pk=queued.pk).queued_at == known
 
 
 def test_a_worker_claims_its_job_in_one_statement(settings, alice, car_png: bytes) -> None:

@@ -123,6 +123,6 @@ def dataset_export_zip(*, out: IO[bytes], snapshot: DatasetSnapshot | None = Non
             "README.txt",
             "Training photos exported from carsite. Orientation says which way the car faces (left is canonical).\n"
             "Train on them elsewhere with:  python -m ml.train --data images --out runs/reproduced "
-            "--config ml/configs/default.json\n",
+            "--config ml/configs/canonical.json\n",
         )
     return len(rows)

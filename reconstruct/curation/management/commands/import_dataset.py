@@ -104,6 +104,6 @@ class Command(BaseCommand):
                 f"Added {len(report.added)} photos as pending, skipped {len(report.skipped)}"
                 f"{f' ({detail})' if detail else ''}, flagged {len(report.flagged)}; "
                 f"{elapsed:.1f} s ({len(arrivals) / max(elapsed, 1e-9):.0f} photos/s). "
-                "Review them in the admin: Training data and models > Dataset images."
+                "Review them in the admin: Training data and models > Training photos."
             )
         )
