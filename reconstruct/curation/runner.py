@@ -205,6 +205,40 @@ def _copy_images(run: TrainingRun, folder: Path, monitor: RunMonitor) -> dict[st
     return names
 
 
+def _facings_for_snapshot(run: TrainingRun, names: dict[str, int], folder: Path, out: Path) -> Path:
+    """Write ml.train's facings CSV (``file,facing``) for the snapshot's photos, copied into ``folder`` as
+    ``names`` ({file name: DatasetImage id}), to ``out``; returns ``out``.
+
+    A photo's facing is the curators' orientation where they set one (left, right); for "unknown", what the facing
+    classifier the site uses says (``ml.orientation``, on the whole photo: training photos are car crops), and
+    "front" (mirrored at random, as a recipe without facings does) where it is not installed. A recipe with
+    ``facings`` (``ml/configs/canonical.json``, the shipped model's) names a CSV of the shared dataset's files, none
+    of which a snapshot has: such a run failed with "no facing for N photos".
+    """
+    from ml import orientation
+
+    curated = dict(run.snapshot.items.values_list("image_id", "orientation"))
+    known = {name: curated.get(image_id) for name, image_id in names.items()}
+    unknown = sorted(name for name, facing in known.items() if facing not in ("left", "right"))
+    predicted: dict[str, str] = {}
+    if unknown:
+        try:
+            classifier = orientation.FacingClassifier(threads=1)
+        except FileNotFoundError:
+            logger.warning(
+                "run %s: no facing classifier; %d photos of unknown facing mirror at random", run.pk, len(unknown)
+            )
+        else:
+            found = orientation.predict_files(classifier, [folder / name for name in unknown])
+            predicted = {name: facing.label for name, facing in found.items()}
+    with out.open("w", newline="") as handle:
+        handle.write("file,facing\n")
+        for name in sorted(names):
+            facing = known[name] if known[name] in ("left", "right") else predicted.get(name, "front")
+            handle.write(f"{name},{facing}\n")
+    return out
+
+
 class _Progress:
     """ml.train's per-epoch callback: writes the epoch record and a fresh validation picture."""
 
@@ -362,6 +396,9 @@ def training_run_execute(run_id: int) -> TrainingRun | None:
                 monitor.phase(f"copying {run.snapshot.image_count} photos from storage")
                 names = _copy_images(run, images_dir, monitor)
                 files = sorted(images_dir / name for name in names)
+                if config.facings:  # every photo faced left for the model (issue 10): this snapshot's facings
+                    facings = _facings_for_snapshot(run, names, images_dir, work / "facings.csv")
+                    config = config.replace(facings=str(facings))
                 monitor.phase(f"training: {config.epochs} epochs of config {run.config_name} on {len(files)} photos")
                 result = train(
                     config,

@@ -86,6 +86,24 @@ def test_a_run_cancelled_after_training_registers_nothing(run, tiny_model_dirs, 
     assert TrainingRun.objects.get(pk=run.pk).status == "running"  # for training_run_execute to mark cancelled
 
 
+def test_a_run_faces_each_photo_as_curated_or_as_the_classifier_says(run, staff, tmp_path) -> None:
+    """A recipe with ``facings`` (canonical.json) gets one made from the snapshot: the curators' left and right,
+    and the facing classifier's answer for photos left "unknown" (every admin upload, until someone marks it)."""
+    from ml.orientation import FACINGS
+
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
+    items = list(run.snapshot.items.order_by("image_id"))
+    assert len(items) == 2
+    items[0].orientation = "right"
+    items[0].save()
+    names = runner._copy_images(run, tmp_path / "images", runner.RunMonitor(run.pk, run.attempts))
+    path = runner._facings_for_snapshot(run, names, tmp_path / "images", tmp_path / "facings.csv")
+    rows = dict(line.split(",") for line in path.read_text().splitlines()[1:])
+    by_id = {image_id: rows[name] for name, image_id in names.items()}
+    assert by_id[items[0].image_id] == "right"
+    assert items[1].orientation == "unknown" and by_id[items[1].image_id] in FACINGS
+
+
 def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, monkeypatch) -> None:
     monkeypatch.setattr(selectors, "TRAINING_HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(selectors, "TRAINING_STALE_SECONDS", 0.3)

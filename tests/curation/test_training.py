@@ -40,6 +40,8 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "tiny.json").write_text(json.dumps(TINY))
     # Long enough to be cancelled mid-way: no early stopping, thousands of (millisecond) epochs.
     (folder / "endless.json").write_text(json.dumps({**TINY, "epochs": 5000, "patience": 100000, "min_delta": 0}))
+    # Like canonical.json (the shipped model's recipe): every photo faced left, through a facings CSV.
+    (folder / "faced.json").write_text(json.dumps({**TINY, "facings": "ml/labels/facings.csv"}))
     # Validation needs 2 images at least: with one photo ml.train fails inside the worker.
     return folder
 
@@ -117,6 +119,15 @@ def test_it_trains_exports_evaluates_and_registers_a_version(trained_setup, trai
     active, model = model_version_load_active()
     assert active == version and model.version == version.name and model is not loaded_before
     assert model_version_load_active()[1] is model  # and does not reload it per request
+
+
+def test_it_trains_a_recipe_that_faces_every_photo_left(trained_setup, training_worker, staff) -> None:
+    """canonical.json names the shared dataset's facings CSV, which has none of a snapshot's photos: a run of it
+    failed ("no facing for 8 photos"). The runner now writes the snapshot's own (test_registry.py)."""
+    trained_setup(8)
+    run = training_run_start(user=staff, config_name="faced", epochs=1)
+    run = _wait(run, training_worker, lambda r: r.is_finished)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.log
 
 
 def test_it_cancels_a_running_run_and_registers_nothing(trained_setup, training_worker, staff) -> None:
