@@ -41,7 +41,12 @@ from reconstruct.http import (
 )
 from reconstruct.models import FILE_KINDS, ApiToken, Reconstruction
 from reconstruct.registry.services import model_version_ensure_active, model_version_load_active
-from reconstruct.services.accounts import account_signup_notify, password_reset_link_problem
+from reconstruct.services.accounts import (
+    SignupRateLimited,
+    account_signup_notify,
+    account_signup_rate_check,
+    password_reset_link_problem,
+)
 from reconstruct.services.reconstructions import (
     reconstruction_create,
     reconstruction_delete,
@@ -107,7 +112,7 @@ class LogoutView(auth_views.LogoutView):
     """Django's logout (POST only, so that no link or image on another page can log anyone out), with a page for a
     GET (the address typed by hand) that asks, instead of Django's blank 405."""
 
-    http_method_names = ["get", "post", "options"]
+    http_method_names = ["get", "head", "post", "options"]
 
     def get(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
         return render(request, "registration/logout_confirm.html")
@@ -130,22 +135,18 @@ class PasswordResetView(auth_views.PasswordResetView):
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create an account and log in. Throttled like a reset request (reconstruct/throttle.py): each account made
-    sends an email to the address given, so each counts as an attempt from the client's address and against that
-    email address (an attack review sent five such emails to one inbox in seconds, and could go on)."""
+    """Create an account and log in. At most SIGNUPS_PER_EMAIL_PER_HOUR new accounts may give one email address in
+    an hour (``account_signup_rate_check``): each may email that address, and an attack review sent five such
+    emails to one inbox in seconds."""
     if request.user.is_authenticated:
         return redirect("reconstruct:upload")
     form = SignupForm(request.POST or None)
-    if request.method == "POST":
-        email = str(request.POST.get("email", "")).strip().lower()
-        account = f"signup:{email}" if email else None
-        refused = throttle_refusal(request, account)
-        if refused is not None:
-            return refused
     if request.method == "POST" and form.is_valid():
-        throttle_failure(request, account)
-        if getattr(request, "axes_locked_out", False):  # that one was one too many: no account, no email
-            return lockout_response(request)
+        try:
+            account_signup_rate_check(form.cleaned_data["email"])
+        except SignupRateLimited as problem:
+            form.add_error("email", problem.messages[0])
+            return render(request, "registration/signup.html", {"form": form}, status=429)
         user = form.save()
         account_signup_notify(user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
@@ -367,7 +368,7 @@ def _unreadable_request(exception: Exception) -> tuple[str, int, str] | None:
         return "The request is too large.", 413, "too_large"
     if isinstance(exception, (TooManyFieldsSent, TooManyFilesSent)):
         return (
-            "The request has too many form fields or files; send one photo in a field named 'image'.",
+            "The request has too many form fields, files or query parameters.",
             400,
             "bad_request",
         )

@@ -214,7 +214,13 @@ def _facings_for_snapshot(run: TrainingRun, names: dict[str, int], folder: Path,
     "front" (mirrored at random, as a recipe without facings does) where it is not installed. A recipe with
     ``facings`` (``ml/configs/canonical.json``, the shipped model's) names a CSV of the shared dataset's files, none
     of which a snapshot has: such a run failed with "no facing for N photos".
+
+    Written once per run: a resumed attempt keeps the file its checkpoints were trained with (``ml.train`` refuses
+    to resume with other facings, and new classifier weights since could answer otherwise). Written to a temporary
+    name, then renamed, so an interrupted write leaves no half file.
     """
+    if out.is_file():
+        return out
     from ml import orientation
 
     curated = dict(run.snapshot.items.values_list("image_id", "orientation"))
@@ -231,11 +237,13 @@ def _facings_for_snapshot(run: TrainingRun, names: dict[str, int], folder: Path,
         else:
             found = orientation.predict_files(classifier, [folder / name for name in unknown])
             predicted = {name: facing.label for name, facing in found.items()}
-    with out.open("w", newline="") as handle:
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", newline="") as handle:
         handle.write("file,facing\n")
         for name in sorted(names):
             facing = known[name] if known[name] in ("left", "right") else predicted.get(name, "front")
             handle.write(f"{name},{facing}\n")
+    partial.replace(out)
     return out
 
 

@@ -423,15 +423,15 @@ def _reconstruction_from_latent(
     Counts against the hourly limit like an upload (``reconstruction_rate_consume``; raises UploadRateLimited): it
     only checked before, so kept cars were never counted and one account could keep them without end."""
     counted = reconstruction_rate_consume(user)
-    picture = space.model.decode(z)
-    if mirrored:
-        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    thumbnail = io.BytesIO()
-    enlarge(picture, 480).save(thumbnail, "JPEG", quality=88)
-    public_id = uuid.uuid4()
-    prefix = f"reconstructions/{user.pk}/{public_id}"
     written: list[str] = []
     try:
+        picture = space.model.decode(z)
+        if mirrored:
+            picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        thumbnail = io.BytesIO()
+        enlarge(picture, 480).save(thumbnail, "JPEG", quality=88)
+        public_id = uuid.uuid4()
+        prefix = f"reconstructions/{user.pk}/{public_id}"
         written += storage_save_all(
             [
                 (f"{prefix}/reconstruction.png", ContentFile(image_png(picture))),

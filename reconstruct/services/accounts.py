@@ -1,5 +1,5 @@
 """Accounts: why a password-reset link stopped working, so the page can say what really happened; the owner of an
-address told of a new account that uses it."""
+address told of a new account that uses it, and how many new accounts one address may be given in an hour."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.tokens import PasswordResetTokenGenerator, default_token_generator
+from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.utils import timezone
 from django.utils.http import base36_to_int
@@ -56,6 +57,29 @@ def _ago(then: datetime, now: datetime) -> str:
     if (now - then).total_seconds() < 60:
         return "less than a minute ago"
     return f"{timesince(then, now)} ago"
+
+
+SIGNUPS_PER_EMAIL_PER_HOUR = 5
+
+
+class SignupRateLimited(ValidationError):
+    """Too many accounts gave this email address in the last hour."""
+
+
+def account_signup_rate_check(email: str) -> None:
+    """Raise SignupRateLimited when SIGNUPS_PER_EMAIL_PER_HOUR accounts or more gave ``email`` (any case) in the
+    last hour. Each new account may email the address (``account_signup_notify``), so this bounds what anyone can
+    send to one inbox. Counted from the accounts themselves (``date_joined``): it holds across processes, and it
+    counts nothing against the client's address, which django-axes' login throttle reads (a sign-up counted there
+    would lock a shared address out of logging in)."""
+    since = timezone.now() - timedelta(hours=1)
+    recent = get_user_model().objects.filter(email__iexact=email.strip(), date_joined__gte=since).count()
+    if recent >= SIGNUPS_PER_EMAIL_PER_HOUR:
+        raise SignupRateLimited(
+            f"{recent} accounts were made with this email address in the last hour, the most we allow; please try "
+            "again later.",
+            code="rate_limited",
+        )
 
 
 def account_signup_notify(user: AbstractBaseUser) -> int:

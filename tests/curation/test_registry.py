@@ -102,6 +102,10 @@ def test_a_run_faces_each_photo_as_curated_or_as_the_classifier_says(run, staff,
     by_id = {image_id: rows[name] for name, image_id in names.items()}
     assert by_id[items[0].image_id] == "right"
     assert items[1].orientation == "unknown" and by_id[items[1].image_id] in FACINGS
+    # A resumed attempt keeps the facings its checkpoints were trained with (ml.train checks their SHA-256).
+    path.write_text(path.read_text().replace(",right", ",left"))
+    kept = path.read_text()
+    assert runner._facings_for_snapshot(run, names, tmp_path / "images", path).read_text() == kept
 
 
 def test_it_claims_queued_runs_resumes_lost_ones_and_gives_up_after_three(run, monkeypatch) -> None:
