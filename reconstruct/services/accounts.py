@@ -76,8 +76,7 @@ def account_signup_rate_check(email: str) -> None:
     recent = get_user_model().objects.filter(email__iexact=email.strip(), date_joined__gte=since).count()
     if recent >= SIGNUPS_PER_EMAIL_PER_HOUR:
         raise SignupRateLimited(
-            f"{recent} accounts were made with this email address in the last hour, the most we allow; please try "
-            "again later.",
+            "Too many accounts were made with this email address in the last hour; please try again later.",
             code="rate_limited",
         )
 
