@@ -439,8 +439,14 @@ def reconstruction_is_stuck(reconstruction: Reconstruction) -> bool:
     page and the API offer the same retry meanwhile."""
     if reconstruction.is_finished:
         return False
+    return timezone.now() > reconstruction_stuck_at(reconstruction)
+
+
+def reconstruction_stuck_at(reconstruction: Reconstruction) -> datetime:
+    """When an unfinished ``reconstruction`` counts as stuck (``reconstruction_is_stuck``): RECONSTRUCT_STUCK_AFTER
+    s after its job started, or after the upload while it never started."""
     since = reconstruction.started_at or reconstruction.created_at
-    return timezone.now() - since > timedelta(seconds=settings.RECONSTRUCT_STUCK_AFTER)
+    return since + timedelta(seconds=settings.RECONSTRUCT_STUCK_AFTER)
 
 
 def reconstruction_retry(reconstruction: Reconstruction) -> Reconstruction:

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from reconstruct.models import Reconstruction
+from reconstruct.services.reconstructions import reconstruction_stuck_at
 
 if TYPE_CHECKING:
     import redis
@@ -238,6 +240,11 @@ def reconstruction_wait(reconstruction: Reconstruction, timeout: float) -> None:
     """
     timeout = min(max(timeout, 0.0), MAX_WAIT_S)
     if reconstruction.is_finished or timeout <= 0 or settings.RECONSTRUCT_MODE != "celery":
+        return
+    # Never past the moment the job counts as stuck (its worker died): the answer then says so ("stuck": true) and
+    # the result page offers "Queue it again" at once, where it used to wait out the whole wait first.
+    timeout = min(timeout, (reconstruction_stuck_at(reconstruction) - timezone.now()).total_seconds())
+    if timeout <= 0:
         return
     with _waiting_slot(reconstruction.owner_id) as allowed:
         if allowed:

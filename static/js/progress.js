@@ -51,6 +51,8 @@
       failures = 0;
       warning.hidden = true;
       if (data.status === "done" || data.status === "failed") { window.location.reload(); return; }
+      // Stuck (its worker died): the page, loaded again, says so and offers "Queue it again".
+      if (data.stuck && !box.dataset.stuck) { window.location.reload(); return; }
       render(data.status, data.queued_at);
       // A long-poll that waited asks again at once; a server that answered at once (no waiting there)
       // is polled, a little more slowly each time.

@@ -132,3 +132,26 @@ def test_a_display_p3_photo_shows_in_its_own_colours(page, live_server, settings
     h, w = shown.shape[:2]
     body = shown[int(h * 0.45) : int(h * 0.56), int(w * 0.6) : int(w * 0.8)].mean((0, 1))
     assert max(abs(a - b) for a, b in zip(body, hostile.P3_BODY_SRGB, strict=True)) <= 6, body
+
+
+def test_a_job_whose_worker_died_offers_to_queue_it_again_without_a_reload(page, live_server, stack, settings, alice):
+    """A running job whose worker died: the page's long-poll ends the moment the job counts as stuck
+    (RECONSTRUCT_STUCK_AFTER), and the page shows "Queue it again" by itself (it used to say "a few seconds" until
+    reloaded by hand; a new user watched it for 3 minutes)."""
+    from django.utils import timezone
+
+    from reconstruct.models import Reconstruction
+
+    settings.RECONSTRUCT_STUCK_AFTER = 4
+    job = Reconstruction.objects.create(
+        owner=alice, original_name="car.png", original="x/original.png", status="running", started_at=timezone.now()
+    )
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/reconstruct/$"))
+    page.goto(f"{live_server.url}/r/{job.uuid}/")
+    expect(page.get_by_text("Reconstructing…")).to_be_visible()
+    assert page.get_by_role("button", name="Queue it again").count() == 0
+    expect(page.get_by_role("button", name="Queue it again")).to_be_visible(timeout=15_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -200,3 +201,19 @@ def test_waiting_places_are_capped_per_account_and_per_process(settings, monkeyp
         thread.join()
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert waiting._waiting_total == 0 and waiting._waiting_by_owner == {}
+
+
+@pytest.mark.integration
+def test_a_wait_ends_when_the_job_counts_as_stuck(settings, celery_app_on_test_redis, alice) -> None:
+    """A job whose worker died never finishes by waiting: the long-poll answers the moment it counts as stuck
+    (RECONSTRUCT_STUCK_AFTER), with "stuck": true, instead of waiting out its seconds (the page then offers
+    "Queue it again": test_browser.py)."""
+    settings.RECONSTRUCT_MODE = "celery"
+    settings.RECONSTRUCT_STUCK_AFTER = 60
+    started = timezone.now() - timedelta(seconds=59)
+    job = Reconstruction.objects.create(
+        owner=alice, original_name="car.png", original="x/original.png", status="running", started_at=started
+    )
+    response, elapsed = get_with_wait(alice, job, str(WAIT_S))
+    assert response.json()["stuck"] is True and response.json()["status"] == "running"
+    assert 0.5 <= elapsed < WAIT_S / 4
