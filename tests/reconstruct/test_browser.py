@@ -34,6 +34,15 @@ def stack(settings: Any, on_s3: S3Server, s3_worker: Any) -> S3Server:
     return on_s3
 
 
+def log_in(page: Any, live_server: Any, username: str) -> None:
+    """Log ``username`` in through the login form (every test user's password is PASSWORD)."""
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/reconstruct/$"))
+
+
 def test_it_signs_up_uploads_a_car_and_finds_it_in_the_gallery(
     page, live_server, stack, settings: Any, tmp_path: Path
 ) -> None:
@@ -89,11 +98,7 @@ def test_it_shows_bob_a_404_for_alices_car(page, live_server, stack, settings, a
     settings.RECONSTRUCT_MODE = "sync"
     alices = reconstruction_create(user=alice, upload=upload(car_png, "alices-secret-car.png"))
 
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", "bob")
-    page.fill("#id_password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/reconstruct/$"))
+    log_in(page, live_server, "bob")
 
     for path in (f"/r/{alices.uuid}/", f"/r/{alices.uuid}/files/original", f"/r/{alices.uuid}/delete/"):
         response = page.goto(live_server.url + path)
@@ -119,11 +124,7 @@ def test_a_display_p3_photo_shows_in_its_own_colours(page, live_server, settings
     reconstruction = reconstruction_create(user=alice, upload=upload(photo, "phone-p3.jpg"))
     assert Image.open(io.BytesIO(photo)).info["icc_profile"]
 
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/reconstruct/$"))
+    log_in(page, live_server, "alice")
     page.goto(f"{live_server.url}/r/{reconstruction.uuid}/")
     original = page.locator("figure a.located img").first
     expect(original).to_be_visible()
@@ -146,11 +147,7 @@ def test_a_job_whose_worker_died_offers_to_queue_it_again_without_a_reload(page,
     job = Reconstruction.objects.create(
         owner=alice, original_name="car.png", original="x/original.png", status="running", started_at=timezone.now()
     )
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/reconstruct/$"))
+    log_in(page, live_server, "alice")
     page.goto(f"{live_server.url}/r/{job.uuid}/")
     expect(page.get_by_text("Reconstructing…")).to_be_visible()
     assert page.get_by_role("button", name="Queue it again").count() == 0
