@@ -146,7 +146,9 @@ def signup(request: HttpRequest) -> HttpResponse:
             account_signup_rate_check(form.cleaned_data["email"])
         except SignupRateLimited as problem:
             form.add_error("email", problem.messages[0])
-            return render(request, "registration/signup.html", {"form": form}, status=429)
+            refused = render(request, "registration/signup.html", {"form": form}, status=429)
+            refused["Retry-After"] = str(problem.retry_after)
+            return refused
         user = form.save()
         account_signup_notify(user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

@@ -56,7 +56,8 @@ def training_run_outcome(run: TrainingRun) -> str:
         return f"Failed at {at}."
     best = f"the weights of its best epoch ({run.best_epoch})" if run.best_epoch else "its best weights"
     if run.epoch >= run.epochs:
-        return f"Ran all {run.epochs} epochs; {best} became the model."
+        ran = "Ran its one epoch" if run.epochs == 1 else f"Ran all {run.epochs} epochs"
+        return f"{ran}; {best} became the model."
     # ml.train stops when the validation loss has not improved for `patience` epochs at the final learning rate
     # (it lowers the rate once first, when it can).
     patience = (run.config or {}).get("patience")

@@ -63,7 +63,11 @@ SIGNUPS_PER_EMAIL_PER_HOUR = 5
 
 
 class SignupRateLimited(ValidationError):
-    """Too many accounts gave this email address in the last hour."""
+    """Too many accounts gave this email address in the last hour; ``retry_after``: seconds until one more may."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, code="rate_limited")
+        self.retry_after = retry_after
 
 
 def account_signup_rate_check(email: str) -> None:
@@ -72,12 +76,14 @@ def account_signup_rate_check(email: str) -> None:
     send to one inbox. Counted from the accounts themselves (``date_joined``): it holds across processes, and it
     counts nothing against the client's address, which django-axes' login throttle reads (a sign-up counted there
     would lock a shared address out of logging in)."""
-    since = timezone.now() - timedelta(hours=1)
-    recent = get_user_model().objects.filter(email__iexact=email.strip(), date_joined__gte=since).count()
-    if recent >= SIGNUPS_PER_EMAIL_PER_HOUR:
+    now = timezone.now()
+    recent = get_user_model().objects.filter(email__iexact=email.strip(), date_joined__gte=now - timedelta(hours=1))
+    joined = list(recent.order_by("-date_joined").values_list("date_joined", flat=True)[:SIGNUPS_PER_EMAIL_PER_HOUR])
+    if len(joined) >= SIGNUPS_PER_EMAIL_PER_HOUR:
+        retry_after = max(1, int((joined[-1] + timedelta(hours=1) - now).total_seconds()) + 1)
         raise SignupRateLimited(
             "Too many accounts were made with this email address in the last hour; please try again later.",
-            code="rate_limited",
+            retry_after,
         )
 
 

@@ -14,7 +14,12 @@
   let delay = 700;
   let failures = 0;
 
+  // The last status shown (at first the page's own), redrawn every second so that its "N s" counts on.
+  let shown = [box.dataset.status, box.dataset.queued || null];
+
   function render(status, queuedAt) {
+    shown = [status, queuedAt];
+    if (box.dataset.stuck) return;  // the page says so, and offers "Queue it again"
     const seconds = Math.max(0, Math.round((Date.now() - created) / 1000));
     fill.className = "bar-fill " + status;
     if (status === "running") {
@@ -67,5 +72,6 @@
     if (failures > 0) delay = Math.min(Math.max(delay, 700) * 1.3, 3000);
     window.setTimeout(poll, delay);
   }
+  window.setInterval(function () { render(shown[0], shown[1]); }, 1000);
   poll();
 })();

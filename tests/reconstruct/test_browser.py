@@ -150,5 +150,10 @@ def test_a_job_whose_worker_died_offers_to_queue_it_again_without_a_reload(page,
     log_in(page, live_server, "alice")
     page.goto(f"{live_server.url}/r/{job.uuid}/")
     expect(page.get_by_text("Reconstructing…")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"running the model on your photo \(\d+ s so far\)"))).to_be_visible()
     assert page.get_by_role("button", name="Queue it again").count() == 0
     expect(page.get_by_role("button", name="Queue it again")).to_be_visible(timeout=15_000)
+    # Stuck, the page no longer says a worker is running it (the count used to run on under the warning).
+    expect(page.get_by_role("heading", name="This is taking far too long")).to_be_visible()
+    page.wait_for_timeout(1500)
+    assert page.get_by_text("A worker is running").count() == 0

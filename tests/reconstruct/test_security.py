@@ -106,6 +106,7 @@ def test_it_limits_the_new_accounts_one_email_address_gets_in_an_hour(throttled,
     assert (
         refused.status_code == 429 and "Too many accounts were made with this email address" in refused.content.decode()
     )
+    assert 3500 < int(refused["Retry-After"]) <= 3601
     assert len(mail.outbox) - before == SIGNUPS_PER_EMAIL_PER_HOUR - 1
     form = {"username": "other", "email": "other@example.com", "password1": PASSWORD, "password2": PASSWORD}
     assert from_address("198.51.100.61").post("/accounts/signup/", form).status_code == 302  # another email: fine

@@ -88,6 +88,7 @@ def test_it_logs_in_and_out(client, alice) -> None:
     # The address typed by hand asks (Django's view answered a blank 405) and does not log out by itself.
     page = client.get(reverse("logout"))
     assert page.status_code == 200 and "Log out?" in page.content.decode() and 'method="post"' in page.content.decode()
+    assert "You are logged in as alice" in page.content.decode()
     assert client.get(reverse("reconstruct:gallery")).status_code == 200
     assert client.post(reverse("logout")).status_code == 302
     assert client.get(reverse("reconstruct:gallery")).status_code == 302
