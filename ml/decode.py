@@ -33,6 +33,9 @@ from typing import BinaryIO
 from PIL import Image, ImageCms
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# Pixel modes whose embedded profile ``image_decode(to_srgb=False)`` leaves unapplied (an RGB profile on RGB pixels);
+# any other picture is converted to sRGB whatever the caller asks.
+PROFILE_KEPT_MODES = ("RGB", "RGBA")
 # Pillow gives a freed picture's memory back to the system and faults fresh pages in for the next one: of the ~160 ms
 # of CPU a 12-megapixel phone photo (EXIF orientation 6) costs its upload, ~20 went to those page faults. Pillow
 # keeps up to this many freed 16 MB blocks for reuse instead (its own arena cache, ``PILLOW_BLOCKS_MAX``), which
@@ -107,6 +110,8 @@ class DecodedImage:
     ``keeps``: ``reduce_to`` times ``reducing_gap`` (pixels, upright), the box whose fit the picture was allowed to
     shrink to; None when no reduction was asked. Two decodes of one file with equal ``keeps`` (and the same
     ``max_bytes``) give the same picture, so a caller can tell whether another's decode is the one it would make.
+    ``icc_profile``: the embedded profile ``image`` is still in (``image_decode(to_srgb=False)`` of a picture whose
+    mode is one of PROFILE_KEPT_MODES), else empty: then ``image`` is sRGB.
     """
 
     image: Image.Image
@@ -119,6 +124,7 @@ class DecodedImage:
     had_alpha: bool
     mode: str
     keeps: tuple[float, float] | None = None
+    icc_profile: bytes = b""
 
     @property
     def reduced(self) -> bool:
@@ -456,7 +462,8 @@ def image_decode(
     picture mirrored left to right, done in the same pass (a flip costs no extra copy). ``reducing_gap``: how many
     times its fit into ``reduce_to`` a reduced picture keeps at least (default REDUCING_GAP, 3; Pillow's own
     ``Image.thumbnail`` drafts with 2). ``to_srgb=False``: an RGB file's embedded colour profile is not applied (the
-    pixels stay in its colour space, for a caller that keeps the profile with them; ``icc_converted`` is False).
+    pixels stay in its colour space, for a caller that keeps the profile with them: ``icc_profile``; ``icc_converted``
+    is False). Only pictures of PROFILE_KEPT_MODES keep theirs; others are converted as usual.
 
     Returns :class:`DecodedImage`. Raises :class:`ImageDecodeError` for anything that is not such a picture; a
     missing path raises ``FileNotFoundError``.
@@ -479,7 +486,9 @@ def image_decode(
             f"The image is only {width}x{height} pixels; it needs at least {min_side} pixels on each side.",
         )
     mode = image.mode
-    icc = bytes(image.info.get("icc_profile") or b"") if to_srgb or mode not in ("RGB", "RGBA") else b""
+    embedded = bytes(image.info.get("icc_profile") or b"")
+    kept = b"" if to_srgb or mode not in PROFILE_KEPT_MODES else embedded
+    icc = b"" if kept else embedded
     had_alpha = _has_alpha(image)
     target = (reduce_to[1], reduce_to[0]) if reduce_to and turned else reduce_to
     wanted = _reduce_factor(image.size, target, reducing_gap) if target else 1
@@ -538,6 +547,7 @@ def image_decode(
         had_alpha=had_alpha,
         mode=mode,
         keeps=(reduce_to[0] * reducing_gap, reduce_to[1] * reducing_gap) if reduce_to else None,
+        icc_profile=kept,
     )
 
 

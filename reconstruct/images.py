@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from PIL import Image, features
 
-from ml.decode import DecodedImage, image_decode, image_open
+from ml.decode import PROFILE_KEPT_MODES, DecodedImage, image_decode
 
 # Formats a browser shows as they are: Pillow's format name -> (the format a copy is saved in, file extension).
 # Uploads in any other accepted format (GIF, TIFF, BMP, AVIF) are stored as PNG; the training set refuses them.
@@ -169,7 +169,7 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     300 ms of CPU for a 12-megapixel phone photo, and a second round of JPEG compression); the site's own decode
     applies it too (thumbnail, model). Otherwise (turned upright, CMYK, several frames, a structure the copy does
     not understand) the picture decoded at full size and saved anew, in sRGB or, for an RGB picture with a profile
-    other than sRGB, in its own colour space with that profile (``_profile_to_keep``): JPEG sources as
+    other than sRGB, in its own colour space with that profile (``image_decode(to_srgb=False)``): JPEG sources as
     JPEG (quality 92), WebP as WebP (quality 95), everything else as PNG (lossless). Never with options that
     assume the source format (``quality="keep"`` needs a JPEG image object). A picture that cannot be decoded
     whole within ml.decode's memory budget is stored at the size it could be decoded at (a 100-megapixel JPEG
@@ -192,9 +192,10 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
         pass  # a structure the copy does not understand: saved anew from the decoded picture
     # An RGB picture's profile stays with it here too: a turned phone photo in Display P3 is not converted at full
     # size (about 210 ms of CPU at 12 megapixels); browsers and the site's decode apply the profile.
-    profile = _profile_to_keep(data, decoded, max_pixels=max_pixels)
-    if profile:
-        full = image_decode(data, max_pixels=max_pixels, to_srgb=False).image
+    profile = None
+    if decoded.icc_converted and decoded.mode in PROFILE_KEPT_MODES:  # the decode applied a profile it could keep
+        own = image_decode(data, max_pixels=max_pixels, to_srgb=False)
+        full, profile = own.image, own.icc_profile or None
     else:
         full = decoded.image if not decoded.reduced else image_decode(data, max_pixels=max_pixels).image
     stored_format, extension = STORED_FORMATS.get(decoded.format, ("PNG", "png"))
@@ -207,15 +208,6 @@ def original_for_storage(data: bytes, decoded: DecodedImage, *, max_pixels: int)
     else:
         full.save(out, "PNG", compress_level=4, icc_profile=profile)
     return StoredOriginal(out.getvalue(), stored_format, extension, full.size, copied=False)
-
-
-def _profile_to_keep(data: bytes, decoded: DecodedImage, *, max_pixels: int) -> bytes | None:
-    """The colour profile a new encoding of ``data`` keeps: an RGB file's own profile when the decode applied it
-    (one other than sRGB); None for anything else (CMYK, greyscale and palette pictures are stored in sRGB)."""
-    if not decoded.icc_converted or decoded.mode not in ("RGB", "RGBA"):
-        return None
-    with image_open(data, max_pixels=max_pixels) as image:  # the header only; ``data`` was decoded already
-        return image.info.get("icc_profile") or None
 
 
 def thumbnail_jpeg(image: Image.Image, size: tuple[int, int], quality: int = 85) -> bytes:
