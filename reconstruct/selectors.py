@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet
 
+from reconstruct.compiled import CompiledQuery
 from reconstruct.models import FILE_KINDS, Reconstruction
 
 MODEL_VERSION_HEAVY_FIELDS = ("files", "metadata", "metrics", "notes")
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 
-def _reconstructions_owned(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
+def _reconstructions_owned(user: AbstractBaseUser | int) -> QuerySet[Reconstruction]:
     return (
         Reconstruction.objects.filter(owner=user)
         .select_related("model_version")
@@ -40,16 +42,47 @@ def reconstruction_cards(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
     return Reconstruction.objects.filter(owner=user).only(*CARD_FIELDS).order_by("-created_at", "-id")
 
 
-def reconstruction_files_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:
-    """The user's reconstruction with only what serving one of its files needs (its name and file fields), or
-    None (also for someone else's): the file view's query, without the model version or the JSON."""
-    return (
-        Reconstruction.objects.filter(owner=user, uuid=public_id)
+# The two lookups of one reconstruction every upload's round makes (its status or the upload's answer, and its
+# picture): compiled once per connection (reconstruct/compiled.py). Their parameters in the SQL's order: the owner's
+# id, then the public id (a uuid is unique: no ORDER BY).
+_OWNER_AND_UUID = (
+    (Reconstruction._meta.get_field("owner"), 0),
+    (Reconstruction._meta.get_field("uuid"), uuid.UUID(int=0)),
+)
+_FILES_GET = CompiledQuery(
+    lambda owner_id, public_id: (
+        Reconstruction.objects.filter(owner_id=owner_id)
+        .filter(uuid=public_id)
         .only("id", "uuid", "original_name", *FILE_KINDS)
-        .first()
-    )
+        .order_by()[:1]
+    ),
+    _OWNER_AND_UUID,
+)
+_GET = CompiledQuery(
+    lambda owner_id, public_id: _reconstructions_owned(owner_id).filter(uuid=public_id).order_by()[:1],
+    _OWNER_AND_UUID,
+)
 
 
-def reconstruction_get(user: AbstractBaseUser, public_id: str) -> Reconstruction | None:
-    """The user's reconstruction with this public id, latent included, or None (also for someone else's)."""
-    return _reconstructions_owned(user).filter(uuid=public_id).first()
+def _public_uuid(public_id: str | uuid.UUID) -> uuid.UUID | None:
+    if isinstance(public_id, uuid.UUID):
+        return public_id
+    try:
+        return uuid.UUID(str(public_id))
+    except ValueError:
+        return None
+
+
+def reconstruction_files_get(user: AbstractBaseUser, public_id: str | uuid.UUID) -> Reconstruction | None:
+    """The user's reconstruction with only what serving one of its files needs (its name and file fields), or
+    None (also for someone else's, or a public id that is not a UUID): the file view's query, without the model
+    version or the JSON."""
+    found = _public_uuid(public_id)
+    return _FILES_GET.first(user.pk, found) if found is not None and user.pk is not None else None
+
+
+def reconstruction_get(user: AbstractBaseUser, public_id: str | uuid.UUID) -> Reconstruction | None:
+    """The user's reconstruction with this public id, latent included, or None (also for someone else's, or a
+    public id that is not a UUID)."""
+    found = _public_uuid(public_id)
+    return _GET.first(user.pk, found) if found is not None and user.pk is not None else None

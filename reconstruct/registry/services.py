@@ -25,6 +25,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from ml import runtime
+from reconstruct.compiled import CompiledQuery
 from reconstruct.models import ModelActivation, ModelVersion
 from reconstruct.storage import storage_delete_keys
 
@@ -282,6 +283,10 @@ def model_version_load(version: ModelVersion) -> runtime.Model:
 
 
 _active_versions: dict[tuple[int, str, str], ModelVersion] = {}
+# Every reconstruction asks it (the upload and the worker): compiled once per connection (reconstruct/compiled.py).
+_ACTIVE_VERSION_KEY = CompiledQuery(
+    lambda: ModelVersion.objects.filter(is_active=True).only("id", "name", "source")[:1], []
+)
 
 
 def model_version_load_active() -> tuple[ModelVersion, runtime.Model]:
@@ -289,8 +294,8 @@ def model_version_load_active() -> tuple[ModelVersion, runtime.Model]:
     its row, with kilobytes of JSON metadata, is read once per process and version, since a version's files
     never change): an activation in the admin reaches every process at its next reconstruction, without a
     restart and without reloading."""
-    active = ModelVersion.objects.filter(is_active=True).values_list("pk", "name", "source").first()
-    version = _active_versions.get(active) if active is not None else None
+    row = _ACTIVE_VERSION_KEY.first()
+    version = _active_versions.get((row.pk, row.name, row.source)) if row is not None else None
     if version is None:
         version = model_version_ensure_active()
         _active_versions.clear()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from django.utils import timezone
 
+from reconstruct.compiled import CompiledQuery
 from reconstruct.models import ApiToken
 
 if TYPE_CHECKING:
@@ -35,9 +36,16 @@ def api_token_revoke(user: AbstractBaseUser) -> None:
     ApiToken.objects.filter(user=user).delete()
 
 
+# Every API request makes this lookup: compiled once per connection (reconstruct/compiled.py).
+_TOKEN_WITH_USER = CompiledQuery(
+    lambda key_hash: ApiToken.objects.select_related("user").filter(key_hash=key_hash)[:1],
+    [(ApiToken._meta.get_field("key_hash"), "0" * 64)],
+)
+
+
 def api_token_authenticate(key: str) -> AbstractBaseUser | None:
     """The active user owning this key, or None."""
-    token = ApiToken.objects.select_related("user").filter(key_hash=_token_hash(key.strip())).first()
+    token = _TOKEN_WITH_USER.first(_token_hash(key.strip()))
     if token is None or not token.user.is_active:
         return None
     now = timezone.now()

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from reconstruct.compiled import CompiledQuery
 from reconstruct.models import Reconstruction
 from reconstruct.services.reconstructions import reconstruction_stuck_at
 
@@ -75,10 +76,16 @@ def reconstruction_finished_notify(public_id: uuid.UUID | str) -> None:
         logger.warning("could not publish the end of reconstruction %s: %s", public_id, error)
 
 
+_UNFINISHED = (Reconstruction.Status.PENDING, Reconstruction.Status.RUNNING)
+# Asked once by every waiting request: compiled once per connection (reconstruct/compiled.py).
+_UNFINISHED_ROW = CompiledQuery(
+    lambda pk, *statuses: Reconstruction.objects.filter(pk=pk).filter(status__in=statuses).only("id").order_by()[:1],
+    [(Reconstruction._meta.pk, 0), *((Reconstruction._meta.get_field("status"), status) for status in _UNFINISHED)],
+)
+
+
 def _unfinished(pk: int) -> bool:
-    return Reconstruction.objects.filter(
-        pk=pk, status__in=[Reconstruction.Status.PENDING, Reconstruction.Status.RUNNING]
-    ).exists()
+    return _UNFINISHED_ROW.first(pk, *_UNFINISHED) is not None
 
 
 class _FinishedListener:

@@ -1,0 +1,117 @@
+"""reconstruct/compiled.py: a query compiled once per connection gives the very objects the ORM gives."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from reconstruct import selectors
+from reconstruct.compiled import CompiledQuery
+from reconstruct.models import FILE_KINDS, ApiToken, ModelVersion, Reconstruction
+from reconstruct.services.tokens import api_token_authenticate, api_token_regenerate
+from reconstruct.services.waiting import _unfinished
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _fields(obj: Any) -> dict[str, object]:
+    """Every loaded (not deferred) field of ``obj``, by attname."""
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields if f.attname in obj.__dict__}
+
+
+def _reconstruction(owner: Any, **fields: object) -> Reconstruction:
+    version = ModelVersion.objects.create(
+        name=f"v-{uuid.uuid4().hex[:8]}", source="trained", files={"a": 1}, metadata={"model": {"latent_dim": 4}}
+    )
+    return Reconstruction.objects.create(
+        owner=owner,
+        status="done",
+        model_version=version,
+        psnr=18.5,
+        latent=[0.5, -1.0, 2.0, 0.0],
+        car_box=[1, 2, 30, 40],
+        finished_at=datetime(2026, 12, 1, 12, 0, 0).astimezone(),
+        original="reconstructions/1/x/original.jpg",
+        **fields,
+    )
+
+
+def test_a_reconstruction_read_compiled_is_the_orm_s_own(alice: Any) -> None:
+    made = _reconstruction(alice)
+    orm = (
+        Reconstruction.objects.filter(owner=alice, uuid=made.uuid)
+        .select_related("model_version")
+        .defer(*(f"model_version__{name}" for name in selectors.MODEL_VERSION_HEAVY_FIELDS))
+        .get()
+    )
+    with CaptureQueriesContext(connection) as queries:
+        compiled = selectors.reconstruction_get(alice, made.uuid)
+        name = compiled.model_version.name  # joined: no second query
+    assert len(queries) == 1
+    assert _fields(compiled) == _fields(orm)
+    assert name == made.model_version.name
+    assert compiled.latent == [0.5, -1.0, 2.0, 0.0] and compiled.car_box == [1, 2, 30, 40]  # JSON decoded
+    assert compiled.finished_at == made.finished_at and compiled.finished_at.tzinfo is not None
+    # The model version's JSON stays deferred, as in the ORM's query: read only when asked for.
+    assert _fields(compiled.model_version) == _fields(orm.model_version)
+    assert "metadata" not in compiled.model_version.__dict__
+    assert compiled.model_version.metadata == {"model": {"latent_dim": 4}}
+    files = selectors.reconstruction_files_get(alice, str(made.uuid))
+    assert set(_fields(files)) == {"id", "uuid", "original_name", *FILE_KINDS}
+    assert files.original.name == "reconstructions/1/x/original.jpg"
+
+
+def test_it_finds_only_the_owner_s_row_and_nothing_for_an_id_that_is_not_a_uuid(alice: Any, bob: Any) -> None:
+    made = _reconstruction(alice)
+    assert selectors.reconstruction_get(bob, made.uuid) is None
+    assert selectors.reconstruction_files_get(bob, made.uuid) is None
+    assert selectors.reconstruction_get(alice, "not-a-uuid") is None
+    assert selectors.reconstruction_get(alice, uuid.uuid4()) is None
+    assert _unfinished(made.pk) is False
+    Reconstruction.objects.filter(pk=made.pk).update(status="running")
+    assert _unfinished(made.pk) is True
+
+
+def test_a_token_lookup_compiled_loads_its_user_in_the_same_query(alice: Any) -> None:
+    key = api_token_regenerate(alice)
+    ApiToken.objects.filter(user=alice).update(last_used_at=datetime.now().astimezone())  # no write below
+    with CaptureQueriesContext(connection) as queries:
+        user = api_token_authenticate(key)
+        assert user.username == "alice" and user.is_active
+    assert len(queries) == 1
+    assert api_token_authenticate(key + "x") is None
+
+
+def test_each_thread_s_connection_gets_its_own_compiled_query(alice: Any) -> None:
+    made = _reconstruction(alice)
+    found: list[object] = []
+
+    def read() -> None:
+        try:
+            found.append(selectors.reconstruction_get(alice, made.uuid).pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert found == [made.pk] * 3 and selectors.reconstruction_get(alice, made.uuid).pk == made.pk
+
+
+def test_parameters_declared_out_of_the_orm_s_order_fail_at_once(alice: Any) -> None:
+    made = _reconstruction(alice)
+    swapped = CompiledQuery(
+        lambda public_id, owner_id: Reconstruction.objects.filter(owner_id=owner_id).filter(uuid=public_id)[:1],
+        [(Reconstruction._meta.get_field("uuid"), uuid.UUID(int=0)), (Reconstruction._meta.get_field("owner"), 0)],
+    )
+    with pytest.raises(ImproperlyConfigured, match="not the declared values"):
+        swapped.first(made.uuid, alice.pk)
