@@ -456,6 +456,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # With it: secure cookies, HTTP redirected to HTTPS, and HSTS (browsers use HTTPS only, for SECURE_HSTS_SECONDS).
 SECURE_COOKIES = envbool("SECURE_COOKIES", ON_LAMBDA or not _LOCAL_ONLY)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
+# Django's database sessions, looked up by a query compiled once per connection (reconstruct/sessions.py).
+SESSION_ENGINE = "reconstruct.sessions"
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 # In production the site sits behind TLS terminated by a proxy (API Gateway, nginx) that must set X-Forwarded-Proto
 # (and drop a client's own): without it the HTTPS redirect below would loop.

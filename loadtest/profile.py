@@ -67,12 +67,12 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
     ],
     "web: status (GET /api/reconstructions/<id>/)": [
         ("token authentication", [("reconstruct/auth.py", "authenticate_token", None)]),
-        ("DB read", [("query.py", "first", "reconstruction_get")]),
+        ("DB read", [("reconstruct/compiled.py", "first", "reconstruction_get")]),
         ("JSON", [("presenters.py", "reconstruction_json", None)]),
     ],
     "web: reconstruction PNG (GET /r/<id>/files/reconstruction)": [
         ("token authentication", [("reconstruct/auth.py", "authenticate_token", None)]),
-        ("DB read", [("query.py", "first", "reconstruction_files_get")]),
+        ("DB read", [("reconstruct/compiled.py", "first", "reconstruction_files_get")]),
         ("serve from storage", [("reconstruct/storage.py", "storage_serve", None)]),
     ],
     "web: gallery (GET /gallery/)": [

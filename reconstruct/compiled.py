@@ -57,6 +57,13 @@ class CompiledQuery(Generic[M]):
         self._plans: weakref.WeakKeyDictionary[object, _Plan] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._model: type[M] | None = None
+        self._counts: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+    def _connection(self) -> Any:
+        """This thread's connection to the database the model is read from."""
+        if self._model is None:
+            self._model = self._build(*self._examples).model
+        return connections[router.db_for_read(self._model)]
 
     def _plan(self, connection: Any) -> _Plan:
         plan = self._plans.get(connection)
@@ -65,11 +72,7 @@ class CompiledQuery(Generic[M]):
         queryset = self._build(*self._examples)
         compiler = queryset.query.get_compiler(connection=connection)
         sql, params = compiler.as_sql()
-        expected = self._prepare(connection, self._examples)
-        if list(params) != list(expected):
-            raise ImproperlyConfigured(
-                f"CompiledQuery: the ORM's parameters {list(params)!r} are not the declared values {expected!r}"
-            )
+        self._check(connection, params)
         select, klass_info = compiler.select, compiler.klass_info
         start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
         plan = _Plan(
@@ -84,15 +87,20 @@ class CompiledQuery(Generic[M]):
             self._plans[connection] = plan
         return plan
 
+    def _check(self, connection: Any, params: Sequence[object]) -> None:
+        expected = self._prepare(connection, self._examples)
+        if list(params) != list(expected):
+            raise ImproperlyConfigured(
+                f"CompiledQuery: the ORM's parameters {list(params)!r} are not the declared values {expected!r}"
+            )
+
     def _prepare(self, connection: Any, values: Sequence[object]) -> list[object]:
         return [field.get_db_prep_value(value, connection) for field, value in zip(self._fields, values, strict=True)]
 
     def list(self, *values: object) -> list[M]:
         """The rows for ``values`` (one per declared parameter), as model instances."""
-        if self._model is None:
-            self._model = self._build(*self._examples).model
-        alias = router.db_for_read(self._model)
-        connection = connections[alias]
+        connection = self._connection()
+        alias = connection.alias
         plan = self._plan(connection)
         with connection.cursor() as cursor:
             cursor.execute(plan.sql, self._prepare(connection, values))
@@ -108,6 +116,24 @@ class CompiledQuery(Generic[M]):
                 populator.populate(row, obj)
             objects.append(obj)
         return objects
+
+    def count(self, *values: object) -> int:
+        """How many rows ``values`` select: ``SELECT COUNT(*)`` over the query's own SQL (its ordering dropped),
+        compiled once per connection like the rows. Raises ``ImproperlyConfigured`` for a sliced query."""
+        connection = self._connection()
+        sql = self._counts.get(connection)
+        if sql is None:
+            queryset = self._build(*self._examples)
+            if queryset.query.is_sliced:
+                raise ImproperlyConfigured("CompiledQuery.count() counts a query without a slice")
+            inner_sql, params = queryset.order_by().values("pk").query.get_compiler(connection=connection).as_sql()
+            self._check(connection, params)
+            sql = f"SELECT COUNT(*) FROM ({inner_sql}) counted"
+            with self._lock:
+                self._counts[connection] = sql
+        with connection.cursor() as cursor:
+            cursor.execute(sql, self._prepare(connection, values))
+            return cursor.fetchone()[0]
 
     def first(self, *values: object) -> M | None:
         """The first row for ``values``, or None."""

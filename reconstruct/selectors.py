@@ -36,10 +36,37 @@ def reconstruction_list(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
 CARD_FIELDS = ("id", "uuid", "status", "origin", "psnr", "original_name", "created_at", "thumbnail", "reconstruction")
 
 
-def reconstruction_cards(user: AbstractBaseUser) -> QuerySet[Reconstruction]:
+def reconstruction_cards(user: AbstractBaseUser | int) -> QuerySet[Reconstruction]:
     """The user's reconstructions, newest first, with only the fields a gallery card shows (no model version,
     no JSON): each row costs a fraction of a full one, and a page has 24 (measured in ``loadtest.profile``)."""
     return Reconstruction.objects.filter(owner=user).only(*CARD_FIELDS).order_by("-created_at", "-id")
+
+
+GALLERY_PAGE_SIZE = 24
+_OWNER = ((Reconstruction._meta.get_field("owner"), 0),)
+# The gallery's count and its first page (every upload's round in `make loadtest` opens it): compiled once per
+# connection (reconstruct/compiled.py).
+_CARDS = CompiledQuery(reconstruction_cards, _OWNER)
+_CARDS_FIRST_PAGE = CompiledQuery(lambda owner_id: reconstruction_cards(owner_id)[:GALLERY_PAGE_SIZE], _OWNER)
+
+
+class GalleryCards:
+    """The user's gallery cards (``reconstruction_cards``) as the object list of a Django ``Paginator`` of
+    GALLERY_PAGE_SIZE a page: the count and the first page are read by compiled queries, other pages by the
+    QuerySet."""
+
+    ordered = True  # newest first (Paginator warns about an unordered list)
+
+    def __init__(self, user: AbstractBaseUser) -> None:
+        self._user = user
+
+    def count(self) -> int:
+        return _CARDS.count(self._user.pk)
+
+    def __getitem__(self, index: slice) -> list[Reconstruction]:
+        if index.start in (0, None) and index.stop == GALLERY_PAGE_SIZE and index.step is None:
+            return _CARDS_FIRST_PAGE.list(self._user.pk)
+        return list(reconstruction_cards(self._user)[index])
 
 
 # The two lookups of one reconstruction every upload's round makes (its status or the upload's answer, and its

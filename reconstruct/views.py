@@ -59,7 +59,7 @@ from reconstruct.services.waiting import reconstruction_wait_new
 from reconstruct.storage import StorageUnavailable
 from reconstruct.throttle import lockout_response, throttle_failure, throttle_refusal
 
-GALLERY_PAGE_SIZE = 24
+GALLERY_PAGE_SIZE = selectors.GALLERY_PAGE_SIZE
 
 
 def _get_reconstruction_for_user(request: HttpRequest, public_id: uuid.UUID) -> Reconstruction:
@@ -259,7 +259,7 @@ def detail(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
     """The caller's reconstructions, 24 a page, newest first."""
-    paginator = Paginator(selectors.reconstruction_cards(request.user), GALLERY_PAGE_SIZE)
+    paginator = Paginator(selectors.GalleryCards(request.user), GALLERY_PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
     return render(request, "reconstruct/gallery.html", {"page": page, "cards": presenters.cards_html(request, page)})
 

@@ -115,3 +115,43 @@ def test_parameters_declared_out_of_the_orm_s_order_fail_at_once(alice: Any) -> 
     )
     with pytest.raises(ImproperlyConfigured, match="not the declared values"):
         swapped.first(made.uuid, alice.pk)
+
+
+def test_the_session_engine_reads_django_s_sessions_and_ends_expired_ones(client: Any, alice: Any) -> None:
+    from datetime import timedelta
+
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore as DjangoStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    from reconstruct.sessions import SessionStore
+
+    made = DjangoStore()  # a session Django's own engine made (as before this engine): still signed in
+    made.update(
+        {
+            SESSION_KEY: str(alice.pk),
+            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+            HASH_SESSION_KEY: alice.get_session_auth_hash(),
+        }
+    )
+    made.create()
+    assert SessionStore(made.session_key).load()[SESSION_KEY] == str(alice.pk)
+    client.cookies["sessionid"] = made.session_key
+    assert client.get("/gallery/").status_code == 200
+    Session.objects.filter(session_key=made.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+    expired = SessionStore(made.session_key)
+    assert expired.load() == {} and expired.session_key is None
+    assert client.get("/gallery/").status_code == 302  # to the login form
+    assert SessionStore("no-such-key-" + "x" * 20).load() == {}
+
+
+def test_the_gallery_counts_and_reads_its_first_page_compiled(client: Any, alice: Any) -> None:
+    for number in range(30):
+        Reconstruction.objects.create(owner=alice, status="done", original_name=f"car-{number:02}.png", psnr=20.0)
+    client.force_login(alice)
+    page = client.get("/gallery/").content.decode()
+    assert "30 reconstructions" in page and "Page 1 of 2" in page
+    assert "car-29" in page and "car-06" in page and "car-05" not in page
+    second = client.get("/gallery/?page=2").content.decode()
+    assert "car-05" in second and "car-00" in second and "car-06" not in second

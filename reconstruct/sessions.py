@@ -1,0 +1,38 @@
+"""The session engine (SESSION_ENGINE): Django's database sessions, read by a query compiled once per connection.
+
+Every signed-in page reads its session first; compiling that lookup anew each time cost more CPU than running it
+(reconstruct/compiled.py). Django documents extending the database-backed engine this way ("Extending
+database-backed session engines"); the table, the stored data and the cookies are Django's own, so sessions made
+by ``django.contrib.sessions.backends.db`` keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib.sessions.backends import db
+from django.contrib.sessions.models import Session
+from django.core.exceptions import SuspiciousOperation
+from django.utils import timezone
+
+from reconstruct.compiled import CompiledQuery
+
+# The session key, then the moment it must still be valid at (the SQL's order).
+_UNEXPIRED = CompiledQuery(
+    lambda session_key, now: Session.objects.filter(session_key=session_key).filter(expire_date__gt=now)[:1],
+    [(Session._meta.get_field("session_key"), "0" * 32), (Session._meta.get_field("expire_date"), timezone.now())],
+)
+
+
+class SessionStore(db.SessionStore):
+    """``django.contrib.sessions.backends.db.SessionStore`` whose unexpired-session lookup is compiled once."""
+
+    def _get_session_from_db(self) -> Session | None:
+        try:
+            found = _UNEXPIRED.first(self.session_key, timezone.now())
+        except SuspiciousOperation as error:  # as Django's own
+            logging.getLogger(f"django.security.{error.__class__.__name__}").warning(str(error))
+            found = None
+        if found is None:
+            self._session_key = None
+        return found
