@@ -17,8 +17,6 @@ values in that order, so a query whose parameters the ORM orders differently fai
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,6 +27,7 @@ from django.db.models import Field, Model, QuerySet
 from django.db.models.query import get_related_populators
 
 M = TypeVar("M", bound=Model)
+_CACHE_ATTRIBUTE = "_carsite_compiled"
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,18 @@ class _Plan:
 class CompiledQuery(Generic[M]):
     """``build(*examples)`` compiled once per connection, then run with other values of the same fields.
 
-    ``build``: a function of the values returning the QuerySet (a slice such as ``[:1]`` is part of its shape).
-    ``params``: for each value, in the order the ORM puts them in the SQL, the model field it is compared to and an
-    example value (used for the one compile). Raises ``ImproperlyConfigured`` at the first run when the compiled
-    parameters are not the prepared examples in that order.
+    ``build``: a function of the values returning the QuerySet (a slice such as ``[:1]`` is part of its shape;
+    annotations, ``prefetch_related`` and known related objects are refused). ``params``: for each value, in the
+    order the ORM puts them in the SQL, the model field it is compared to and an example value (used for the one
+    compile; the examples must differ from one another). Raises ``ImproperlyConfigured`` at the first run when the
+    compiled parameters are not the prepared examples in that order.
     """
 
     def __init__(self, build: Callable[..., QuerySet[M]], params: Sequence[tuple[Field, object]]) -> None:
         self._build = build
         self._fields = tuple(field for field, _example in params)
         self._examples = tuple(example for _field, example in params)
-        self._plans: weakref.WeakKeyDictionary[object, _Plan] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
         self._model: type[M] | None = None
-        self._counts: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
     def _connection(self) -> Any:
         """This thread's connection to the database the model is read from."""
@@ -65,11 +62,19 @@ class CompiledQuery(Generic[M]):
             self._model = self._build(*self._examples).model
         return connections[router.db_for_read(self._model)]
 
+    def _cache(self, connection: Any) -> dict[tuple[CompiledQuery, str], Any]:
+        """What this connection compiled, kept on the connection object itself (it is the thread's own): freed with
+        it, and never used by another connection."""
+        return connection.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+
     def _plan(self, connection: Any) -> _Plan:
-        plan = self._plans.get(connection)
+        cache = self._cache(connection)
+        plan = cache.get((self, "rows"))
         if plan is not None:
             return plan
         queryset = self._build(*self._examples)
+        if queryset.query.annotation_select or queryset._known_related_objects or queryset._prefetch_related_lookups:
+            raise ImproperlyConfigured("CompiledQuery: annotations, known related objects and prefetch are not kept")
         compiler = queryset.query.get_compiler(connection=connection)
         sql, params = compiler.as_sql()
         self._check(connection, params)
@@ -83,12 +88,13 @@ class CompiledQuery(Generic[M]):
             fields=(start, end),
             populators=get_related_populators(klass_info, select, connection.alias),
         )
-        with self._lock:
-            self._plans[connection] = plan
+        cache[(self, "rows")] = plan
         return plan
 
     def _check(self, connection: Any, params: Sequence[object]) -> None:
         expected = self._prepare(connection, self._examples)
+        if len(set(map(repr, expected))) != len(expected):
+            raise ImproperlyConfigured(f"CompiledQuery: the examples must differ once prepared, not {expected!r}")
         if list(params) != list(expected):
             raise ImproperlyConfigured(
                 f"CompiledQuery: the ORM's parameters {list(params)!r} are not the declared values {expected!r}"
@@ -121,7 +127,8 @@ class CompiledQuery(Generic[M]):
         """How many rows ``values`` select: ``SELECT COUNT(*)`` over the query's own SQL (its ordering dropped),
         compiled once per connection like the rows. Raises ``ImproperlyConfigured`` for a sliced query."""
         connection = self._connection()
-        sql = self._counts.get(connection)
+        cache = self._cache(connection)
+        sql = cache.get((self, "count"))
         if sql is None:
             queryset = self._build(*self._examples)
             if queryset.query.is_sliced:
@@ -129,8 +136,7 @@ class CompiledQuery(Generic[M]):
             inner_sql, params = queryset.order_by().values("pk").query.get_compiler(connection=connection).as_sql()
             self._check(connection, params)
             sql = f"SELECT COUNT(*) FROM ({inner_sql}) counted"
-            with self._lock:
-                self._counts[connection] = sql
+            cache[(self, "count")] = sql
         with connection.cursor() as cursor:
             cursor.execute(sql, self._prepare(connection, values))
             return cursor.fetchone()[0]

@@ -89,13 +89,23 @@ def test_a_token_lookup_compiled_loads_its_user_in_the_same_query(alice: Any) ->
     assert api_token_authenticate(key + "x") is None
 
 
-def test_each_thread_s_connection_gets_its_own_compiled_query(alice: Any) -> None:
+def test_each_thread_s_connection_compiles_its_own_and_frees_it_with_the_connection(alice: Any) -> None:
+    import gc
+    import weakref
+
+    from django.db import connections
+
     made = _reconstruction(alice)
     found: list[object] = []
+    wrappers: list[weakref.ref] = []
 
     def read() -> None:
         try:
-            found.append(selectors.reconstruction_get(alice, made.uuid).pk)
+            row = selectors.reconstruction_get(alice, made.uuid)
+            plan = selectors._GET._plan(connections["default"])
+            # The plan is this thread's own, compiled for this thread's connection.
+            found.append((row.pk, plan.compiler.connection is connections["default"]))
+            wrappers.append(weakref.ref(connections["default"]))
         finally:
             connection.close()
 
@@ -104,7 +114,12 @@ def test_each_thread_s_connection_gets_its_own_compiled_query(alice: Any) -> Non
         thread.start()
     for thread in threads:
         thread.join()
-    assert found == [made.pk] * 3 and selectors.reconstruction_get(alice, made.uuid).pk == made.pk
+    assert found == [(made.pk, True)] * 3
+    assert len({id(ref()) for ref in wrappers}) == 3  # three connections, three plans
+    del threads
+    gc.collect()
+    assert [ref() for ref in wrappers] == [None, None, None]  # the plans did not keep the dead threads' connections
+    assert selectors.reconstruction_get(alice, made.uuid).pk == made.pk
 
 
 def test_parameters_declared_out_of_the_orm_s_order_fail_at_once(alice: Any) -> None:
@@ -115,6 +130,20 @@ def test_parameters_declared_out_of_the_orm_s_order_fail_at_once(alice: Any) -> 
     )
     with pytest.raises(ImproperlyConfigured, match="not the declared values"):
         swapped.first(made.uuid, alice.pk)
+    alike = CompiledQuery(
+        lambda first, second: Reconstruction.objects.filter(owner_id=first).filter(attempts=second)[:1],
+        [(Reconstruction._meta.get_field("owner"), 0), (Reconstruction._meta.get_field("attempts"), 0)],
+    )
+    with pytest.raises(ImproperlyConfigured, match="must differ"):  # an order the check could not see
+        alike.first(alice.pk, 0)
+    from django.db.models import F
+
+    annotated = CompiledQuery(
+        lambda owner_id: Reconstruction.objects.filter(owner_id=owner_id).annotate(seven=F("id"))[:1],
+        [(Reconstruction._meta.get_field("owner"), 0)],
+    )
+    with pytest.raises(ImproperlyConfigured, match="annotations"):
+        annotated.first(alice.pk)
 
 
 def test_the_session_engine_reads_django_s_sessions_and_ends_expired_ones(client: Any, alice: Any) -> None:
