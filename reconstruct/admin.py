@@ -10,9 +10,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
 from reconstruct import presenters
-from reconstruct.models import Reconstruction
+from reconstruct.models import FILE_KINDS, Reconstruction
 from reconstruct.presenters import img_tag
 from reconstruct.registry import admin as registry_admin  # noqa: F401  (registers ModelVersion, ModelActivation)
 from reconstruct.services.reconstructions import reconstruction_retry
@@ -36,10 +37,10 @@ class ReconstructionAdmin(admin.ModelAdmin):
         "owner",
         "status",
         "error",
-        "original",
-        "thumbnail",
-        "model_input",
-        "reconstruction",
+        "original_file",
+        "thumbnail_file",
+        "model_input_file",
+        "reconstruction_file",
         "original_name",
         "original_format",
         "width",
@@ -55,6 +56,33 @@ class ReconstructionAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
     ]
+
+    # The stored files link to the admin's own file view: the storage's address (MEDIA_URL) is not served, and a
+    # user's file is served on the site to its owner alone (a staff member following it got a 404).
+    exclude = list(FILE_KINDS)
+
+    def _file_link(self, obj: Reconstruction, kind: str) -> str:
+        field = getattr(obj, kind)
+        if not field:
+            return "-"
+        url = reverse("admin:reconstruct_reconstruction_file", args=[obj.uuid, kind])
+        return format_html('<a href="{}">{}</a>', url, field.name.rsplit("/", 1)[-1])
+
+    @admin.display(description="original")
+    def original_file(self, obj: Reconstruction) -> str:
+        return self._file_link(obj, "original")
+
+    @admin.display(description="thumbnail")
+    def thumbnail_file(self, obj: Reconstruction) -> str:
+        return self._file_link(obj, "thumbnail")
+
+    @admin.display(description="model input")
+    def model_input_file(self, obj: Reconstruction) -> str:
+        return self._file_link(obj, "model_input")
+
+    @admin.display(description="reconstruction")
+    def reconstruction_file(self, obj: Reconstruction) -> str:
+        return self._file_link(obj, "reconstruction")
 
     # Scores rounded to what the site shows (reconstruct/presenters.py), not 0.5277948438686063.
     @admin.display(description="MSE", ordering="mse")

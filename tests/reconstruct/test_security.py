@@ -223,6 +223,25 @@ def test_other_peoples_reconstructions_are_404_on_the_site_for_everyone_staff_in
     assert owner.get(admin_file).status_code == 302  # not staff: to the admin's login
 
 
+def test_the_admins_page_of_a_reconstruction_links_files_staff_can_open(alice, car_png) -> None:
+    import re
+
+    reconstruction = reconstruction_create(user=alice, upload=upload(car_png))
+    staff = Client()
+    staff.force_login(make_user("root", staff=True))
+    page = staff.get(reverse("admin:reconstruct_reconstruction_change", args=[reconstruction.pk])).content.decode()
+    assert "/media/" not in page  # the storage's address, which nothing serves
+    links = re.findall(r'href="(/admin/reconstruct/reconstruction/[^"]+/file/[a-z_]+/)"', page)
+    assert {link.rstrip("/").rsplit("/", 1)[-1] for link in links} == {
+        "original",
+        "thumbnail",
+        "model_input",
+        "reconstruction",
+    }
+    for link in links:
+        assert staff.get(link).status_code == 200, link
+
+
 def test_behind_a_proxy_it_counts_the_address_the_proxy_saw(throttled, settings, alice) -> None:
     settings.TRUSTED_PROXY_COUNT = 1
     proxy = Client(REMOTE_ADDR="10.0.0.1")
