@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -21,6 +22,21 @@ from reconstruct.services.reconstructions import reconstruction_retry
 # The admin's left-hand list of every model takes 300 px of a 1280 px window, which the changelists need
 # (their buttons and columns); the home page and the breadcrumbs lead to the other lists.
 admin.site.enable_nav_sidebar = False
+
+
+def _file_display(kind: str) -> Callable[[admin.ModelAdmin, Reconstruction], str]:
+    """A read-only admin field: a link to one stored file of a reconstruction (``kind``) through the admin's own
+    file view, or "-" before it exists."""
+
+    @admin.display(description=kind.replace("_", " "))
+    def link(_model_admin: admin.ModelAdmin, obj: Reconstruction) -> str:
+        field = getattr(obj, kind)
+        if not field:
+            return "-"
+        url = reverse("admin:reconstruct_reconstruction_file", args=[obj.uuid, kind])
+        return format_html('<a href="{}">{}</a>', url, field.name.rsplit("/", 1)[-1])
+
+    return link
 
 
 @admin.register(Reconstruction)
@@ -61,28 +77,10 @@ class ReconstructionAdmin(admin.ModelAdmin):
     # user's file is served on the site to its owner alone (a staff member following it got a 404).
     exclude = list(FILE_KINDS)
 
-    def _file_link(self, obj: Reconstruction, kind: str) -> str:
-        field = getattr(obj, kind)
-        if not field:
-            return "-"
-        url = reverse("admin:reconstruct_reconstruction_file", args=[obj.uuid, kind])
-        return format_html('<a href="{}">{}</a>', url, field.name.rsplit("/", 1)[-1])
-
-    @admin.display(description="original")
-    def original_file(self, obj: Reconstruction) -> str:
-        return self._file_link(obj, "original")
-
-    @admin.display(description="thumbnail")
-    def thumbnail_file(self, obj: Reconstruction) -> str:
-        return self._file_link(obj, "thumbnail")
-
-    @admin.display(description="model input")
-    def model_input_file(self, obj: Reconstruction) -> str:
-        return self._file_link(obj, "model_input")
-
-    @admin.display(description="reconstruction")
-    def reconstruction_file(self, obj: Reconstruction) -> str:
-        return self._file_link(obj, "reconstruction")
+    original_file = _file_display("original")
+    thumbnail_file = _file_display("thumbnail")
+    model_input_file = _file_display("model_input")
+    reconstruction_file = _file_display("reconstruction")
 
     # Scores rounded to what the site shows (reconstruct/presenters.py), not 0.5277948438686063.
     @admin.display(description="MSE", ordering="mse")
