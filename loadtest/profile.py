@@ -61,7 +61,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
         ("model (ONNX Runtime)", [("runtime.py", "run", "reconstruct")]),
         ("scores", [("runtime.py", "scores_from_arrays", "reconstruct")]),
         ("output pictures", [("preprocess.py", "to_image", "reconstruct")]),
-        ("PNG encodes", [("reconstructions.py", "_png", "_reconstruction_attempt")]),
+        ("PNG encodes", [("reconstruct/images.py", "png_bytes", "_reconstruction_attempt")]),
         ("storage writes", [("reconstruct/storage.py", "storage_save_all", "_reconstruction_attempt")]),
         ("DB: result UPDATE", [("query.py", "update", "_reconstruction_attempt")]),
     ],

