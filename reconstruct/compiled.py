@@ -93,7 +93,7 @@ class CompiledQuery(Generic[M]):
 
     def _check(self, connection: Any, params: Sequence[object]) -> None:
         expected = self._prepare(connection, self._examples)
-        if len(set(map(repr, expected))) != len(expected):
+        if any(a == b for i, a in enumerate(expected) for b in expected[i + 1 :]):
             raise ImproperlyConfigured(f"CompiledQuery: the examples must differ once prepared, not {expected!r}")
         if list(params) != list(expected):
             raise ImproperlyConfigured(
