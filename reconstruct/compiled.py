@@ -5,8 +5,8 @@ Django compiles a QuerySet's SQL anew each time it is evaluated: for the one-row
 costs four to ten times running the SQL on SQLite, 0.2 to 0.7 ms of CPU against 0.05 to 0.08 (measured with
 ``time.process_time``, 3,000 lookups each; docs/performance.md, stop 28). ``CompiledQuery`` compiles a query the
 ORM builds once per connection, keeps the compiler (its SQL, its select list, its converters) and runs the same
-SQL with new parameters, making model instances the way Django's own ``ModelIterable`` does: the same
-objects, ``select_related`` included, as evaluating the QuerySet (``tests/test_compiled.py`` compares them on
+SQL with new parameters, making model instances the way Django's own ``ModelIterable`` does: the same objects,
+``select_related`` included, as evaluating the QuerySet (``tests/reconstruct/test_compiled.py`` compares them on
 SQLite and PostgreSQL).
 
 Only for queries whose shape never changes: the values are the only parameters, and each is declared with the
