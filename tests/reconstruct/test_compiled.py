@@ -115,7 +115,6 @@ def test_each_thread_s_connection_compiles_its_own_and_frees_it_with_the_connect
     for thread in threads:
         thread.join()
     assert found == [(made.pk, True)] * 3
-    assert len({id(ref()) for ref in wrappers}) == 3  # three connections, three plans
     del threads
     gc.collect()
     assert [ref() for ref in wrappers] == [None, None, None]  # the plans did not keep the dead threads' connections
