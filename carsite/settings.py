@@ -263,7 +263,7 @@ STORAGES = {
 # S3 calls time out and retry with boto's exponential back-off ("standard" mode) rather than hang a request or a job
 # for boto's default 60 s; a job whose storage stays unreachable is retried later (RECONSTRUCT_STORAGE_RETRIES).
 # An upload makes four S3 calls (an existence check and a write, for the photo and its thumbnail): with a hung
-# server it waits at most 4 x AWS_S3_MAX_ATTEMPTS x AWS_S3_TIMEOUT s (40 s), within gunicorn's 60 s, then answers 503.
+# server it waits at most 4 x AWS_S3_MAX_ATTEMPTS x AWS_S3_TIMEOUT s (40 s), then answers 503.
 AWS_S3_TIMEOUT = envfloat("AWS_S3_TIMEOUT", 5.0, minimum=0.1)
 AWS_S3_MAX_ATTEMPTS = envint("AWS_S3_MAX_ATTEMPTS", 2, minimum=1)
 # Writes refuse to replace an object (PutObject If-None-Match: *) instead of asking first whether the name is

@@ -1,6 +1,6 @@
 """python -m loadtest: N simulated users for T seconds against the real local stack; last line JSON.
 
-1. Starts ``manage.py runlocal`` (Redis, the Celery worker, gunicorn: the very code of ``make run``) on
+1. Starts ``manage.py runlocal`` (Redis, the Celery worker, Granian: the very code of ``make run``) on
    loopback, with its own SQLite database, media folder and run folder in a temporary directory, and no
    hourly upload limit.
 2. Creates N accounts with API tokens and uploads a few warm-up photos (each worker loads the model).
@@ -80,7 +80,7 @@ def process_role(cmdline: str) -> str:
         return "redis"
     if "celery" in cmdline:
         return "worker"
-    if "gunicorn" in cmdline:
+    if "granian" in cmdline:
         return "web"
     return "supervisor"  # manage.py runlocal
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--poll", action="store_const", const="poll", dest="mode", help="the same as --mode poll")
     parser.add_argument("--concurrency", type=int, help="reconstruction worker processes (runlocal's default)")
-    parser.add_argument("--web-workers", type=int, help="gunicorn processes (runlocal's default)")
+    parser.add_argument("--web-workers", type=int, help="web server processes (runlocal's default)")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, media, logs)")
     args = parser.parse_args(argv)

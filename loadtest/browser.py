@@ -3,7 +3,7 @@
     python -m loadtest.browser [--uploads 20] [--images ../shared/data/cars]
 
 Starts the real stack as ``make loadtest`` does (``manage.py runlocal`` in a temporary folder: Redis, the
-Celery worker, gunicorn, on a free loopback port), signs one account in, and in headless Chromium (the
+Celery worker, Granian, on a free loopback port), signs one account in, and in headless Chromium (the
 system's /usr/bin/chromium, driven by Playwright) uploads ``--uploads`` photos one after another through the
 upload form, as a person would. For each it records, on the benchmark's clock:
 

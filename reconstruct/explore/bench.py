@@ -3,7 +3,7 @@
     python -m reconstruct.explore.bench [--moves 60] [--requests 200]
 
 Sets up a throwaway site (SQLite and media in a temporary folder, sync mode, the shipped model), starts
-the web server as ``make run`` does (gunicorn, gthread, one process of 4 threads) on a free loopback port,
+the web server as ``make run`` does (Granian, one process of 4 threads) on a free loopback port,
 and measures:
 
 - the slider round trip in Chromium: from a slider's ``input`` event to the new picture's ``load``
@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         server = subprocess.Popen(
             [
-                *(sys.executable, "-m", "gunicorn", "carsite.wsgi:application", "--bind", f"127.0.0.1:{port}"),
-                *("--workers", "1", "--threads", "4", "--worker-class", "gthread", "--log-level", "warning"),
+                *(sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1"),
+                *("--port", str(port), "--workers", "1", "--blocking-threads", "4", "--log-level", "warning"),
+                "carsite.wsgi:application",
             ],
             cwd=ROOT,
             env={**os.environ, **env},

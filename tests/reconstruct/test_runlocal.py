@@ -20,12 +20,12 @@ from tests.support import ROOT, PortTaken, draw_car, encode, on_some_port
 
 pytestmark = pytest.mark.integration
 
-# runlocal's own words when a port it wants is taken (its check, gunicorn's bind, redis-server's bind).
+# runlocal's own words when a port it wants is taken (its check, Granian's bind, redis-server's bind).
 PORT_TAKEN = ("is in use", "Connection in use", "Address already in use")
 
 
 def start_runlocal(port: int, env: dict[str, str]) -> tuple[subprocess.Popen, list[str], int]:
-    """`manage.py runlocal` serving on ``port``, once its banner is out and gunicorn listens there. runlocal
+    """`manage.py runlocal` serving on ``port``, once its banner is out and Granian listens there. runlocal
     cannot bind port 0 and report the port it got; PortTaken when another process took ``port`` first."""
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runlocal", "--port", str(port), "--no-training-worker"],
@@ -44,7 +44,7 @@ def start_runlocal(port: int, env: dict[str, str]) -> tuple[subprocess.Popen, li
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    listening = f"Listening at: http://127.0.0.1:{port} "  # gunicorn's own line: it is this process serving
+    listening = f"Listening at: http://127.0.0.1:{port}\n"  # Granian's own line: it is this process serving
     deadline = time.monotonic() + 120
     while not ("Press Ctrl-C to stop" in (log := "".join(output)) and listening in log):
         taken = any(words in log for words in PORT_TAKEN)
@@ -140,13 +140,10 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
     assert code == 0, "".join(output[-30:])
     assert "Stopped." in "".join(output)
     # Every line is one a newcomer needs: no warning that is not theirs to act on (Celery's against root, Redis's
-    # memory overcommit, a task's output logged as WARNING), no gunicorn control socket in the home folder.
+    # memory overcommit, a task's output logged as WARNING), nor Granian's bookkeeping.
     # Nor Celery beat's 12-line banner (the site's own banner says what runs).
-    noise = [
-        line
-        for line in output
-        if re.search(r"WARNING|Warning|overcommit|Control socket|oO0OoO0OoO0Oo|Configuration ->|beat v\d", line)
-    ]
+    unwanted = r"WARNING|Warning|overcommit|Spawning worker-|see ya|oO0OoO0OoO0Oo|Configuration ->|beat v\d"
+    noise = [line for line in output if re.search(unwanted, line)]
     assert noise == []
     assert [line for line in output if re.fullmatch(r"\[\w+\]\s*", line)] == []  # no bare "[worker] " lines
     for stopped in (port, redis_port):
@@ -154,13 +151,16 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
             socket.create_connection(("127.0.0.1", stopped), timeout=2).close()
 
 
-def test_it_serves_the_site_with_gunicorn_on_the_address_given() -> None:
-    from reconstruct.management.commands.runlocal import gunicorn_args
+def test_it_serves_the_site_with_granian_on_the_address_given() -> None:
+    from reconstruct.management.commands.runlocal import web_server_args
 
-    args = gunicorn_args("127.0.0.1", 8001, 3)
-    assert args[1:4] == ["-m", "gunicorn", "carsite.wsgi:application"]
-    assert args[args.index("--bind") + 1] == "127.0.0.1:8001" and args[args.index("--workers") + 1] == "3"
-    assert gunicorn_args("::1", 8000, 1)[args.index("--bind") + 1] == "[::1]:8000"
+    args = web_server_args("127.0.0.1", 8001, 3)
+    assert args[1:3] == ["-m", "granian"] and args[-1] == "carsite.wsgi:application"
+    assert args[args.index("--interface") + 1] == "wsgi"
+    assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "8001"
+    assert args[args.index("--workers") + 1] == "3" and args[args.index("--blocking-threads") + 1] == "16"
+    ipv6 = web_server_args("::1", 8000, 1)
+    assert ipv6[ipv6.index("--host") + 1] == "::1"
 
 
 def test_its_banner_shows_the_demo_password_only_while_it_still_works(db, tmp_path) -> None:

@@ -258,3 +258,59 @@ def test_behind_a_proxy_it_counts_the_address_the_proxy_saw(throttled, settings,
         "/accounts/login/", {"username": "alice", "password": PASSWORD}, HTTP_X_FORWARDED_FOR="203.0.113.21"
     )
     assert other.status_code == 302
+
+
+ECHO_APP = """
+import json, os
+from carsite.wsgi import without_process_environment
+
+def echo(environ, start_response):
+    body = json.dumps(sorted(k for k in environ if isinstance(environ[k], str))).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+bare = echo
+wrapped = without_process_environment(echo)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("app, leaks", [("bare", True), ("wrapped", False)])
+def test_the_web_servers_copy_of_the_environment_never_reaches_a_request(tmp_path, app: str, leaks: bool) -> None:
+    """Granian (`make run`'s web server) starts each request's environ from os.environ, secrets included;
+    carsite/wsgi.py takes them out before Django sees the request (request.META, error reports)."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    (tmp_path / "echo_app.py").write_text(ECHO_APP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "CARSITE_TEST_SECRET": "s3cr3t"}
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", "1", "--blocking-threads", "2", f"echo_app:{app}"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/x?y=1", timeout=5) as response:
+                    keys = json.load(response)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert ("CARSITE_TEST_SECRET" in keys) is leaks and ("PATH" in keys) is leaks
+    assert {"REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "SERVER_NAME", "HTTP_HOST"} <= set(keys)
