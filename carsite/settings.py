@@ -517,7 +517,8 @@ AXES_VERBOSE = False
 # client pass for many or makes every visitor one address.
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0)
 AXES_CLIENT_IP_CALLABLE = "reconstruct.throttle.client_address"
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# reconstruct.auth.ModelBackend: Django's, with the session's user read by a query compiled once per connection.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "reconstruct.auth.ModelBackend"]
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
 LOGGING = {

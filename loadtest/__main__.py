@@ -162,6 +162,7 @@ def accounts_create(users: int, path: Path) -> None:
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.sessions.backends.db import SessionStore
 
+    from reconstruct.auth import BACKEND
     from reconstruct.services.tokens import api_token_regenerate
 
     accounts = []
@@ -171,7 +172,7 @@ def accounts_create(users: int, path: Path) -> None:
         user.save()
         session = SessionStore()
         session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[BACKEND_SESSION_KEY] = BACKEND
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
         cookie = f"{settings.SESSION_COOKIE_NAME}={session.session_key}"

@@ -9,12 +9,15 @@ by ``django.contrib.sessions.backends.db`` keep working.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.models import Session
 from django.core.exceptions import SuspiciousOperation
 from django.utils import timezone
 
+from reconstruct.auth import BACKEND, DJANGO_BACKEND
 from reconstruct.compiled import CompiledQuery
 
 # The session key, then the moment it must still be valid at (the SQL's order).
@@ -25,7 +28,15 @@ _UNEXPIRED = CompiledQuery(
 
 
 class SessionStore(db.SessionStore):
-    """``django.contrib.sessions.backends.db.SessionStore`` whose unexpired-session lookup is compiled once."""
+    """``django.contrib.sessions.backends.db.SessionStore`` whose unexpired-session lookup is compiled once, and
+    which reads a session signed in through Django's ``ModelBackend`` as signed in through the site's
+    (``reconstruct.auth.ModelBackend``, its subclass): sessions from before stop 29 stay signed in."""
+
+    def load(self) -> dict[str, Any]:
+        data = super().load()
+        if data.get(BACKEND_SESSION_KEY) == DJANGO_BACKEND:
+            data[BACKEND_SESSION_KEY] = BACKEND
+        return data
 
     def _get_session_from_db(self) -> Session | None:
         try:

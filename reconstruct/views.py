@@ -24,6 +24,7 @@ from django.views.defaults import page_not_found as default_page_not_found
 from django.views.defaults import server_error as default_server_error
 
 from reconstruct import examples, presenters, selectors
+from reconstruct.auth import BACKEND
 from reconstruct.forms import SignupForm, UploadForm
 from reconstruct.http import (
     LENGTH_REQUIRED,
@@ -151,7 +152,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             return refused
         user = form.save()
         account_signup_notify(user)
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        login(request, user, backend=BACKEND)
         messages.success(request, f"Welcome, {user.username}! Upload a photo of a car to begin.")
         return redirect("reconstruct:upload")
     return render(request, "registration/signup.html", {"form": form})

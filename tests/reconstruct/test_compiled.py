@@ -164,7 +164,8 @@ def test_the_session_engine_reads_django_s_sessions_and_ends_expired_ones(client
         }
     )
     made.create()
-    assert SessionStore(made.session_key).load()[SESSION_KEY] == str(alice.pk)
+    loaded = SessionStore(made.session_key).load()
+    assert loaded[SESSION_KEY] == str(alice.pk) and loaded[BACKEND_SESSION_KEY] == "reconstruct.auth.ModelBackend"
     client.cookies["sessionid"] = made.session_key
     assert client.get("/gallery/").status_code == 200
     Session.objects.filter(session_key=made.session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
@@ -183,3 +184,21 @@ def test_the_gallery_counts_and_reads_its_first_page_compiled(client: Any, alice
     assert "car-29" in page and "car-06" in page and "car-05" not in page
     second = client.get("/gallery/?page=2").content.decode()
     assert "car-05" in second and "car-00" in second and "car-06" not in second
+
+
+def test_the_session_backend_reads_its_user_compiled_as_django_s_would(alice: Any, bob: Any) -> None:
+    from django.contrib.auth.backends import ModelBackend as DjangoBackend
+
+    from reconstruct.auth import ModelBackend
+
+    backend, django_backend = ModelBackend(), DjangoBackend()
+    with CaptureQueriesContext(connection) as queries:
+        found = backend.get_user(alice.pk)
+    assert found == alice and len(queries) == 1
+    assert {f.attname: getattr(found, f.attname) for f in found._meta.concrete_fields} == {
+        f.attname: getattr(alice, f.attname) for f in alice._meta.concrete_fields
+    }
+    assert backend.get_user(10**9) is None is django_backend.get_user(10**9)
+    bob.is_active = False
+    bob.save(update_fields=["is_active"])
+    assert backend.get_user(bob.pk) is None is django_backend.get_user(bob.pk)
