@@ -170,6 +170,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "reconstruct.context_processors.site",
             ],
+            # {% url %} as Django's, with the URLs that take no arguments remembered (reconstruct/templatetags).
+            "builtins": ["reconstruct.templatetags.url_cache"],
         },
     },
 ]

@@ -157,8 +157,23 @@ def reconstruction_dispatch(reconstruction_id: int) -> datetime | None:
         logger.error("could not queue reconstruction %s (the sweep will queue it later): %s", reconstruction_id, error)
         return None
     queued_at = timezone.now()
-    Reconstruction.objects.filter(pk=reconstruction_id, status=Status.PENDING).update(queued_at=queued_at)
+    _reconstruction_mark_queued(reconstruction_id, queued_at)
     return queued_at
+
+
+def _reconstruction_mark_queued(reconstruction_id: int, queued_at: datetime) -> None:
+    """Set ``queued_at`` on reconstruction ``reconstruction_id`` if it is still pending (a worker that claimed it
+    first has set it already). One statement written here rather than ``QuerySet.update``, which builds and
+    compiles the same SQL for each upload: 0.07 instead of 0.25 ms of CPU (docs/performance.md, stop 29). The
+    value is prepared as the ORM prepares it (``get_db_prep_save``)."""
+    table = connection.ops.quote_name(Reconstruction._meta.db_table)
+    column = connection.ops.quote_name
+    value = Reconstruction._meta.get_field("queued_at").get_db_prep_save(queued_at, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {column('queued_at')} = %s WHERE {column('id')} = %s AND {column('status')} = %s",
+            [value, reconstruction_id, Status.PENDING],
+        )
 
 
 class NonFiniteResult(ValueError):

@@ -170,6 +170,22 @@ def test_a_job_that_ran_says_when_it_was_queued_even_if_the_upload_never_heard(s
     assert Reconstruction.objects.get(pk=queued.pk).queued_at == known
 
 
+def test_the_queued_time_is_written_as_the_orm_writes_it_and_only_on_a_pending_row(settings, alice, car_png) -> None:
+    from reconstruct.services.reconstructions import _reconstruction_mark_queued
+
+    pending = _pending(alice, car_png, settings)
+    when = timezone.now().replace(microsecond=0) - timedelta(seconds=30)  # no microseconds: the shortest form
+    _reconstruction_mark_queued(pending.pk, when)
+    assert Reconstruction.objects.get(pk=pending.pk).queued_at == when
+    # The sweep compares it in SQL: the stored form must be the ORM's own.
+    assert list(Reconstruction.objects.filter(queued_at=when).values_list("pk", flat=True)) == [pending.pk]
+    assert Reconstruction.objects.filter(pk=pending.pk, queued_at__lt=when + timedelta(microseconds=1)).exists()
+    running = _pending(alice, car_png, settings)
+    Reconstruction.objects.filter(pk=running.pk).update(status=Status.RUNNING)
+    _reconstruction_mark_queued(running.pk, when)
+    assert Reconstruction.objects.get(pk=running.pk).queued_at is None
+
+
 def test_a_worker_claims_its_job_in_one_statement(settings, alice, car_png: bytes) -> None:
     # The claim is one UPDATE ... RETURNING; with the active model's lookup and the result's UPDATE, a job is three
     # statements. Before: BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT to claim it (six on SQLite).
