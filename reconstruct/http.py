@@ -143,8 +143,9 @@ def storage_unavailable_response() -> JsonResponse:
 def created_response(request: HttpRequest, reconstruction: Reconstruction) -> JsonResponse:
     """202: accepted, poll ``status_url``; in sync mode (Lambda) the work is already done: 201."""
     status = 201 if reconstruction.is_finished else 202
-    response = JsonResponse(presenters.reconstruction_json(request, reconstruction), status=status)
-    response["Location"] = request.build_absolute_uri(reverse("api:reconstruction", args=[reconstruction.uuid]))
+    body = presenters.reconstruction_json(request, reconstruction)
+    response = JsonResponse(body, status=status)
+    response["Location"] = body["status_url"]  # absolute, as the body says
     if not reconstruction.is_finished:
         response["Retry-After"] = "1"  # as the status URL says while the job runs
     return response

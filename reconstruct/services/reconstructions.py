@@ -391,10 +391,7 @@ def _reconstruction_attempt(
         "latent": [float(value) for value in result.latent],
         "finished_at": timezone.now(),
     }
-    updated = Reconstruction.objects.filter(pk=reconstruction_id, status=Status.RUNNING, attempts=attempt).update(
-        **outcome
-    )
-    if not updated:
+    if not _reconstruction_finish(reconstruction_id, attempt, outcome):
         # Deleted meanwhile, or a later attempt took over: our files are nobody's.
         storage_delete_keys(written)
         return Reconstruction.objects.filter(pk=reconstruction_id).first()
@@ -402,6 +399,30 @@ def _reconstruction_attempt(
     for name, value in outcome.items():
         setattr(reconstruction, name, value)
     return reconstruction
+
+
+def _reconstruction_finish(reconstruction_id: int, attempt: int, outcome: dict[str, object]) -> bool:
+    """Write ``outcome`` (field name -> value) to reconstruction ``reconstruction_id`` if it is still running
+    attempt ``attempt``; whether it was. One statement written here rather than ``QuerySet.update``, which builds
+    and compiles the same SQL for each job (docs/performance.md, stop 29); each value is prepared as the ORM's
+    UPDATE prepares it (a model instance as its primary key, then ``get_db_prep_save``)."""
+    meta = Reconstruction._meta
+    column = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in outcome]
+    values = []
+    for field in fields:
+        value = outcome[field.name]
+        if hasattr(value, "prepare_database_save"):
+            value = value.prepare_database_save(field)
+        values.append(field.get_db_prep_save(value, connection))
+    assignments = ", ".join(f"{column(field.column)} = %s" for field in fields)
+    sql = (
+        f"UPDATE {column(meta.db_table)} SET {assignments} "
+        f"WHERE {column('id')} = %s AND {column('status')} = %s AND {column('attempts')} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, reconstruction_id, Status.RUNNING, attempt])
+        return cursor.rowcount == 1
 
 
 def reconstruction_runtime_preload() -> dict[str, str]:

@@ -348,3 +348,42 @@ def test_it_fails_a_job_stopped_by_the_soft_time_limit_and_keeps_no_file(
     assert result.status == Status.FAILED
     assert result.error == "The reconstruction took too long and was stopped. Please try again later."
     assert not result.model_input and not result.reconstruction
+
+
+def test_a_result_is_written_as_the_orm_s_update_writes_it(settings, alice, car_png) -> None:
+    from reconstruct.models import ModelVersion
+    from reconstruct.services.reconstructions import _reconstruction_finish
+
+    version = ModelVersion.objects.get(is_active=True) if ModelVersion.objects.filter(is_active=True).exists() else None
+    outcome = {
+        "status": Status.DONE,
+        "error": "",
+        "model_input": "x/model_input.png",
+        "reconstruction": "x/reconstruction.png",
+        "mse": 0.0125,
+        "psnr": 19.03,
+        "ssim": 0.61,
+        "kl": 40.5,
+        "car_likeness": None,
+        "car_box": None,
+        "frame": [0, 1, 128, 65],
+        "facing": "left",
+        "mirrored": True,
+        "model_version": version,
+        "latent": [0.25, -1.5, 3.0],
+        "finished_at": timezone.now(),
+    }
+    ours, orm = _pending(alice, car_png, settings), _pending(alice, car_png, settings)
+    Reconstruction.objects.filter(pk__in=[ours.pk, orm.pk]).update(status=Status.RUNNING, attempts=1)
+    assert _reconstruction_finish(ours.pk, 2, outcome) is False  # another attempt's row: untouched
+    assert _reconstruction_finish(ours.pk, 1, outcome) is True
+    Reconstruction.objects.filter(pk=orm.pk).update(**outcome)
+    columns = [
+        f.attname
+        for f in Reconstruction._meta.concrete_fields
+        if f.name not in ("id", "uuid", "original", "thumbnail", "created_at")
+    ]
+    ours_row = Reconstruction.objects.filter(pk=ours.pk).values(*columns).get()
+    assert ours_row == Reconstruction.objects.filter(pk=orm.pk).values(*columns).get()
+    assert ours_row["car_box"] is None and ours_row["latent"] == [0.25, -1.5, 3.0] and ours_row["status"] == "done"
+    assert Reconstruction.objects.filter(pk=ours.pk, car_box__isnull=True, finished_at=outcome["finished_at"]).exists()

@@ -1,4 +1,5 @@
-"""The ``{% url %}`` builtin (reconstruct/templatetags/url_cache.py) renders what Django's own tag renders."""
+"""URLs remembered: the ``{% url %}`` builtin (reconstruct/templatetags/url_cache.py) renders what Django's own tag
+renders; ``presenters.reconstruction_url`` returns what ``reverse`` returns."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 import pytest
 from django.template import Context, Engine, engines
 from django.test import RequestFactory
-from django.urls import NoReverseMatch, set_script_prefix
+from django.urls import NoReverseMatch, reverse, set_script_prefix
 
+from reconstruct import presenters
 from reconstruct.templatetags import url_cache
 
 TAGS = "{% url 'home' %}|{% url 'reconstruct:gallery' %}|{% url 'admin:index' %}|{% url 'api:reconstruction' id %}"
@@ -51,3 +53,31 @@ def test_the_request_s_namespace_picks_the_instance(rf: RequestFactory) -> None:
     request = rf.get("/")
     request.current_app = "admin"
     assert template.render({}, request) == _django_tag("{% url 'admin:index' %}", {}) == "/admin/"
+
+
+@pytest.mark.parametrize("prefix", ["/", "/production/"])
+def test_a_reconstruction_s_urls_are_reverse_s(prefix: str) -> None:
+    import uuid
+
+    set_script_prefix(prefix)
+    try:
+        for public_id in (uuid.uuid4(), uuid.uuid4(), uuid.UUID(int=0)):
+            for name, args in [
+                ("reconstruct:detail", ()),
+                ("api:reconstruction", ()),
+                ("api:retry", ()),
+                ("reconstruct:file", ("thumbnail",)),
+                ("reconstruct:file", ("reconstruction",)),
+            ]:
+                expected = reverse(name, args=[public_id, *args])
+                assert expected.startswith(prefix)
+                assert presenters.reconstruction_url(name, public_id, *args) == expected
+    finally:
+        set_script_prefix("/")
+    public_id = uuid.uuid4()
+    as_text = presenters.reconstruction_url("reconstruct:detail", str(public_id))  # type: ignore[arg-type]
+    assert as_text == reverse("reconstruct:detail", args=[public_id])
+    with pytest.raises(NoReverseMatch):
+        presenters.reconstruction_url("reconstruct:detail", "not-a-uuid")  # type: ignore[arg-type]
+    with pytest.raises(NoReverseMatch):
+        presenters.reconstruction_url("no-such-page", uuid.uuid4())
