@@ -168,6 +168,16 @@ def test_it_computes_ssim_of_one_window_by_hand() -> None:
     assert runtime.ssim(a, b) == pytest.approx(expected, rel=1e-9)
 
 
+def test_its_filter_reads_the_windows_sliding_window_view_reads() -> None:
+    rng = np.random.default_rng(2)
+    kernel = runtime._ssim_kernel(11)
+    whole = rng.random((3, 70, 140))
+    for image in (whole[:, :64, :128], whole[:, 3:50:2, 5:], np.ascontiguousarray(whole[:1, :11, :11])):
+        rows = np.lib.stride_tricks.sliding_window_view(image, 11, axis=1) @ kernel
+        expected = np.lib.stride_tricks.sliding_window_view(rows, 11, axis=2) @ kernel
+        assert np.array_equal(runtime._filter_valid(image, kernel), expected)
+
+
 def test_it_computes_ssim_on_odd_shapes() -> None:
     rng = np.random.default_rng(1)
     image = rng.random((3, 64, 128))
