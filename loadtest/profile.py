@@ -63,7 +63,7 @@ STAGES: dict[str, list[tuple[str, list[tuple[str, str, str | None]]]]] = {
         ("output pictures", [("preprocess.py", "to_image", "reconstruct")]),
         ("PNG encodes", [("reconstruct/images.py", "png_bytes", "_reconstruction_attempt")]),
         ("storage writes", [("reconstruct/storage.py", "storage_save_all", "_reconstruction_attempt")]),
-        ("DB: result UPDATE", [("query.py", "update", "_reconstruction_attempt")]),
+        ("DB: result UPDATE", [("reconstructions.py", "_reconstruction_finish", "_reconstruction_attempt")]),
     ],
     "web: status (GET /api/reconstructions/<id>/)": [
         ("token authentication", [("reconstruct/auth.py", "authenticate_token", None)]),

@@ -349,3 +349,25 @@ def test_it_answers_503_and_keeps_nothing_when_the_storage_is_down_at_upload(set
     assert response.status_code == 503 and response.json()["code"] == "storage_unavailable"
     assert response["Retry-After"] == "60"
     assert not Reconstruction.objects.exists()
+
+
+def test_the_broker_s_channel_keeps_one_redis_client_per_pool(celery_app_on_test_redis: Any, redis_url: str) -> None:
+    """carsite/redis_transport.py: a publish and an acknowledgement reuse the channel's redis-py client."""
+    import redis
+
+    from carsite.redis_transport import Channel
+
+    with celery_app_on_test_redis.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        client = channel._create_client()
+        assert channel._create_client() is client and client.connection_pool is channel.pool
+        assert channel._create_client(asynchronous=True) is not client  # the consumer's own, as kombu makes it
+        with connection.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="carsite-test-client", declare=[], serializer="json")
+        assert channel._create_client() is client
+        assert redis.Redis.from_url(redis_url).llen("carsite-test-client") == 1
+        redis.Redis.from_url(redis_url).delete("carsite-test-client")
+        channel._pool = None  # a new pool (kombu makes one again after a reconnect): a new client on it
+        assert channel._create_client() is not client
+        assert channel._create_client().connection_pool is channel.pool

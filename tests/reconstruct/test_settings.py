@@ -67,6 +67,20 @@ def test_it_defaults_to_a_safe_local_setup(tmp_path) -> None:
     assert len((tmp_path / "secret_key").read_text()) > 40
 
 
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("redis://127.0.0.1:6380/1", "carsite.redis_transport:Transport"),
+        ("rediss://cache.example:6380/0", "carsite.redis_transport:Transport"),
+        ("sentinel://127.0.0.1:26379", "None"),  # kombu's own transport for any other scheme
+    ],
+)
+def test_a_redis_broker_gets_the_transport_that_keeps_its_client(tmp_path, url: str, transport: str) -> None:
+    result = load_settings({"CARSITE_RUN_DIR": str(tmp_path), "CELERY_BROKER_URL": url}, "CELERY_BROKER_TRANSPORT")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["CELERY_BROKER_TRANSPORT"] == transport
+
+
 def test_it_runs_in_the_request_and_on_s3_on_lambda(tmp_path) -> None:
     env = {
         "AWS_LAMBDA_FUNCTION_NAME": "carsite-dev",
