@@ -156,11 +156,14 @@ def accounts_create(users: int, path: Path) -> None:
     """``users`` accounts, each with an API token and a signed-in session, written to ``path`` (JSON).
 
     The sessions are made here, not through the login form: a password check costs ~0.3 s of CPU
-    (PBKDF2), which is not what this test measures.
+    (PBKDF2), which is not what this test measures. Each browser also holds a CSRF cookie, as a browser that
+    signed in through the form does (without one, every page would make a new secret and set it again).
     """
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
     from django.contrib.sessions.backends.db import SessionStore
+    from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH
+    from django.utils.crypto import get_random_string
 
     from reconstruct.auth import BACKEND
     from reconstruct.services.tokens import api_token_regenerate
@@ -175,7 +178,8 @@ def accounts_create(users: int, path: Path) -> None:
         session[BACKEND_SESSION_KEY] = BACKEND
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
-        cookie = f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+        csrf = get_random_string(CSRF_SECRET_LENGTH, allowed_chars=CSRF_ALLOWED_CHARS)
+        cookie = f"{settings.SESSION_COOKIE_NAME}={session.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
         accounts.append({"username": user.username, "token": api_token_regenerate(user), "cookie": cookie})
     path.write_text(json.dumps(accounts))
 

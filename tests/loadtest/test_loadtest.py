@@ -4,7 +4,9 @@ figures are speed, which is never asserted here."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +30,21 @@ def test_it_loads_the_real_stack_and_reports_json_last(drawn_cars: Path) -> None
     assert report["mode"] == "upload-wait"
     assert {"web", "worker", "redis", "loadgen"} <= set(report["cpu_ms_per_recon_by_process"])
     assert 0 < report["p50_s"] <= report["p95_s"]
+
+
+@pytest.mark.django_db
+def test_its_browsers_are_signed_in_and_hold_a_csrf_cookie(tmp_path: Path, client: Any) -> None:
+    """As a browser that signed in through the form: the gallery opens, and no page has to make a new CSRF secret
+    (Django sets the same cookie again, to renew its expiry)."""
+    from django.conf import settings
+
+    from loadtest.__main__ import accounts_create
+
+    accounts_create(2, tmp_path / "accounts.json")
+    accounts = json.loads((tmp_path / "accounts.json").read_text())
+    assert len({account["cookie"] for account in accounts}) == 2
+    for account in accounts:
+        page = client.get("/gallery/", HTTP_COOKIE=account["cookie"])
+        assert page.status_code == 200 and account["username"] in page.content.decode()
+        held = account["cookie"].split(f"{settings.CSRF_COOKIE_NAME}=")[1]
+        assert page.cookies[settings.CSRF_COOKIE_NAME].value == held
