@@ -338,9 +338,9 @@ RECONSTRUCT_STORAGE_RETRY_DELAY = envfloat("RECONSTRUCT_STORAGE_RETRY_DELAY", 5.
 RECONSTRUCT_UPLOAD_WAIT = envfloat("RECONSTRUCT_UPLOAD_WAIT", 3.0, minimum=0)
 # At most this many requests of one web process wait for a job at once (``?wait=``, the upload form's wait), and
 # at most RECONSTRUCT_MAX_WAITING_PER_USER of one account; past either, a request answers at once and the client
-# polls (reconstruct/services/waiting.py). Each waiting request holds a server thread (16 a process under
+# polls (reconstruct/services/waiting.py). Each waiting request holds a server thread (32 a process under
 # ``make run``): the cap keeps threads for everyone else.
-RECONSTRUCT_MAX_WAITING = envint("RECONSTRUCT_MAX_WAITING", 14, minimum=0)
+RECONSTRUCT_MAX_WAITING = envint("RECONSTRUCT_MAX_WAITING", 28, minimum=0)
 RECONSTRUCT_MAX_WAITING_PER_USER = envint("RECONSTRUCT_MAX_WAITING_PER_USER", 4, minimum=0)
 # Serve stored files through the site even with S3 (instead of redirecting to a presigned URL).
 RECONSTRUCT_FILES_VIA_APP = envbool("RECONSTRUCT_FILES_VIA_APP", False)

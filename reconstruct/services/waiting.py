@@ -212,7 +212,7 @@ _waiting_by_owner: dict[int, int] = {}
 def _waiting_slot(owner_id: int) -> Iterator[bool]:
     """Whether a request of ``owner_id`` may wait now, holding its place while it does: at most
     RECONSTRUCT_MAX_WAITING requests of this process wait at once, and RECONSTRUCT_MAX_WAITING_PER_USER of one
-    account. Each waiting request holds one of the web server's threads (Granian: 16 a process under
+    account. Each waiting request holds one of the web server's threads (Granian: 32 a process under
     ``make run``) for up to ``MAX_WAIT_S``: without a cap, one account's 40 long-polls held every thread and the
     site stopped answering anyone (an attack review, stop 27)."""
     global _waiting_total

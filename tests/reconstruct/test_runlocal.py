@@ -152,15 +152,17 @@ def test_it_starts_the_stack_reconstructs_restarts_a_dead_worker_and_stops_clean
 
 
 def test_it_serves_the_site_with_granian_on_the_address_given() -> None:
-    from reconstruct.management.commands.runlocal import web_server_args
+    from reconstruct.management.commands.runlocal import default_web_processes, web_server_args
 
     args = web_server_args("127.0.0.1", 8001, 3)
     assert args[1:3] == ["-m", "granian"] and args[-1] == "carsite.wsgi:application"
     assert args[args.index("--interface") + 1] == "wsgi"
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "8001"
-    assert args[args.index("--workers") + 1] == "3" and args[args.index("--blocking-threads") + 1] == "16"
+    assert args[args.index("--workers") + 1] == "3" and args[args.index("--blocking-threads") + 1] == "32"
     ipv6 = web_server_args("::1", 8000, 1)
     assert ipv6[ipv6.index("--host") + 1] == "::1"
+    # One process per two CPUs (the Celery workers take the rest), at least one.
+    assert [default_web_processes(cpus) for cpus in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 8]
 
 
 def test_its_banner_shows_the_demo_password_only_while_it_still_works(db, tmp_path) -> None:

@@ -76,7 +76,19 @@ def _die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def web_server_args(host: str, port: int, workers: int, threads: int = 16) -> list[str]:
+# Python threads a web process may run: most of them wait, idle, in long-polls (RECONSTRUCT_MAX_WAITING, 28).
+WEB_THREADS = 32
+
+
+def default_web_processes(cpus: int | None = None) -> int:
+    """Web server processes when WEB_CONCURRENCY is not set: one per two CPUs, at least one. The Celery workers
+    take the other half. On a 2-core machine one process of 32 threads spent 1 to 3 ms less CPU per upload's round
+    than two of 16, at the same throughput or more (docs/performance.md, stop 29): one process less sharing the
+    cores, one Redis subscription, one set of warm caches."""
+    return max(1, (cpus if cpus is not None else os.cpu_count() or 1) // 2)
+
+
+def web_server_args(host: str, port: int, workers: int, threads: int = WEB_THREADS) -> list[str]:
     """The web server: Granian (HTTP in Rust, the site as a WSGI application), ``workers`` processes of up to
     ``threads`` Python threads each. A status long-poll (``?wait=``) holds a thread while it waits, idle, so there
     are enough for every waiting client; the CPU work runs in the Celery worker. Connections are kept alive
@@ -239,8 +251,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--web-workers",
             type=int,
-            default=int(os.environ.get("WEB_CONCURRENCY", 2)),
-            help="Web server (Granian) processes, 16 threads each (default 2).",
+            default=int(os.environ.get("WEB_CONCURRENCY") or default_web_processes()),
+            help=f"Web server (Granian) processes, {WEB_THREADS} threads each (default: one per two CPUs).",
         )
         parser.add_argument("--no-training-worker", action="store_true", help="Do not start a training worker.")
 
