@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from reconstruct import presenters
 from reconstruct.auth import TokenError, authenticate_token
 from reconstruct.models import Reconstruction
-from reconstruct.services.uploads import UploadRateLimited
+from reconstruct.services.uploads import UploadRateLimited, upload_size_error
 from reconstruct.throttle import throttle_failure, throttle_refusal
 
 # Multipart framing and the other form fields (CSRF token) come on top of the photo's own bytes.
@@ -161,6 +161,9 @@ def token_login(request: HttpRequest) -> HttpResponse | None:
         # Guessing tokens is throttled per client address like passwords (reconstruct/throttle.py). Only a
         # wrong token is checked against the throttle (a query): a right one cannot be a guess (256 random
         # bits), so a valid client behind the same address as a guesser is not locked out with it.
+        # The body is never read for a refused token: django-axes records a failure with the request's form
+        # data, which would make the server read (and hold a thread for) whatever an unauthenticated client sends.
+        request._mark_post_parse_error()  # Django's own way to say "no form data": an empty POST and FILES
         refused = throttle_refusal(request)
         if refused is not None:
             return refused
@@ -207,6 +210,9 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 response = json_error(f"Method {request.method} is not allowed here; use {', '.join(methods)}.", 405)
                 response["Allow"] = ", ".join(methods)
                 return response
+            if request.method not in SAFE_METHODS and body_too_large(request):
+                # Before anything reads the body: a session request's CSRF check reads the form data.
+                return json_error(upload_size_error(declared_length(request)), 413, code="too_large")
             refused = token_login(request)
             if refused is not None:
                 return refused

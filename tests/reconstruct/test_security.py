@@ -265,7 +265,7 @@ import json, os
 from carsite.wsgi import without_process_environment
 
 def echo(environ, start_response):
-    body = json.dumps(sorted(k for k in environ if isinstance(environ[k], str))).encode()
+    body = json.dumps({k: v for k, v in environ.items() if isinstance(v, str)}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
 
@@ -289,6 +289,8 @@ def test_the_web_servers_copy_of_the_environment_never_reaches_a_request(tmp_pat
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "CARSITE_TEST_SECRET": "s3cr3t"}
+    # Variables named like request keys: read as if the client had sent them (a Proxy header, a signed-in user).
+    env |= {"HTTP_PROXY": "http://user:pw@proxy:3128", "REMOTE_USER": "admin", "CONTENT_TYPE": "text/evil"}
     server = subprocess.Popen(
         [
             *(sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1"),
@@ -304,6 +306,11 @@ def test_the_web_servers_copy_of_the_environment_never_reaches_a_request(tmp_pat
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/x?y=1", timeout=5) as response:
                     keys = json.load(response)
+                posted = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/x", data=b"{}", headers={"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(posted, timeout=5) as response:
+                    post_keys = json.load(response)
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
@@ -312,5 +319,35 @@ def test_the_web_servers_copy_of_the_environment_never_reaches_a_request(tmp_pat
     finally:
         server.terminate()
         server.wait(30)
-    assert ("CARSITE_TEST_SECRET" in keys) is leaks and ("PATH" in keys) is leaks
+    for name in ("CARSITE_TEST_SECRET", "PATH", "HTTP_PROXY", "REMOTE_USER", "CONTENT_TYPE"):
+        assert (name in keys) is leaks, name
     assert {"REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "SERVER_NAME", "HTTP_HOST"} <= set(keys)
+    assert keys["REQUEST_METHOD"] == "GET" and keys["QUERY_STRING"] == "y=1"
+    assert post_keys["CONTENT_TYPE"] == "application/json" and post_keys["REQUEST_METHOD"] == "POST"
+
+
+class _UnreadBody:
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, *args: Any) -> bytes:
+        raise AssertionError("the body was read")
+
+    readline = read
+
+
+@pytest.mark.django_db
+def test_a_refused_token_or_a_too_large_body_is_answered_without_reading_the_body(client: Client, throttled) -> None:
+    """A wrong token's failure record and a session's CSRF check both read the form data: an unauthenticated
+    client could make the server read (and hold a thread for) any body. Neither is read now."""
+    multipart = {"CONTENT_TYPE": "multipart/form-data; boundary=xx", "wsgi.input": _UnreadBody()}
+    small, huge = {"CONTENT_LENGTH": "20000"}, {"CONTENT_LENGTH": str(50 * 2**20)}
+    wrong = {"HTTP_AUTHORIZATION": "Token cs_wrong"}
+    response = client.generic("POST", "/api/reconstructions/", **multipart, **small, **wrong)
+    assert response.status_code == 401 and "not valid" in response.json()["error"]
+    for headers in (wrong, {}):  # a wrong token, or a signed-in browser's session (its CSRF check reads the form)
+        response = client.generic("POST", "/api/reconstructions/", **multipart, **huge, **headers)
+        assert response.status_code == 413 and response.json()["code"] == "too_large"
+        assert "the limit is" in response.json()["error"]
+    client.force_login(make_user("carol"))
+    response = client.generic("POST", "/api/reconstructions/", **multipart, **huge)
+    assert response.status_code == 413 and response.json()["code"] == "too_large"

@@ -76,6 +76,9 @@ def _die_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# One line a request: when it came, from where, what, the answer, how long it took, and its query string if any.
+ACCESS_LOG = '[%(time)s] %(addr)s "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).1f ms %(query_string)s'
+
 # Python threads a web process may run: most of them wait, idle, in long-polls (RECONSTRUCT_MAX_WAITING, 28).
 WEB_THREADS = 32
 
@@ -99,7 +102,7 @@ def web_server_args(host: str, port: int, workers: int, threads: int = WEB_THREA
     return [
         *(sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws"),
         *("--host", host, "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads)),
-        *("--respawn-failed-workers", "--workers-kill-timeout", "10", "--access-log"),
+        *("--respawn-failed-workers", "--workers-kill-timeout", "10", "--access-log", "--access-log-fmt", ACCESS_LOG),
         "carsite.wsgi:application",
     ]
 
