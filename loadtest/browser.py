@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         accounts = workdir / "accounts.json"
         accounts_create(1, accounts)
         warm_up(stack, args.images, accounts)
-        cookie_name, _, cookie_value = json.loads(accounts.read_text())[0]["cookie"].partition("=")
+        # "sessionid=...; csrftoken=...": the browser's cookies, as loadtest/__main__.py made them.
+        cookies = [part.strip().partition("=") for part in json.loads(accounts.read_text())[0]["cookie"].split(";")]
 
         from playwright.sync_api import sync_playwright
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
             )
             context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.add_cookies([{"name": cookie_name, "value": cookie_value, "url": stack.url}])
+            context.add_cookies([{"name": name, "value": value, "url": stack.url} for name, _, value in cookies])
             page = context.new_page()
             upload_and_watch(page, stack.url, photos[0], args.timeout)  # warm: static files cached, as for a visitor
             for photo in photos:

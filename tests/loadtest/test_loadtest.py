@@ -48,3 +48,11 @@ def test_its_browsers_are_signed_in_and_hold_a_csrf_cookie(tmp_path: Path, clien
         assert page.status_code == 200 and account["username"] in page.content.decode()
         held = account["cookie"].split(f"{settings.CSRF_COOKIE_NAME}=")[1]
         assert page.cookies[settings.CSRF_COOKIE_NAME].value == held
+
+
+@pytest.mark.browser
+def test_the_browser_benchmark_signs_in_uploads_and_reports_json_last(drawn_cars: Path) -> None:
+    """`make bench-browser` (loadtest/browser.py) for two uploads: its browser holds the accounts' cookies."""
+    report, output = run_module_json("loadtest.browser", "--uploads", "2", "--images", str(drawn_cars))
+    assert report["uploads"] == 2 and report["reloads"] == 0, output
+    assert 0 < report["p50_visible_s"] <= report["max_visible_s"]
