@@ -31,6 +31,7 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport (``redis://``, ``rediss://``) with :class:`Channel`."""
+    """kombu's Redis transport (``redis://`` only: for ``rediss://`` kombu turns TLS on by the transport's name,
+    so it keeps its own) with :class:`Channel`."""
 
     Channel = Channel

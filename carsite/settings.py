@@ -380,8 +380,9 @@ CURATION_TRAINING_CONFIG_DIR = Path(envstr("CURATION_TRAINING_CONFIG_DIR") or BA
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL") or REDIS_URL
 # kombu's Redis transport with one redis-py client per channel instead of one per publish or acknowledgement
-# (carsite/redis_transport.py); any other broker URL (sentinel://, amqp://) gets kombu's own transport for it.
-_REDIS_BROKER = CELERY_BROKER_URL.split("://", 1)[0] in ("redis", "rediss")
+# (carsite/redis_transport.py); any other broker URL gets kombu's own transport for it. Not rediss://: kombu turns
+# TLS on for it by the transport's name ("rediss"), which a named transport class would replace (plain TCP).
+_REDIS_BROKER = CELERY_BROKER_URL.split("://", 1)[0] == "redis"
 CELERY_BROKER_TRANSPORT = "carsite.redis_transport:Transport" if _REDIS_BROKER else None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "reconstruct"
