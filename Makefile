@@ -96,15 +96,16 @@ bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
 
 # USERS simulated users for SECONDS s (Locust, headless) against the real local stack (manage.py runlocal on a free
-# loopback port, its own database and media in a temporary folder), uploading the photos in IMAGES; waits for the
-# queue to drain and checks every upload. Last line JSON (loadtest/__main__.py). MODE: how a user waits for the
-# result, upload-wait (POST ?wait=, default), status-wait (the status URL's ?wait=) or poll (every 1 s; POLL=1 too).
+# loopback port, its own database and media in a temporary folder, in /dev/shm when it has room, else in
+# LOADTEST_TMPDIR), uploading the photos in IMAGES; waits for the queue to drain and checks every upload. Last line
+# JSON (loadtest/__main__.py). MODE: how a user waits for the result, upload-wait (POST ?wait=, default),
+# status-wait (the status URL's ?wait=) or poll (every 1 s; POLL=1 too).
 USERS ?= 20
 SECONDS ?= 60
 IMAGES ?= $(DATA)
 .PHONY: loadtest
 loadtest: $(VENV)/.installed-dev redis-server
-	@$(BIN)/python -m loadtest --users $(USERS) --seconds $(SECONDS) --images $(IMAGES) $(if $(MODE),--mode $(MODE)) $(if $(filter 1,$(POLL)),--poll)
+	@$(BIN)/python -m loadtest --users $(USERS) --seconds $(SECONDS) --images $(IMAGES) $(if $(MODE),--mode $(MODE)) $(if $(filter 1,$(POLL)),--poll) $(if $(LOADTEST_TMPDIR),--tmpdir $(LOADTEST_TMPDIR))
 
 # Peak memory of every decoding path (upload, worker, dataset checks, flip, training loader) for the worst
 # accepted files (100-megapixel PNG/GIF/JPEG...), each in a fresh process; JSON last (tests/measure_decode_memory.py).

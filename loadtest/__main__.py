@@ -2,7 +2,13 @@
 
 1. Starts ``manage.py runlocal`` (Redis, the Celery worker, Granian: the very code of ``make run``) on
    loopback, with its own SQLite database, media folder and run folder in a temporary directory, and no
-   hourly upload limit.
+   hourly upload limit. The directory is made in ``--tmpdir``: by default ``/dev/shm`` (a RAM filesystem)
+   when it has room, else the system's temporary folder. Why: on a disk, what creating a file costs depends
+   on what was deleted there before. This machine's ext4 has no journal, so the kernel skips, one by one,
+   the inodes freed in the last minute or more (up to six) before it reuses one (``find_inode_bit`` and
+   ``recently_deleted``). A previous run's cleanup, or ``make test``, deletes thousands of files in
+   ``/tmp``, and each file the next run creates then costs 0.3 to 1.7 ms of kernel CPU instead of 0.03 to
+   0.05 (docs/performance.md, "Stop 30"). The report says where the files were and what creating one cost.
 2. Creates N accounts with API tokens and uploads a few warm-up photos (each worker loads the model).
 3. Runs Locust headless (``loadtest/locustfile.py``) for T seconds: each user uploads photos from the folder,
    waits for the result, fetches it and opens the gallery.
@@ -12,7 +18,8 @@
    failed, lost, recon_per_s, p50_s, p95_s (upload request start to result known to the client),
    cpu_ms_per_recon (CPU time of the stack's processes, from /proc, per reconstruction, the load generator
    excluded), cpu_ms_per_recon_by_process (web, worker, redis, supervisor, and loadgen for Locust itself),
-   and the machine's load average before and after.
+   the machine's load average before and after, and ``workdir`` (the temporary directory's filesystem and
+   ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run).
 
 Speed is measured here, never asserted: tests run this for a few seconds only to see that it works.
 """
@@ -39,6 +46,60 @@ ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP_UPLOADS = 4
 STACK_START_TIMEOUT = 120.0
+RAM_FOLDER = Path("/dev/shm")
+RAM_FOLDER_MIN_FREE = 2 * 2**30  # bytes: a 60 s run writes about 150 MB (four files a reconstruction)
+PROBE_FILES = 100
+PROBE_BYTES = 20_000  # about a photo of ../shared/data/cars
+
+
+def default_tmpdir() -> Path:
+    """Where a run's temporary directory goes unless ``--tmpdir`` says: ``/dev/shm`` when it is a writable
+    tmpfs with ``RAM_FOLDER_MIN_FREE`` bytes free, else the system's temporary folder (``tempfile``)."""
+    try:
+        if (
+            filesystem_of(RAM_FOLDER) == "tmpfs"
+            and os.access(RAM_FOLDER, os.W_OK)
+            and shutil.disk_usage(RAM_FOLDER).free >= RAM_FOLDER_MIN_FREE
+        ):
+            return RAM_FOLDER
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem ``path`` is on ("ext4", "tmpfs", ...), from ``/proc/mounts``: the mount
+    point nearest above it; "" when unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    resolved = str(path.resolve())
+    best, kind = "", ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def file_create_ms(folder: Path, count: int = PROBE_FILES, size: int = PROBE_BYTES) -> float:
+    """CPU (user + system, ms) to create, write and close one new file of ``size`` bytes in ``folder``, the
+    mean of ``count``; the files stay (deleting them is what makes the next creation dear on some disks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    started = time.process_time()
+    for index in range(count):
+        descriptor = os.open(folder / f"probe-{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, data)
+        finally:
+            os.close(descriptor)
+    return round(1000 * (time.process_time() - started) / count, 3)
 
 
 def free_port() -> int:
@@ -261,11 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-workers", type=int, help="web server processes (runlocal's default)")
     parser.add_argument("--drain-timeout", type=float, default=180.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (database, media, logs)")
+    parser.add_argument(
+        "--tmpdir",
+        type=Path,
+        help="where the temporary directory goes (default: /dev/shm, a RAM filesystem, when it has 2 GiB free, "
+        "else the system's temporary folder; see the module's docstring)",
+    )
     args = parser.parse_args(argv)
     if not args.images.is_dir():
         parser.error(f"no folder of photos at {args.images} (pass --images DIR)")
+    if args.tmpdir is not None and not args.tmpdir.is_dir():
+        parser.error(f"--tmpdir {args.tmpdir} is not a folder")
 
-    workdir = Path(tempfile.mkdtemp(prefix="carsite-loadtest-"))
+    workdir = Path(tempfile.mkdtemp(prefix="carsite-loadtest-", dir=args.tmpdir or default_tmpdir()))
+    workdir_report: dict[str, object] = {"in": str(workdir.parent), "filesystem": filesystem_of(workdir)}
+    workdir_report["file_create_ms"] = file_create_ms(workdir / "probe")
     stack = Stack(workdir, args.port or free_port(), args.concurrency, args.web_workers)
     load_before = load_average()
     try:
@@ -327,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "cpus": os.cpu_count(),
+        "workdir": workdir_report,
     }
     for kind, count in summary["error_kinds"].items():
         print(f"error x{count}: {kind}")

@@ -30,6 +30,7 @@ def test_it_loads_the_real_stack_and_reports_json_last(drawn_cars: Path) -> None
     assert report["mode"] == "upload-wait"
     assert {"web", "worker", "redis", "loadgen"} <= set(report["cpu_ms_per_recon_by_process"])
     assert 0 < report["p50_s"] <= report["p95_s"]
+    assert report["workdir"]["filesystem"] and report["workdir"]["file_create_ms"] >= 0
 
 
 @pytest.mark.django_db
@@ -56,3 +57,20 @@ def test_the_browser_benchmark_signs_in_uploads_and_reports_json_last(drawn_cars
     report, output = run_module_json("loadtest.browser", "--uploads", "2", "--images", str(drawn_cars))
     assert report["uploads"] == 2 and report["reloads"] == 0, output
     assert 0 < report["p50_visible_s"] <= report["max_visible_s"]
+
+
+def test_its_files_go_to_a_ram_folder_when_there_is_one_and_the_probe_keeps_its_files(tmp_path: Path) -> None:
+    """The run's directory goes to /dev/shm when that is a tmpfs with room (what a file creation costs on a disk
+    depends on what was deleted there before), else the temporary folder; the report names the filesystem."""
+    import tempfile
+
+    from loadtest.__main__ import RAM_FOLDER, default_tmpdir, file_create_ms, filesystem_of
+
+    assert filesystem_of(Path("/proc")) == "proc"
+    assert filesystem_of(tmp_path) not in ("", "proc")
+    ram = filesystem_of(RAM_FOLDER) == "tmpfs"
+    assert default_tmpdir() in (RAM_FOLDER, Path(tempfile.gettempdir()))
+    if ram:
+        assert filesystem_of(RAM_FOLDER / "some" / "file") == "tmpfs"
+    assert file_create_ms(tmp_path / "probe", count=5, size=100) >= 0
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == [f"probe-{i}" for i in range(5)]
