@@ -146,7 +146,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    # On AWS Lambda: a clear 413 for a body too large for one request (reconstruct/middleware.py).
+    # A clear 413 for a body larger than its sender may send, before it is read (reconstruct/middleware.py).
     "reconstruct.middleware.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -318,6 +318,15 @@ RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES = envint(
     "RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES", 4 * 1024 * 1024 if ON_LAMBDA else RECONSTRUCT_MAX_UPLOAD_BYTES, minimum=1024
 )
 RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STORAGE_BUCKET_NAME))
+# The largest request body anyone but staff may send (413 above it, before the body is read: Django would stream a
+# form's files of any size to temporary files, and the CSRF check reads the form of every POST); staff may send up
+# to the second, for the admin's zip of training photos (reconstruct/middleware.py: RequestSizeLimitMiddleware).
+RECONSTRUCT_MAX_REQUEST_BYTES = envint(
+    "RECONSTRUCT_MAX_REQUEST_BYTES", RECONSTRUCT_MAX_UPLOAD_BYTES + 1024 * 1024, minimum=RECONSTRUCT_MAX_UPLOAD_BYTES
+)
+RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = envint(
+    "RECONSTRUCT_MAX_STAFF_REQUEST_BYTES", 2 * 1024**3, minimum=RECONSTRUCT_MAX_REQUEST_BYTES
+)
 
 # How reconstructions run: "celery" queues a task for a worker; "sync" runs it inside the request
 # (AWS Lambda, where nothing else is running: chosen automatically there).

@@ -11,7 +11,9 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from reconstruct.http import body_too_large, declared_length, wants_json
+from reconstruct.images import sizes_text
 from reconstruct.services.direct_uploads import inline_upload_limited, inline_upload_size_error
+from reconstruct.services.uploads import upload_size_error
 
 
 class PreloadMiddleware:
@@ -49,28 +51,45 @@ def url_resolver_preload() -> None:
 
 
 class RequestSizeLimitMiddleware:
-    """Refuse, with a message that says what to do, a body larger than one request through Lambda may carry.
+    """Refuse, before a byte of it is read, a body larger than its sender may send: 413 with a message that says
+    what to do. It reads the declared length (Content-Length) only; a body without one reaches Django empty.
 
-    Only active where requests are capped below the upload limit (RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES, 4 MB on
-    Lambda; reconstruct/services/direct_uploads.py explains why). It reads the declared length only, never the body.
+    - Everywhere, a body over RECONSTRUCT_MAX_REQUEST_BYTES (the largest photo plus multipart framing) from
+      anyone but staff. Django streams a form's files to temporary files with no size limit of its own
+      (DATA_UPLOAD_MAX_MEMORY_SIZE counts the other fields only), and the CSRF check reads the form of every
+      POST: without this, anyone holding a CSRF cookie could make the server read, and write to disk, any
+      amount through the sign-in form (300 MB took 0.4 s). Staff may send up to
+      RECONSTRUCT_MAX_STAFF_REQUEST_BYTES: the admin takes a zip of training photos.
+    - Where one request may carry less than an upload (RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES, 4 MB on AWS
+      Lambda; reconstruct/services/direct_uploads.py explains why), a body over that, from anyone.
+
+    Staff are looked up (the session's user) only for a body over the general limit.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        length = declared_length(request)
+        if length > settings.RECONSTRUCT_MAX_REQUEST_BYTES:
+            staff = request.user.is_authenticated and request.user.is_staff
+            if not staff:
+                return self._too_large(request, upload_size_error(length), "too_large")
+            if length > settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES:
+                have, most = sizes_text(length, settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES)
+                message = f"This request is {have}; staff may send at most {most} in one. Please split the zip."
+                return self._too_large(request, message, "too_large")
         if (
             request.method == "POST"
             and inline_upload_limited()
             and body_too_large(request, settings.RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES)
         ):
-            return self._too_large(request, declared_length(request))
+            return self._too_large(request, inline_upload_size_error(length), "too_large_for_lambda")
         return self.get_response(request)
 
-    def _too_large(self, request: HttpRequest, length: int) -> HttpResponse:
-        message = inline_upload_size_error(length)
+    def _too_large(self, request: HttpRequest, message: str, code: str) -> HttpResponse:
         if wants_json(request):
-            return JsonResponse({"error": message, "code": "too_large_for_lambda"}, status=413)
+            return JsonResponse({"error": message, "code": code}, status=413)
         if request.path == reverse("reconstruct:upload") and request.user.is_authenticated:
             return render(request, "reconstruct/upload.html", {"errors": [message]}, status=413)
         return HttpResponse(message, content_type="text/plain; charset=utf-8", status=413)

@@ -351,3 +351,34 @@ def test_a_refused_token_or_a_too_large_body_is_answered_without_reading_the_bod
     client.force_login(make_user("carol"))
     response = client.generic("POST", "/api/reconstructions/", **multipart, **huge)
     assert response.status_code == 413 and response.json()["code"] == "too_large"
+
+
+@pytest.mark.django_db
+def test_no_form_reads_a_body_larger_than_its_sender_may_send(client: Client, settings: Any) -> None:
+    """Django streams a form's files of any size to temporary files, and the CSRF check reads the form of every
+    POST: the sign-in form would read 300 MB to disk for anyone holding a CSRF cookie. A body over the largest
+    photo (plus framing) is refused before it is read, except from staff, who may send the admin a zip."""
+    multipart = {"CONTENT_TYPE": "multipart/form-data; boundary=xx", "wsgi.input": _UnreadBody()}
+    over = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_REQUEST_BYTES + 1)}
+    for path in ("/accounts/login/", "/accounts/signup/", reverse("reconstruct:upload"), "/admin/login/"):
+        response = client.generic("POST", path, **multipart, **over)
+        assert response.status_code == 413, path
+        assert "the limit is 25.0 MB" in response.content.decode() and response["Content-Type"].startswith("text/plain")
+    client.force_login(make_user("dora"))
+    page = client.generic("POST", reverse("reconstruct:upload"), **multipart, **over)
+    assert page.status_code == 413 and b"the limit is 25.0 MB" in page.content and b"<form" in page.content
+    api = client.generic("POST", "/api/reconstructions/", **multipart, **over, HTTP_ACCEPT="application/json")
+    assert api.status_code == 413 and api.json()["code"] == "too_large"
+
+    staff = Client()
+    staff.force_login(make_user("erin", staff=True))
+    admin_upload = reverse("admin:curation_datasetimage_upload")
+    with pytest.raises(AssertionError, match="the body was read"):  # let through: the admin's view reads it
+        staff.generic("POST", admin_upload, **multipart, **over)
+    settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = settings.RECONSTRUCT_MAX_REQUEST_BYTES + 1
+    response = staff.generic("POST", admin_upload, **multipart, CONTENT_LENGTH=str(2**31))
+    assert response.status_code == 413 and "staff may send at most" in response.content.decode()
+    # Within the limit nothing changes: a photo of the largest size's request is read as before.
+    within = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1000)}
+    with pytest.raises(AssertionError, match="the body was read"):
+        client.generic("POST", "/accounts/login/", **multipart, **within)
