@@ -541,7 +541,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A client's bad request (a Host not in ALLOWED_HOSTS, ...) is one WARNING line, not an ERROR with a traceback.
+    "filters": {"client_errors": {"()": "carsite.log.ClientErrorFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["client_errors"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "reconstruct": {"level": LOG_LEVEL},

@@ -382,3 +382,24 @@ def test_no_form_reads_a_body_larger_than_its_sender_may_send(client: Client, se
     within = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1000)}
     with pytest.raises(AssertionError, match="the body was read"):
         client.generic("POST", "/accounts/login/", **multipart, **within)
+
+
+@pytest.mark.django_db
+def test_a_host_not_allowed_is_one_warning_line_not_an_error_with_a_traceback(client: Client) -> None:
+    """Scanners send any Host header: each is answered 400 and logged as one line that names the host."""
+    import io
+    import logging
+
+    handler = next(h for h in logging.getLogger().handlers if h.filters)
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        response = client.get("/", HTTP_HOST="scanner.example")
+        logging.getLogger("reconstruct").error("a real fault")
+    finally:
+        handler.setStream(previous)
+    assert response.status_code == 400
+    lines = stream.getvalue().splitlines()
+    assert any("WARNING django.security.DisallowedHost" in line and "scanner.example" in line for line in lines)
+    assert not any("Traceback" in line or "ERROR django.security" in line for line in lines), lines
+    assert any("ERROR reconstruct: a real fault" in line for line in lines)
