@@ -22,6 +22,8 @@ call_command("migrate", verbosity=0)
 PROBE = """
 import json, sys
 from carsite.wsgi import application  # the site starts (RECONSTRUCT_PRELOAD: the model loads now)
+import gc
+frozen = gc.get_freeze_count()  # what started with the site is out of the collector's walks (carsite/wsgi.py)
 from reconstruct.registry import services
 loaded_models = len(services._loaded)
 from django.urls import get_resolver
@@ -32,7 +34,8 @@ call_command("migrate", verbosity=0)
 client = Client()
 pages = [client.get(path).status_code for path in ("/", "/reconstruct/", "/accounts/login/", "/api/reconstructions/")]
 loaded = sorted({name.split(".")[0] for name in sys.modules} & {"celery", "kombu", "billiard", "amqp", "redis"})
-print(json.dumps({"pages": pages, "loaded": loaded, "models": loaded_models, "urls_ready": urls_ready}))
+report = {"pages": pages, "loaded": loaded, "models": loaded_models, "urls_ready": urls_ready, "frozen": frozen}
+print(json.dumps(report))
 """
 
 
@@ -57,6 +60,7 @@ def _run(tmp_path: Path, code: str, **environment: str) -> subprocess.CompletedP
 def test_a_sync_mode_process_serves_pages_without_importing_celery(tmp_path: Path) -> None:
     done = _run(tmp_path, "import django; django.setup()\n" + PROBE, RECONSTRUCT_PRELOAD="false")
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report.pop("frozen") > 20_000, report  # Django's modules, settings, apps and models at least
     assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 0, "urls_ready": False}, report
 
 
@@ -75,4 +79,5 @@ def test_preload_loads_the_model_when_the_site_starts_and_never_stops_it_from_st
     done = _run(fresh, "import django; django.setup()\n" + PROBE, RECONSTRUCT_PRELOAD="true")
     assert "preload" not in done.stderr, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    report.pop("frozen")
     assert report == {"pages": [200, 302, 200, 401], "loaded": [], "models": 1, "urls_ready": True}, report
