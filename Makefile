@@ -96,8 +96,8 @@ bench: $(VENV)/.installed-train
 	@$(BIN)/python -m ml.bench --model $(MODEL)
 
 # USERS simulated users for SECONDS s (Locust, headless) against the real local stack (manage.py runlocal on a free
-# loopback port, its own database and media in a temporary folder, in /dev/shm when it has room, else in
-# LOADTEST_TMPDIR), uploading the photos in IMAGES; waits for the queue to drain and checks every upload. Last line
+# loopback port, its own database and media in a temporary folder: in LOADTEST_TMPDIR if given, else in /dev/shm
+# when it has room, else in the system's temporary folder), uploading the photos in IMAGES; waits for the queue to drain and checks every upload. Last line
 # JSON (loadtest/__main__.py). MODE: how a user waits for the result, upload-wait (POST ?wait=, default),
 # status-wait (the status URL's ?wait=) or poll (every 1 s; POLL=1 too).
 USERS ?= 20

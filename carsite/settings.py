@@ -319,13 +319,15 @@ RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES = envint(
 )
 RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STORAGE_BUCKET_NAME))
 # The largest request body anyone but staff may send (413 above it, before the body is read: Django would stream a
-# form's files of any size to temporary files, and the CSRF check reads the form of every POST); staff may send up
-# to the second, for the admin's zip of training photos (reconstruct/middleware.py: RequestSizeLimitMiddleware).
+# form's files of any size to temporary files, and the CSRF check reads the form of every POST); staff may send the
+# admin up to the second, for its zip of training photos (reconstruct/middleware.py: RequestSizeLimitMiddleware).
 RECONSTRUCT_MAX_REQUEST_BYTES = envint(
     "RECONSTRUCT_MAX_REQUEST_BYTES", RECONSTRUCT_MAX_UPLOAD_BYTES + 1024 * 1024, minimum=RECONSTRUCT_MAX_UPLOAD_BYTES
 )
 RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = envint(
-    "RECONSTRUCT_MAX_STAFF_REQUEST_BYTES", 2 * 1024**3, minimum=RECONSTRUCT_MAX_REQUEST_BYTES
+    "RECONSTRUCT_MAX_STAFF_REQUEST_BYTES",
+    max(2 * 1024**3, RECONSTRUCT_MAX_REQUEST_BYTES),
+    minimum=RECONSTRUCT_MAX_REQUEST_BYTES,
 )
 
 # How reconstructions run: "celery" queues a task for a worker; "sync" runs it inside the request

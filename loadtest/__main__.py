@@ -304,6 +304,10 @@ def check(ids: list[str]) -> dict[str, object]:
     return {**counts, "last_finished": max(finished) if finished else None, "failure_reasons": reasons}
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=20)
@@ -334,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tmpdir is not None and not args.tmpdir.is_dir():
         parser.error(f"--tmpdir {args.tmpdir} is not a folder")
 
+    # A SIGTERM (`timeout`, a CI runner) stops the run as Ctrl-C does: the stack is stopped and the folder removed.
+    signal.signal(signal.SIGTERM, _terminated)
     workdir = Path(tempfile.mkdtemp(prefix="carsite-loadtest-", dir=args.tmpdir or default_tmpdir()))
-    workdir_report: dict[str, object] = {"in": str(workdir.parent), "filesystem": filesystem_of(workdir)}
+    workdir_report: dict[str, object] = {"in": str(workdir.parent), "path": str(workdir), "kept": args.keep}
+    workdir_report["filesystem"] = filesystem_of(workdir)
     workdir_report["file_create_ms"] = file_create_ms(workdir / "probe")
     stack = Stack(workdir, args.port or free_port(), args.concurrency, args.web_workers)
     load_before = load_average()
@@ -369,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = check(ids)
     finally:
         stack.stop()
-        if not args.keep:
+        if args.keep:
+            print(f"kept the run's folder (database, media, stack.log): {workdir}", file=sys.stderr)
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
 
     latencies = [u["latency_s"] for u in summary["uploads"] if u["latency_s"] is not None and u["status"] == "done"]

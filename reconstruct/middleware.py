@@ -59,11 +59,12 @@ class RequestSizeLimitMiddleware:
       (DATA_UPLOAD_MAX_MEMORY_SIZE counts the other fields only), and the CSRF check reads the form of every
       POST: without this, anyone holding a CSRF cookie could make the server read, and write to disk, any
       amount through the sign-in form (300 MB took 0.4 s). Staff may send up to
-      RECONSTRUCT_MAX_STAFF_REQUEST_BYTES: the admin takes a zip of training photos.
+      RECONSTRUCT_MAX_STAFF_REQUEST_BYTES to the admin, which takes a zip of training photos; elsewhere they are
+      held to the same limit as everyone.
     - Where one request may carry less than an upload (RECONSTRUCT_INLINE_UPLOAD_MAX_BYTES, 4 MB on AWS
       Lambda; reconstruct/services/direct_uploads.py explains why), a body over that, from anyone.
 
-    Staff are looked up (the session's user) only for a body over the general limit.
+    The session's user is looked up only for a body over the general limit sent to the admin.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -72,13 +73,9 @@ class RequestSizeLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         length = declared_length(request)
         if length > settings.RECONSTRUCT_MAX_REQUEST_BYTES:
-            staff = request.user.is_authenticated and request.user.is_staff
-            if not staff:
-                return self._too_large(request, upload_size_error(length), "too_large")
-            if length > settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES:
-                have, most = sizes_text(length, settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES)
-                message = f"This request is {have}; staff may send at most {most} in one. Please split the zip."
-                return self._too_large(request, message, "too_large")
+            refusal = self._over_limit(request, length)
+            if refusal is not None:
+                return refusal
         if (
             request.method == "POST"
             and inline_upload_limited()
@@ -86,6 +83,21 @@ class RequestSizeLimitMiddleware:
         ):
             return self._too_large(request, inline_upload_size_error(length), "too_large_for_lambda")
         return self.get_response(request)
+
+    def _over_limit(self, request: HttpRequest, length: int) -> HttpResponse | None:
+        """The 413 for a body of ``length`` bytes, over RECONSTRUCT_MAX_REQUEST_BYTES; None for staff's to the
+        admin within their own limit. Where a photo is sent the message is the upload's own."""
+        if request.path.startswith(reverse("admin:index")) and request.user.is_authenticated and request.user.is_staff:
+            if length <= settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES:
+                return None
+            have, most = sizes_text(length, settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES)
+            message = f"This request is {have}; staff may send at most {most} in one. Please split the zip."
+        elif request.path in (reverse("reconstruct:upload"), reverse("api:reconstructions")):
+            message = upload_size_error(length)
+        else:
+            have, most = sizes_text(length, settings.RECONSTRUCT_MAX_REQUEST_BYTES)
+            message = f"This request is {have}; this site takes at most {most} in one request."
+        return self._too_large(request, message, "too_large")
 
     def _too_large(self, request: HttpRequest, message: str, code: str) -> HttpResponse:
         if wants_json(request):

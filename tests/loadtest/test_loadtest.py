@@ -31,6 +31,7 @@ def test_it_loads_the_real_stack_and_reports_json_last(drawn_cars: Path) -> None
     assert {"web", "worker", "redis", "loadgen"} <= set(report["cpu_ms_per_recon_by_process"])
     assert 0 < report["p50_s"] <= report["p95_s"]
     assert report["workdir"]["filesystem"] and report["workdir"]["file_create_ms"] >= 0
+    assert report["workdir"]["kept"] is False and not Path(report["workdir"]["path"]).exists()  # removed after
 
 
 @pytest.mark.django_db

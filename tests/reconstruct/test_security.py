@@ -357,31 +357,53 @@ def test_a_refused_token_or_a_too_large_body_is_answered_without_reading_the_bod
 def test_no_form_reads_a_body_larger_than_its_sender_may_send(client: Client, settings: Any) -> None:
     """Django streams a form's files of any size to temporary files, and the CSRF check reads the form of every
     POST: the sign-in form would read 300 MB to disk for anyone holding a CSRF cookie. A body over the largest
-    photo (plus framing) is refused before it is read, except from staff, who may send the admin a zip."""
+    photo (plus framing) is refused before it is read, except staff's to the admin, which takes a zip."""
     multipart = {"CONTENT_TYPE": "multipart/form-data; boundary=xx", "wsgi.input": _UnreadBody()}
     over = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_REQUEST_BYTES + 1)}
-    for path in ("/accounts/login/", "/accounts/signup/", reverse("reconstruct:upload"), "/admin/login/"):
+    for path in ("/accounts/login/", "/accounts/signup/", "/admin/login/", "/admin/curation/datasetimage/upload/"):
         response = client.generic("POST", path, **multipart, **over)
         assert response.status_code == 413, path
-        assert "the limit is 25.0 MB" in response.content.decode() and response["Content-Type"].startswith("text/plain")
+        assert response["Content-Type"].startswith("text/plain")
+        expected = "This request is 27,262,977 bytes; this site takes at most 27,262,976 bytes in one request."
+        assert response.content.decode() == expected  # exact sizes where rounding would show the same figure
     client.force_login(make_user("dora"))
     page = client.generic("POST", reverse("reconstruct:upload"), **multipart, **over)
     assert page.status_code == 413 and b"the limit is 25.0 MB" in page.content and b"<form" in page.content
     api = client.generic("POST", "/api/reconstructions/", **multipart, **over, HTTP_ACCEPT="application/json")
     assert api.status_code == 413 and api.json()["code"] == "too_large"
+    assert api.json()["error"].startswith("The file is 26.0 MB; the limit is 25.0 MB.")
 
     staff = Client()
     staff.force_login(make_user("erin", staff=True))
     admin_upload = reverse("admin:curation_datasetimage_upload")
     with pytest.raises(AssertionError, match="the body was read"):  # let through: the admin's view reads it
         staff.generic("POST", admin_upload, **multipart, **over)
+    # Outside the admin, staff are held to everyone's limit (their photo is not read to be refused after).
+    page = staff.generic("POST", reverse("reconstruct:upload"), **multipart, **over)
+    assert page.status_code == 413 and b"the limit is 25.0 MB" in page.content
     settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = settings.RECONSTRUCT_MAX_REQUEST_BYTES + 1
     response = staff.generic("POST", admin_upload, **multipart, CONTENT_LENGTH=str(2**31))
     assert response.status_code == 413 and "staff may send at most" in response.content.decode()
-    # Within the limit nothing changes: a photo of the largest size's request is read as before.
+    # Within the limit nothing changes: a request of the largest photo's size is read as before.
     within = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1000)}
     with pytest.raises(AssertionError, match="the body was read"):
         client.generic("POST", "/accounts/login/", **multipart, **within)
+
+
+def test_the_staff_limit_is_never_below_everyone_s(tmp_path: Any) -> None:
+    """A general limit raised above 2 GB raises the staff limit's default with it; a lower staff limit is refused."""
+    probe = "from django.conf import settings; print(settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES)"
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "carsite.settings",
+        "RECONSTRUCT_MAX_REQUEST_BYTES": "3000000000",
+    }
+    command = [sys.executable, "-c", "import django; django.setup(); " + probe]
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "3000000000", done.stderr[-2000:]
+    environment["RECONSTRUCT_MAX_STAFF_REQUEST_BYTES"] = "2000000000"
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "RECONSTRUCT_MAX_STAFF_REQUEST_BYTES must be at least 3000000000" in done.stderr
 
 
 @pytest.mark.django_db
