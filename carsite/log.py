@@ -1,19 +1,29 @@
-"""Logging filters of the site (settings.LOGGING)."""
+"""Logging of the site (settings.LOGGING)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
+# Django's security loggers (``django.security.<exception class>``) for a client's bad request, which the site
+# answers with 400: a Host header not in ALLOWED_HOSTS, a form with too many fields or files, a body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE. Others (SuspiciousFileOperation: a path the site's own code built) keep their trace.
+CLIENT_ERRORS = frozenset(
+    f"django.security.{name}"
+    for name in ("DisallowedHost", "RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent")
+)
 
-class ClientErrorFilter(logging.Filter):
-    """Django's security loggers (``django.security.<exception class>``: a Host header not in ALLOWED_HOSTS,
-    a form with too many fields, a body over DATA_UPLOAD_MAX_MEMORY_SIZE) report each such request, which the
-    site answers with 400, at ERROR with the exception's traceback: 13 lines for one scanner's probe, the same
-    level as a real fault. This filter, on the handler, turns those records into one WARNING line (the message
-    names the host or the limit). Every other record passes unchanged. Never drops a record."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("django.security.") and record.levelno == logging.ERROR:
+class ClientErrorFormatter(logging.Formatter):
+    """Django logs each of a client's bad requests (``CLIENT_ERRORS``) at ERROR with the exception's traceback:
+    13 lines for one scanner's probe, the level of a real fault. This formatter writes such a record as one
+    WARNING line (its message names the host or the limit). It formats a copy: the record itself, which every
+    other handler receives too, stays as Django made it. Every other record is formatted as by
+    ``logging.Formatter``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name in CLIENT_ERRORS and record.levelno == logging.ERROR:
+            record = copy.copy(record)
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
             record.exc_info = record.exc_text = None
-        return True
+        return super().format(record)

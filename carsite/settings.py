@@ -146,11 +146,12 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    # A clear 413 for a body larger than its sender may send, before it is read (reconstruct/middleware.py).
-    "reconstruct.middleware.RequestSizeLimitMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
+    # A clear 413 for a body larger than its sender may send, before it is read (reconstruct/middleware.py); below
+    # the middleware that add headers, so its page has them too.
+    "reconstruct.middleware.RequestSizeLimitMiddleware",
     # Last: turns a throttled login into its 429 page (reconstruct/throttle.py).
     "axes.middleware.AxesMiddleware",
 ]
@@ -321,8 +322,11 @@ RECONSTRUCT_DIRECT_UPLOADS = envbool("RECONSTRUCT_DIRECT_UPLOADS", bool(AWS_STOR
 # The largest request body anyone but staff may send (413 above it, before the body is read: Django would stream a
 # form's files of any size to temporary files, and the CSRF check reads the form of every POST); staff may send the
 # admin up to the second, for its zip of training photos (reconstruct/middleware.py: RequestSizeLimitMiddleware).
+# At least the largest photo and its multipart framing (reconstruct/http.py: MULTIPART_OVERHEAD, 64 kB).
 RECONSTRUCT_MAX_REQUEST_BYTES = envint(
-    "RECONSTRUCT_MAX_REQUEST_BYTES", RECONSTRUCT_MAX_UPLOAD_BYTES + 1024 * 1024, minimum=RECONSTRUCT_MAX_UPLOAD_BYTES
+    "RECONSTRUCT_MAX_REQUEST_BYTES",
+    RECONSTRUCT_MAX_UPLOAD_BYTES + 1024 * 1024,
+    minimum=RECONSTRUCT_MAX_UPLOAD_BYTES + 64 * 1024,
 )
 RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = envint(
     "RECONSTRUCT_MAX_STAFF_REQUEST_BYTES",
@@ -542,10 +546,11 @@ LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     # A client's bad request (a Host not in ALLOWED_HOSTS, ...) is one WARNING line, not an ERROR with a traceback.
-    "filters": {"client_errors": {"()": "carsite.log.ClientErrorFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["client_errors"]}},
+    "formatters": {
+        "plain": {"()": "carsite.log.ClientErrorFormatter", "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "reconstruct": {"level": LOG_LEVEL},

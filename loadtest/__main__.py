@@ -8,7 +8,7 @@
    the inodes freed in the last minute or more (up to six) before it reuses one (``find_inode_bit`` and
    ``recently_deleted``). A previous run's cleanup, or ``make test``, deletes thousands of files in
    ``/tmp``, and each file the next run creates then costs 0.3 to 1.7 ms of kernel CPU instead of 0.03 to
-   0.05 (docs/performance.md, "Stop 30"). The report says where the files were and what creating one cost.
+   0.1 (docs/performance.md, "Stop 30"). The report says where the files were and what creating one cost.
 2. Creates N accounts with API tokens and uploads a few warm-up photos (each worker loads the model).
 3. Runs Locust headless (``loadtest/locustfile.py``) for T seconds: each user uploads photos from the folder,
    waits for the result, fetches it and opens the gallery.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -80,7 +81,7 @@ def filesystem_of(path: Path) -> str:
         fields = line.split()
         if len(fields) < 3:
             continue
-        point = fields[1].replace("\\040", " ")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040 is a space
         inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
             best, kind = point, fields[2]
@@ -342,11 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     workdir = Path(tempfile.mkdtemp(prefix="carsite-loadtest-", dir=args.tmpdir or default_tmpdir()))
     workdir_report: dict[str, object] = {"in": str(workdir.parent), "path": str(workdir), "kept": args.keep}
-    workdir_report["filesystem"] = filesystem_of(workdir)
-    workdir_report["file_create_ms"] = file_create_ms(workdir / "probe")
     stack = Stack(workdir, args.port or free_port(), args.concurrency, args.web_workers)
     load_before = load_average()
     try:
+        workdir_report["filesystem"] = filesystem_of(workdir)
+        workdir_report["file_create_ms"] = file_create_ms(workdir / "probe")
         stack.start()
         os.environ.update(stack.env)
         import django

@@ -91,7 +91,10 @@ class RequestSizeLimitMiddleware:
             if length <= settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES:
                 return None
             have, most = sizes_text(length, settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES)
-            message = f"This request is {have}; staff may send at most {most} in one. Please split the zip."
+            message = (
+                f"This request is {have}; staff may send the admin at most {most} in one request. "
+                "Please send fewer photos at once, or split the zip."
+            )
         elif request.path in (reverse("reconstruct:upload"), reverse("api:reconstructions")):
             message = upload_size_error(length)
         else:

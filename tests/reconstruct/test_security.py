@@ -369,6 +369,7 @@ def test_no_form_reads_a_body_larger_than_its_sender_may_send(client: Client, se
     client.force_login(make_user("dora"))
     page = client.generic("POST", reverse("reconstruct:upload"), **multipart, **over)
     assert page.status_code == 413 and b"the limit is 25.0 MB" in page.content and b"<form" in page.content
+    assert page["X-Frame-Options"] == "DENY" and "Content-Security-Policy" in page and "Permissions-Policy" in page
     api = client.generic("POST", "/api/reconstructions/", **multipart, **over, HTTP_ACCEPT="application/json")
     assert api.status_code == 413 and api.json()["code"] == "too_large"
     assert api.json()["error"].startswith("The file is 26.0 MB; the limit is 25.0 MB.")
@@ -383,7 +384,7 @@ def test_no_form_reads_a_body_larger_than_its_sender_may_send(client: Client, se
     assert page.status_code == 413 and b"the limit is 25.0 MB" in page.content
     settings.RECONSTRUCT_MAX_STAFF_REQUEST_BYTES = settings.RECONSTRUCT_MAX_REQUEST_BYTES + 1
     response = staff.generic("POST", admin_upload, **multipart, CONTENT_LENGTH=str(2**31))
-    assert response.status_code == 413 and "staff may send at most" in response.content.decode()
+    assert response.status_code == 413 and "staff may send the admin at most" in response.content.decode()
     # Within the limit nothing changes: a request of the largest photo's size is read as before.
     within = {"CONTENT_LENGTH": str(settings.RECONSTRUCT_MAX_UPLOAD_BYTES + 1000)}
     with pytest.raises(AssertionError, match="the body was read"):
@@ -412,7 +413,13 @@ def test_a_host_not_allowed_is_one_warning_line_not_an_error_with_a_traceback(cl
     import io
     import logging
 
-    handler = next(h for h in logging.getLogger().handlers if h.filters)
+    from carsite.log import ClientErrorFormatter
+
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h.formatter, ClientErrorFormatter))
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(other)
     stream = io.StringIO()
     previous = handler.setStream(stream)
     try:
@@ -420,7 +427,11 @@ def test_a_host_not_allowed_is_one_warning_line_not_an_error_with_a_traceback(cl
         logging.getLogger("reconstruct").error("a real fault")
     finally:
         handler.setStream(previous)
+        logging.getLogger().removeHandler(other)
     assert response.status_code == 400
+    # Another handler still receives Django's own record, at ERROR with its exception.
+    host = [r for r in seen if r.name == "django.security.DisallowedHost"]
+    assert host and host[0].levelno == logging.ERROR and host[0].exc_info
     lines = stream.getvalue().splitlines()
     assert any("WARNING django.security.DisallowedHost" in line and "scanner.example" in line for line in lines)
     assert not any("Traceback" in line or "ERROR django.security" in line for line in lines), lines
