@@ -368,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = process_tree(stack.process.pid)
         loadgen_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.time()
-        subprocess.run(locust, cwd=ROOT, env=locust_env, check=True, stdout=sys.stderr)
+        # In its own session: a Ctrl-C in the terminal reaches this process only, which stops Locust (subprocess.run
+        # kills it on the KeyboardInterrupt) instead of Locust printing a traceback for each of its greenlets.
+        subprocess.run(locust, cwd=ROOT, env=locust_env, check=True, stdout=sys.stderr, start_new_session=True)
         loadgen_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         summary = json.loads(results.read_text())
         ids = [u["id"] for u in summary["uploads"] if u["id"]]
@@ -421,4 +423,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: main's cleanup has run (the stack stopped, the folder removed)
+        print("interrupted: the stack is stopped and its folder removed", file=sys.stderr)
+        sys.exit(130)
