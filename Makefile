@@ -97,9 +97,9 @@ bench: $(VENV)/.installed-train
 
 # USERS simulated users for SECONDS s (Locust, headless) against the real local stack (manage.py runlocal on a free
 # loopback port, its own database and media in a temporary folder: in LOADTEST_TMPDIR if given, else in /dev/shm
-# when it has room, else in the system's temporary folder), uploading the photos in IMAGES; waits for the queue to drain and checks every upload. Last line
-# JSON (loadtest/__main__.py). MODE: how a user waits for the result, upload-wait (POST ?wait=, default),
-# status-wait (the status URL's ?wait=) or poll (every 1 s; POLL=1 too).
+# when it has room, else in the system's temporary folder), uploading the photos in IMAGES; waits for the queue to
+# drain and checks every upload. Last line JSON (loadtest/__main__.py). MODE: how a user waits for the result,
+# upload-wait (POST ?wait=, default), status-wait (the status URL's ?wait=) or poll (every 1 s; POLL=1 too).
 USERS ?= 20
 SECONDS ?= 60
 IMAGES ?= $(DATA)
