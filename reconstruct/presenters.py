@@ -11,13 +11,14 @@ from django.core.cache import caches
 from django.core.cache.utils import make_template_fragment_key
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
-from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from reconstruct.models import FILE_KINDS, ModelVersion, Reconstruction
 from reconstruct.services.reconstructions import reconstruction_is_stuck
 from reconstruct.storage import storage_serve
+from reconstruct.templatetags.url_cache import reverse_remembered
 
 
 def img_tag(url: str, height: int = 48, alt: str = "") -> str:
@@ -25,11 +26,10 @@ def img_tag(url: str, height: int = 48, alt: str = "") -> str:
     return format_html('<img src="{}" alt="{}" loading="lazy" style="height:{}px;border-radius:3px">', url, alt, height)
 
 
-# A reconstruction's URLs differ only in its UUID: each is reversed once with this one in its place (per URL name,
-# other arguments, script prefix and URLconf) and the UUID substituted after. Reversing costs about 30 µs of CPU,
-# and an upload's answer names seven URLs (docs/performance.md, stop 29).
+# A reconstruction's URLs differ only in its UUID: each is reversed once with this one in its place
+# (``reverse_remembered``: per URL name, other arguments, script prefix and URLconf) and the UUID substituted after.
+# Reversing costs about 30 µs of CPU, and an upload's answer names seven URLs (docs/performance.md, stop 29).
 _PLACEHOLDER = uuid.UUID("00000000-0000-4000-8000-000000000000")
-_url_patterns: dict[tuple[object, ...], str] = {}
 
 
 def reconstruction_url(name: str, public_id: uuid.UUID, *args: str) -> str:
@@ -38,15 +38,9 @@ def reconstruction_url(name: str, public_id: uuid.UUID, *args: str) -> str:
     Raises NoReverseMatch as ``reverse`` does. Anything but a ``uuid.UUID`` (a string) is reversed as given."""
     if not isinstance(public_id, uuid.UUID):
         return reverse(name, args=[public_id, *args])
-    key = (name, args, get_script_prefix(), get_urlconf())
-    pattern = _url_patterns.get(key)
-    if pattern is None:
-        pattern = reverse(name, args=[_PLACEHOLDER, *args])
-        if pattern.count(str(_PLACEHOLDER)) != 1:  # not a UUID as itself, once: reverse each time
-            return reverse(name, args=[public_id, *args])
-        if len(_url_patterns) >= 1024:
-            _url_patterns.clear()
-        _url_patterns[key] = pattern
+    pattern = reverse_remembered(name, (_PLACEHOLDER, *args))
+    if pattern.count(str(_PLACEHOLDER)) != 1:  # not a UUID as itself, once: reverse each time
+        return reverse(name, args=[public_id, *args])
     return pattern.replace(str(_PLACEHOLDER), str(public_id))
 
 

@@ -1,5 +1,6 @@
 """``{% url %}`` for every template (a builtin: TEMPLATES' ``builtins`` option), Django's own tag, with the URLs
-that take no arguments remembered per process.
+that take no arguments remembered per process; ``reverse_remembered``, the memory it uses (also for a
+reconstruction's URLs, ``presenters.reconstruction_url``).
 
 Django's tag reverses its URL each time a page is rendered: about 40 µs of CPU a tag, and the navigation bar,
 footer and gallery name eleven such URLs on every signed-in page (0.4 ms a gallery page, docs/performance.md, stop
@@ -19,10 +20,24 @@ from django.utils.html import conditional_escape
 
 register = template.Library()
 
-# (view name, current app, script prefix, URLconf) -> URL. Bounded, in case a template reverses names it reads
-# from its context; the site's own templates name a few dozen.
+# (view name, arguments, current app, script prefix, URLconf) -> URL. Bounded, in case a template reverses names it
+# reads from its context; the site's own templates and presenters name a few dozen.
 _urls: dict[tuple[Any, ...], str] = {}
 MAX_REMEMBERED = 1024
+
+
+def reverse_remembered(view_name: str, args: tuple[Any, ...] = (), current_app: str | None = None) -> str:
+    """``reverse(view_name, args=args, current_app=current_app)``, remembered per process under those, the script
+    prefix and the URLconf (all a URL depends on). ``args`` must be hashable. Raises NoReverseMatch as ``reverse``
+    does (a failure is not remembered)."""
+    key = (view_name, args, current_app, get_script_prefix(), get_urlconf())
+    url = _urls.get(key)
+    if url is None:
+        url = reverse(view_name, args=args, current_app=current_app)
+        if len(_urls) >= MAX_REMEMBERED:
+            _urls.clear()
+        _urls[key] = url
+    return url
 
 
 def _current_app(context: template.Context) -> str | None:
@@ -42,21 +57,12 @@ class RememberedURLNode(defaulttags.URLNode):
     def render(self, context: template.Context) -> str:
         if self.args or self.kwargs:
             return super().render(context)
-        view_name = self.view_name.resolve(context)
-        current_app = _current_app(context)
-        key = (view_name, current_app, get_script_prefix(), get_urlconf())
-        url = _urls.get(key)
-        if url is None:
-            try:
-                url = reverse(view_name, current_app=current_app)
-            except NoReverseMatch:
-                if self.asvar is None:
-                    raise
-                url = ""
-            else:
-                if len(_urls) >= MAX_REMEMBERED:
-                    _urls.clear()
-                _urls[key] = url
+        try:
+            url = reverse_remembered(self.view_name.resolve(context), current_app=_current_app(context))
+        except NoReverseMatch:
+            if self.asvar is None:
+                raise
+            url = ""
         if self.asvar:
             context[self.asvar] = url
             return ""
