@@ -1,7 +1,12 @@
 # carsite: the words in the README. On a fresh Debian machine, as root, every target installs what
 # it needs (apt-get for system packages, pip into .venv).
 SHELL := /bin/bash
-PY ?= python3
+# The Python the venv is made from: Debian's own python3.11 where it is installed, else python3 from PATH. Debian
+# builds its interpreter with profile-guided and link-time optimisation; a plain build from source (pyenv's
+# default, first on PATH on this project's machines) ran a pure-Python loop 18% slower and `make loadtest` 5 to
+# 10% slower (docs/performance.md, "Stop 31"). PY=... picks another; an existing .venv is kept (delete it to
+# remake it from PY).
+PY ?= $(if $(wildcard /usr/bin/python3.11),/usr/bin/python3.11,python3)
 VENV := .venv
 BIN := $(VENV)/bin
 

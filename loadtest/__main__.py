@@ -19,7 +19,8 @@
    cpu_ms_per_recon (CPU time of the stack's processes, from /proc, per reconstruction, the load generator
    excluded), cpu_ms_per_recon_by_process (web, worker, redis, supervisor, and loadgen for Locust itself),
    the machine's load average before and after, and ``workdir`` (the temporary directory's filesystem and
-   ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run).
+   ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run), and
+   ``python``, the interpreter's version and real path.
 
 Speed is measured here, never asserted: tests run this for a few seconds only to see that it works.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import resource
 import shutil
@@ -51,6 +53,14 @@ RAM_FOLDER = Path("/dev/shm")
 RAM_FOLDER_MIN_FREE = 2 * 2**30  # bytes: a 60 s run writes about 150 MB (four files a reconstruction)
 PROBE_FILES = 100
 PROBE_BYTES = 20_000  # about a photo of ../shared/data/cars
+
+
+def python_build() -> dict[str, str]:
+    """The interpreter that ran the stack (the load test's own, ``sys.executable``): ``version`` and
+    ``executable``, the base interpreter's real path (not the venv's link). How it was built moves these
+    figures: Debian's python3.11 (profile-guided and link-time optimisation) ran ``make loadtest`` 5 to 10%
+    faster than a plain build from source of the same version (docs/performance.md, "Stop 31")."""
+    return {"version": platform.python_version(), "executable": os.path.realpath(sys._base_executable)}
 
 
 def default_tmpdir() -> Path:
@@ -410,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "cpus": os.cpu_count(),
+        "python": python_build(),
         "workdir": workdir_report,
     }
     for kind, count in summary["error_kinds"].items():

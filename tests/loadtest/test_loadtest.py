@@ -5,6 +5,7 @@ figures are speed, which is never asserted here."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ def test_it_loads_the_real_stack_and_reports_json_last(drawn_cars: Path) -> None
     assert 0 < report["p50_s"] <= report["p95_s"]
     assert report["workdir"]["filesystem"] and report["workdir"]["file_create_ms"] >= 0
     assert report["workdir"]["kept"] is False and not Path(report["workdir"]["path"]).exists()  # removed after
+    assert report["python"]["version"] == platform.python_version()
+    assert Path(report["python"]["executable"]).is_file()
 
 
 @pytest.mark.django_db
