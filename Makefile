@@ -9,6 +9,16 @@ SHELL := /bin/bash
 PY ?= $(if $(wildcard /usr/bin/python3.11),/usr/bin/python3.11,python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# A .venv made from another interpreter than PY is kept as it is: say so (on every make), since it may be slower.
+VENV_PY := $(shell sed -n 's/^executable = //p' $(VENV)/pyvenv.cfg 2>/dev/null)
+ifneq ($(VENV_PY),)
+PY_REAL := $(shell $(PY) -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null)
+ifneq ($(PY_REAL),)
+ifneq ($(realpath $(VENV_PY)),$(PY_REAL))
+$(info note: .venv was made from $(VENV_PY), not from PY ($(PY_REAL)); delete .venv to remake it from PY)
+endif
+endif
+endif
 
 .PHONY: run test bench train train-default lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
 
