@@ -2,16 +2,16 @@
 # it needs (apt-get for system packages, pip into .venv).
 SHELL := /bin/bash
 # The Python the venv is made from: Debian's own python3.11 where it is installed, else python3 from PATH. Debian
-# builds its interpreter with profile-guided and link-time optimisation; a plain build from source (pyenv's
-# default, first on PATH on this project's machines) ran a pure-Python loop 18% slower and `make loadtest` 5 to
-# 10% slower (docs/performance.md, "Stop 31"). PY=... picks another; an existing .venv is kept (delete it to
-# remake it from PY).
+# builds its interpreter with profile-guided and link-time optimisation: it took 18% less time than a plain build
+# from source (pyenv's default, first on PATH on this project's machines) on a pure-Python loop, and ran
+# `make loadtest` 2 to 12% faster in 4 pairs of 5 (docs/performance.md, "Stop 31"). PY=... picks another; an
+# existing .venv is kept (delete it to remake it from PY).
 PY ?= $(if $(wildcard /usr/bin/python3.11),/usr/bin/python3.11,python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # A .venv made from another interpreter than PY is kept as it is: say so (on every make), since it may be slower.
 VENV_PY := $(shell sed -n 's/^executable = //p' $(VENV)/pyvenv.cfg 2>/dev/null)
-ifneq ($(VENV_PY),)
+ifneq ($(and $(VENV_PY),$(strip $(PY))),)
 PY_REAL := $(shell $(PY) -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null)
 ifneq ($(PY_REAL),)
 ifneq ($(realpath $(VENV_PY)),$(PY_REAL))
@@ -23,7 +23,7 @@ endif
 .PHONY: run test bench train train-default lambda-package lambda-deploy lambda-update lambda-rollback lambda-undeploy lambda-bench lambda-bench-upload postgresql redis-server chromium lint format clean
 
 $(BIN)/python:
-	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv)
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || $(call apt_install,python3-venv $(if $(filter /usr/bin/python3.%,$(PY)),$(notdir $(PY))-venv))
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 

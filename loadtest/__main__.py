@@ -19,8 +19,8 @@
    cpu_ms_per_recon (CPU time of the stack's processes, from /proc, per reconstruction, the load generator
    excluded), cpu_ms_per_recon_by_process (web, worker, redis, supervisor, and loadgen for Locust itself),
    the machine's load average before and after, and ``workdir`` (the temporary directory's filesystem and
-   ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run), and
-   ``python``, the interpreter's version and real path.
+   ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run) and ``python``
+   (the interpreter's version and real path).
 
 Speed is measured here, never asserted: tests run this for a few seconds only to see that it works.
 """
@@ -58,8 +58,8 @@ PROBE_BYTES = 20_000  # about a photo of ../shared/data/cars
 def python_build() -> dict[str, str]:
     """The interpreter that ran the stack (the load test's own, ``sys.executable``): ``version`` and
     ``executable``, the base interpreter's real path (not the venv's link). How it was built moves these
-    figures: Debian's python3.11 (profile-guided and link-time optimisation) ran ``make loadtest`` 5 to 10%
-    faster than a plain build from source of the same version (docs/performance.md, "Stop 31")."""
+    figures: Debian's python3.11 (profile-guided and link-time optimisation) ran ``make loadtest`` 2 to 12%
+    faster than pyenv's plain build from source, in 4 pairs of runs of 5 (docs/performance.md, "Stop 31")."""
     return {"version": platform.python_version(), "executable": os.path.realpath(sys._base_executable)}
 
 
