@@ -18,7 +18,7 @@
    failed, lost, recon_per_s, p50_s, p95_s (upload request start to result known to the client),
    cpu_ms_per_recon (CPU time of the stack's processes, from /proc, per reconstruction, the load generator
    excluded), cpu_ms_per_recon_by_process (web, worker, redis, supervisor, and loadgen for Locust itself),
-   the machine's load average before and after, and ``workdir`` (the temporary directory's filesystem and
+   the machine's load average before and after, ``workdir`` (the temporary directory's filesystem and
    ``file_create_ms``, the CPU to create, write and close one 20 kB file there before the run) and ``python``
    (the interpreter's version and real path).
 
