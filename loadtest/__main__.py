@@ -58,8 +58,7 @@ PROBE_BYTES = 20_000  # about a photo of ../shared/data/cars
 def python_build() -> dict[str, str]:
     """The interpreter that ran the stack (the load test's own, ``sys.executable``): ``version`` and
     ``executable``, the base interpreter's real path (not the venv's link). How it was built moves these
-    figures: Debian's python3.11 (profile-guided and link-time optimisation) ran ``make loadtest`` 2 to 12%
-    faster than pyenv's plain build from source, in 4 pairs of runs of 5 (docs/performance.md, "Stop 31")."""
+    figures (the Makefile's ``PY``; docs/performance.md, "Stop 31")."""
     return {"version": platform.python_version(), "executable": os.path.realpath(sys._base_executable)}
 
 
